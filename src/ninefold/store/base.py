@@ -8,7 +8,7 @@ also what fencing tokens are made of.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -129,12 +129,13 @@ class Store(abc.ABC):
 
     # -- watches
     @abc.abstractmethod
-    def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
         """Changes under prefix from start_revision (0: from now on).
 
         An async iterator that ends (or raises StoreError) when the watch
         breaks; callers re-list and re-watch, since every loop is
-        level-triggered. Break out of the loop to cancel it."""
+        level-triggered. Use it inside contextlib.aclosing(...) so leaving
+        the loop cancels the watch at once."""
 
     # -- leases
     @abc.abstractmethod
@@ -160,7 +161,7 @@ class Store(abc.ABC):
         has it. Taking a lock already held by the same holder and lease
         returns the existing hold."""
         key = lock_key(name)
-        result = await self.txn(
+        await self.txn(
             [Compare(key, "create", "==", 0)],
             [Put(key, holder.encode(), lease)],
         )
@@ -169,7 +170,6 @@ class Store(abc.ABC):
             return None
         if current.value.decode() == holder and current.lease == lease:
             return LockHold(name, holder, current.create_revision, lease)
-        del result
         return None
 
     async def lock_holder(self, name: str) -> LockHold | None:

@@ -1,0 +1,59 @@
+"""Wake a level-triggered loop when anything under some prefixes changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ninefold import defaults
+from ninefold.store.base import Store, StoreError
+
+log = logging.getLogger("ninefold.changes")
+
+
+class ChangeSignal:
+    """Watches prefixes and sets a flag on every change.
+
+    The loops that use it re-read the whole state they need, so a change lost
+    while a watch was broken is healed by the next resync; the signal only
+    makes reaction fast."""
+
+    def __init__(self, store: Store, *prefixes: str) -> None:
+        self._store = store
+        self._prefixes = prefixes
+        self._flag = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._flag.set()
+        for prefix in self._prefixes:
+            self._tasks.append(asyncio.create_task(self._watch(prefix), name=f"watch {prefix}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def poke(self) -> None:
+        self._flag.set()
+
+    async def wait(self, timeout: float = defaults.RESYNC_INTERVAL) -> None:
+        """Return when something changed, or after timeout (a resync)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flag.wait(), timeout)
+        self._flag.clear()
+
+    async def _watch(self, prefix: str) -> None:
+        while True:
+            try:
+                async with contextlib.aclosing(self._store.watch(prefix)) as events:
+                    async for _event in events:
+                        self._flag.set()
+            except StoreError as exc:
+                log.debug("watch %s broke: %s", prefix, exc)
+            self._flag.set()
+            await asyncio.sleep(0.2)

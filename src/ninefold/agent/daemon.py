@@ -1,0 +1,178 @@
+"""The node agent: wires the store, the lease, the leader and the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from ninefold import __version__, defaults
+from ninefold.agent.instance import NodeContext
+from ninefold.agent.journal import EventJournal
+from ninefold.agent.leader import LeaderLoop
+from ninefold.agent.membership import LeaseKeeper
+from ninefold.agent.reconciler import Reconciler
+from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
+from ninefold.spec import ClusterSpec, NodeSpec
+from ninefold.spec.loading import dump_spec
+from ninefold.store.base import Compare, Put, Store, StoreError
+from ninefold.store.embedded import find_etcd, member_argv, wait_for_quorum
+from ninefold.store.etcd import EtcdStore
+from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
+
+log = logging.getLogger("ninefold.agent")
+
+
+def namespace(cluster: str) -> str:
+    return f"/ninefold/{cluster}/"
+
+
+def store_endpoints(spec: ClusterSpec, node: NodeSpec) -> list[str]:
+    """The store endpoints, this node's own member first."""
+    endpoints = spec.store_endpoints()
+    if spec.store.mode == "embedded" and node.store:
+        own = f"{node.address}:{node.ports.store_client}"
+        endpoints = [own] + [e for e in endpoints if e != own]
+    return endpoints
+
+
+def open_store(spec: ClusterSpec, node: NodeSpec | None = None) -> Store:
+    endpoints = store_endpoints(spec, node) if node else spec.store_endpoints()
+    return EtcdStore(endpoints, namespace(spec.cluster))
+
+
+class Agent:
+    def __init__(self, spec: ClusterSpec, node: str, data_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.node = spec.node(node)
+        self.data_dir = data_dir or defaults.data_dir(spec.cluster, node)
+        self.registry = LeftoverRegistry(self.data_dir / "run")
+        self.etcd: SupervisedProcess | None = None
+        self.store: Store | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        killed = await self.registry.cleanup()
+        if killed:
+            log.warning("stopped leftovers of a previous agent: %s", ", ".join(killed))
+        if self.spec.store.mode == "embedded" and self.node.store:
+            await self._start_etcd()
+        self.store = open_store(self.spec, self.node)
+        try:
+            await self._serve(self.store)
+        finally:
+            await self.store.close()
+            if self.etcd is not None:
+                await self.etcd.stop()
+
+    async def _start_etcd(self) -> None:
+        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", find_etcd())
+        spec = ProcessSpec(
+            name="etcd",
+            argv=argv,
+            env={"ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
+            cwd=str(self.data_dir),
+            stop_signal=int(signal.SIGTERM),
+            stop_timeout=10.0,
+            log_dir=self.data_dir / "logs",
+        )
+        self.etcd = SupervisedProcess(
+            spec,
+            RestartPolicy(backoff=0.5, backoff_max=5.0, limit=1000, window=60.0),
+            self.registry,
+        )
+        await self.etcd.start()
+        log.info("store member %s started (%s)", self.node.name, argv[0])
+
+    async def _serve(self, store: Store) -> None:
+        waiter = asyncio.create_task(
+            wait_for_quorum(store, self.spec, lambda msg: log.warning("%s", msg))
+        )
+        stopper = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if self._stop.is_set():
+            waiter.cancel()
+            return
+        stopper.cancel()
+        await self._bootstrap_spec(store)
+
+        journal = EventJournal(store, self.node.name)
+        lease = LeaseKeeper(store)
+        ctx = NodeContext(
+            store=store,
+            node=self.node,
+            lease=lease,
+            journal=journal,
+            data_dir=self.data_dir,
+            registry=self.registry,
+        )
+        reconciler = Reconciler(ctx, self.spec)
+        leader = LeaderLoop(store, self.node.name, lease, journal, self.spec)
+
+        async def register() -> None:
+            record = NodeRecord(
+                name=self.node.name,
+                address=self.node.address,
+                zone=self.node.zone,
+                region=self.node.region,
+                api_port=self.node.ports.api,
+                pid=os.getpid(),
+                version=__version__,
+            )
+            await store.put(node_key(self.node.name), record.encode(), lease.lease)
+            reconciler.republish()
+
+        lease.on_acquired.append(register)
+        lease.on_at_risk.append(reconciler.fence)
+        await lease.start()
+        log.info(
+            "agent %s up (cluster %s, data %s)", self.node.name, self.spec.cluster, self.data_dir
+        )
+        tasks = [
+            asyncio.create_task(reconciler.run(), name="reconciler"),
+            asyncio.create_task(leader.run(), name="leader"),
+        ]
+        try:
+            stopper = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception():
+                    log.error("%s died: %r", task.get_name(), task.exception())
+        finally:
+            log.info("agent %s shutting down", self.node.name)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await reconciler.stop_all()
+            await lease.stop(revoke=True)
+
+    async def _bootstrap_spec(self, store: Store) -> None:
+        """The first agent up puts its spec in the store; later ones keep what is there."""
+        text = dump_spec(self.spec).encode()
+        for _ in range(20):
+            try:
+                await store.txn([Compare(SPEC_KEY, "create", "==", 0)], [Put(SPEC_KEY, text)])
+                return
+            except StoreError as exc:
+                log.debug("spec bootstrap: %s", exc)
+                await asyncio.sleep(0.2)
+
+
+def run_agent(spec: ClusterSpec, node: str, data_dir: Path | None) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    runner(Agent(spec, node, data_dir).run())

@@ -1,0 +1,413 @@
+"""One assigned instance on this node: its process, its health, its role.
+
+An active-passive instance campaigns for its service's active lock; only the
+holder is active. The lock key lives under the node's lease, so the lock is
+freed when the node dies; an agent whose lease is at risk fences its actives
+first (see membership.py), which is what keeps two actives from ever running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ninefold import defaults
+from ninefold.agent.journal import EventJournal
+from ninefold.agent.membership import LeaseKeeper
+from ninefold.agent.ports import allocate_ports
+from ninefold.agent.records import InstanceStatus, active_lock, status_key
+from ninefold.health import HealthMonitor
+from ninefold.spec import NodeSpec, ServiceSpec
+from ninefold.spec.models import render
+from ninefold.store.base import LockHold, Store, StoreError, lock_key
+from ninefold.supervisor import (
+    LeftoverRegistry,
+    ProcessEvent,
+    ProcessSpec,
+    RestartPolicy,
+    SupervisedProcess,
+    run_hook,
+)
+
+log = logging.getLogger("ninefold.instance")
+
+
+@dataclass
+class NodeContext:
+    """What every instance runner of one agent shares."""
+
+    store: Store
+    node: NodeSpec
+    lease: LeaseKeeper
+    journal: EventJournal
+    data_dir: Path
+    registry: LeftoverRegistry
+    taken_ports: set[int] = field(default_factory=set)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def placeholder_values(
+    ctx: NodeContext, service: str, instance: str, spec: ServiceSpec, ports: dict[str, int]
+) -> dict[str, str]:
+    values = {
+        "address": ctx.node.address,
+        "node": ctx.node.name,
+        "service": service,
+        "instance": instance,
+    }
+    if spec.ports:
+        values["port"] = str(ports[spec.ports[0]])
+    for name, port in ports.items():
+        values[f"port.{name}"] = str(port)
+    for name, path in spec.volumes.items():
+        values[f"volume.{name}"] = path or str(ctx.data_dir / "volumes" / service / name)
+    return values
+
+
+def process_env(values: dict[str, str]) -> dict[str, str]:
+    """NINEFOLD_* variables mirroring the placeholders."""
+    env = {}
+    for key, value in values.items():
+        env["NINEFOLD_" + key.upper().replace(".", "_").replace("-", "_")] = value
+    return env
+
+
+class InstanceRunner:
+    def __init__(self, ctx: NodeContext, service: str, instance: str, spec: ServiceSpec) -> None:
+        self.ctx = ctx
+        self.service = service
+        self.instance = instance
+        self.spec = spec
+        self.active_passive = spec.mode == "active-passive"
+        self.ports = allocate_ports(ctx.node.address, instance, spec.ports, ctx.taken_ports)
+        self.values = placeholder_values(ctx, service, instance, spec, self.ports)
+        for name, path in spec.volumes.items():
+            if path is None:
+                Path(self.values[f"volume.{name}"]).mkdir(parents=True, exist_ok=True)
+        self.role = "standby" if self.active_passive else "replica"
+        self.hold: LockHold | None = None
+        self.process: SupervisedProcess | None = None
+        self.health: HealthMonitor | None = None
+        self._published: bytes | None = None
+        self._published_lease = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._failed_reported = False
+        self._role_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.active_passive or self.spec.standby == "hot":
+            await self._start_process()
+        self._tasks.append(
+            asyncio.create_task(self._publish_loop(), name=f"{self.instance} status")
+        )
+        if self.active_passive:
+            self._tasks.append(
+                asyncio.create_task(self._campaign_loop(), name=f"{self.instance} ap")
+            )
+
+    async def stop(self, reason: str = "unassigned") -> None:
+        """Stop for good: demote (if active), stop the process, drop status."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        async with self._role_lock:
+            if self.role == "active":
+                await self._run_hook(self.spec.on_demote, "on_demote")
+            await self._stop_process()
+            await self._release()
+        self.ctx.taken_ports.difference_update(self.ports.values())
+        with contextlib.suppress(StoreError):
+            await self.ctx.store.delete(status_key(self.ctx.node.name, self.instance))
+        log.info("%s stopped (%s)", self.instance, reason)
+
+    async def fence(self) -> None:
+        """The lease is at risk: stop being active before anyone else can be."""
+        if not self.active_passive:
+            return
+        async with self._role_lock:
+            if self.role != "active":
+                return
+            log.warning("%s: fencing the active (lease at risk)", self.instance)
+            budget = max(0.1, self.ctx.lease.remaining() - 0.3)
+            await self._run_hook(self.spec.on_demote, "on_demote", timeout=budget)
+            await self._kill_process()
+            self.role = "standby"
+            self.hold = None
+            self._changed.set()
+        await self.ctx.journal.record(
+            "demoted", self.instance, "lease at risk", service=self.service
+        )
+
+    # -- process -------------------------------------------------------------------
+    def _env(self, token: int | None) -> dict[str, str]:
+        env = {k: render(v, self.values) for k, v in self.spec.env.items()}
+        env.update(process_env(self.values))
+        env["NINEFOLD_ROLE"] = self.role
+        if token is not None:
+            env["NINEFOLD_FENCING_TOKEN"] = str(token)
+        return env
+
+    async def _start_process(self, token: int | None = None) -> None:
+        spec = self.spec
+        process_spec = ProcessSpec(
+            name=self.instance,
+            argv=[render(a, self.values) for a in spec.command],
+            env=self._env(token),
+            cwd=render(spec.workdir, self.values) if spec.workdir else None,
+            stop_signal=int(getattr(signal, spec.stop_signal)),
+            stop_timeout=spec.stop_timeout,
+            log_dir=self.ctx.log_dir,
+        )
+        policy = RestartPolicy(
+            backoff=spec.restart.backoff,
+            backoff_max=spec.restart.backoff_max,
+            limit=spec.restart.limit,
+            window=spec.restart.window,
+        )
+        self.process = SupervisedProcess(process_spec, policy, self.ctx.registry, self._on_process)
+        self._failed_reported = False
+        await self.process.start()
+        if spec.check is not None:
+            self.health = HealthMonitor.from_check(
+                spec.check, self.ctx.node.address, self.ports, self._on_health, spec.workdir
+            )
+            await self.health.start()
+        self._changed.set()
+
+    async def _stop_process(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        if self.process is not None:
+            await self.process.stop()
+            self.process = None
+        self._changed.set()
+
+    async def _kill_process(self) -> None:
+        """Stop at once (SIGKILL): used when fencing, where time is short."""
+        if self.process is not None:
+            self.process.spec.stop_timeout = 0.0
+        await self._stop_process()
+
+    def _on_process(self, event: ProcessEvent) -> None:
+        self._changed.set()
+        if self._stopping:
+            return
+        kinds = {"exited": "exited", "restarting": "restarted", "failed": "failed"}
+        if event.kind == "started":
+            asyncio.get_running_loop().create_task(
+                self.ctx.journal.record("started", self.instance, "", pid=event.pid)
+            )
+        elif event.kind in kinds:
+            asyncio.get_running_loop().create_task(
+                self.ctx.journal.record(
+                    kinds[event.kind], self.instance, event.detail, code=event.returncode
+                )
+            )
+
+    def _on_health(self, state: str) -> None:
+        self._changed.set()
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(
+                self.ctx.journal.record("health", self.instance, state)
+            )
+
+    # -- status ---------------------------------------------------------------------
+    def status(self) -> InstanceStatus:
+        process = self.process
+        if process is None:
+            state = "standby" if self.active_passive and not self._stopping else "stopped"
+        else:
+            state = process.state
+        if self.health is not None:
+            health = self.health.state
+        elif process is not None and process.state == "running":
+            health = "none"
+        else:
+            health = "starting"
+        return InstanceStatus(
+            service=self.service,
+            instance=self.instance,
+            node=self.ctx.node.name,
+            address=self.ctx.node.address,
+            ports=self.ports,
+            state=state,
+            health=health,
+            role=self.role,
+            fencing_token=self.hold.fencing_token if self.hold else None,
+            restarts=process.restarts if process else 0,
+            pid=process.pid if process else None,
+        )
+
+    async def _publish_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=defaults.RESYNC_INTERVAL)
+            self._changed.clear()
+            lease = self.ctx.lease.lease
+            if not lease:
+                continue
+            status = self.status()
+            raw = status.model_dump_json(exclude={"since"}).encode()
+            if raw == self._published and lease == self._published_lease:
+                continue
+            try:
+                await self.ctx.store.put(
+                    status_key(self.ctx.node.name, self.instance), status.encode(), lease
+                )
+            except StoreError as exc:
+                log.debug("status of %s not written: %s", self.instance, exc)
+                self._changed.set()
+                await asyncio.sleep(0.2)
+                continue
+            self._published, self._published_lease = raw, lease
+
+    def republish(self) -> None:
+        self._published = None
+        self._changed.set()
+
+    # -- active-passive -----------------------------------------------------------------
+    def _eligible(self) -> bool:
+        """May this instance become active now?"""
+        if self.spec.standby == "cold":
+            return True
+        process = self.process
+        if process is None or process.state != "running":
+            return False
+        return self.health is None or self.health.state == "healthy"
+
+    async def _campaign_loop(self) -> None:
+        key = lock_key(active_lock(self.service))
+        watch_task = asyncio.create_task(self._watch_lock(key))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=0.5)
+                try:
+                    await self._campaign_step()
+                except StoreError as exc:
+                    log.debug("%s campaign: %s", self.instance, exc)
+        finally:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
+
+    async def _watch_lock(self, key: str) -> None:
+        while True:
+            try:
+                async with contextlib.aclosing(self.ctx.store.watch(key)) as events:
+                    async for _event in events:
+                        self._changed.set()
+            except StoreError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def _campaign_step(self) -> None:
+        async with self._role_lock:
+            lease = self.ctx.lease.lease
+            if self.role == "standby" and self.process is None and self.spec.standby == "hot":
+                if lease:  # restart a fenced hot standby once the lease is back
+                    await self._start_process()
+                return
+            if self.role == "active":
+                await self._check_still_active()
+                return
+            if not lease or not self._eligible():
+                return
+            previous = await self.ctx.store.lock_holder(active_lock(self.service))
+            if previous is not None:
+                self._last_holder = previous.holder
+                return
+            hold = await self.ctx.store.try_lock(active_lock(self.service), self.holder, lease)
+            if hold is None:
+                return
+            await self._promote(hold)
+
+    @property
+    def holder(self) -> str:
+        return f"{self.ctx.node.name}/{self.instance}"
+
+    _last_holder: str | None = None
+
+    async def _promote(self, hold: LockHold) -> None:
+        self.hold = hold
+        self.role = "active"
+        if self.process is None:  # cold standby starts now, with its token
+            await self._start_process(hold.fencing_token)
+        await self._run_hook(self.spec.on_promote, "on_promote")
+        self._changed.set()
+        old = self._last_holder
+        kind = "failover" if old and old != self.holder else "promoted"
+        await self.ctx.journal.record(
+            kind,
+            self.service,
+            f"{old} -> {self.holder}" if kind == "failover" else f"{self.holder} is active",
+            old_active=old,
+            new_active=self.holder,
+            token=hold.fencing_token,
+        )
+
+    async def _check_still_active(self) -> None:
+        assert self.hold is not None
+        current = await self.ctx.store.lock_holder(active_lock(self.service))
+        if current is None or current.fencing_token != self.hold.fencing_token:
+            # Our lock is gone (lease replaced): stop acting as active.
+            await self._demote("lost the active lock", release=False)
+            return
+        process = self.process
+        unhealthy = self.health is not None and self.health.state == "unhealthy"
+        if process is not None and (process.state == "failed" or unhealthy):
+            await self._demote("unhealthy" if unhealthy else "process failed", release=True)
+
+    async def _demote(self, reason: str, release: bool) -> None:
+        await self._run_hook(self.spec.on_demote, "on_demote")
+        await self._stop_process()
+        if release:
+            await self._release()
+        self.hold = None
+        self.role = "standby"
+        self._changed.set()
+        await self.ctx.journal.record("demoted", self.instance, reason, service=self.service)
+
+    async def _release(self) -> None:
+        if self.hold is not None:
+            with contextlib.suppress(StoreError):
+                await self.ctx.store.unlock(self.hold)
+            self.hold = None
+
+    async def _run_hook(
+        self, argv: list[str] | None, name: str, timeout: float = defaults.HOOK_TIMEOUT
+    ) -> None:
+        if not argv:
+            return
+        token = self.hold.fencing_token if self.hold else None
+        env = self._env(token)
+        env["NINEFOLD_HOOK"] = name
+        started = time.monotonic()
+        code = await run_hook(
+            [render(a, self.values) for a in argv],
+            env,
+            render(self.spec.workdir, self.values) if self.spec.workdir else None,
+            timeout,
+            self.ctx.log_dir / f"{self.instance}.log",
+        )
+        if code != 0:
+            await self.ctx.journal.record(
+                "hook-failed", self.instance, f"{name} exited {code}", service=self.service
+            )
+        log.info("%s %s exited %s in %.2fs", self.instance, name, code, time.monotonic() - started)

@@ -1,0 +1,51 @@
+"""The event journal: every decision, with time and reason, kept in the store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ninefold import defaults
+from ninefold.agent.records import EVENTS, Event, event_key
+from ninefold.store.base import Store, StoreError
+
+log = logging.getLogger("ninefold.events")
+
+
+class EventJournal:
+    """Appends events for one node. A failed append is logged, never raised:
+    losing a journal line must not stop a failover."""
+
+    def __init__(self, store: Store, node: str) -> None:
+        self._store = store
+        self._node = node
+
+    async def record(self, kind: str, subject: str, reason: str = "", **data: Any) -> Event:
+        event = Event(kind=kind, subject=subject, reason=reason, node=self._node, data=data)
+        log.info("event %s", event.line())
+        try:
+            await self._store.put(event_key(event, self._node), event.encode())
+        except StoreError as exc:
+            log.warning("could not journal %s %s: %s", kind, subject, exc)
+        return event
+
+
+async def read_events(store: Store, limit: int = 100) -> list[Event]:
+    """The newest `limit` events, oldest first."""
+    listing = await store.list(EVENTS)
+    events = []
+    for item in listing.items[-limit:] if limit > 0 else listing.items:
+        try:
+            events.append(Event.decode(item.value))
+        except ValueError:
+            continue
+    return events
+
+
+async def prune_events(store: Store, keep: int = defaults.EVENTS_KEEP) -> int:
+    """Delete all but the newest `keep` events; returns how many went."""
+    listing = await store.list(EVENTS)
+    excess = listing.items[: max(0, len(listing.items) - keep)]
+    for item in excess:
+        await store.delete(item.key)
+    return len(excess)

@@ -1,0 +1,185 @@
+"""The elected agent: campaigns for the leader lock, then keeps assignments
+true to the spec and the living nodes.
+
+Every write of the leader is a transaction guarded by its lock's fencing
+token, so a deposed leader that has not noticed yet cannot write anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from ninefold import defaults
+from ninefold.agent.changes import ChangeSignal
+from ninefold.agent.journal import EventJournal, prune_events
+from ninefold.agent.membership import LeaseKeeper
+from ninefold.agent.planning import ClusterState, Decision, plan
+from ninefold.agent.records import (
+    ASSIGN,
+    DRAIN,
+    NODES,
+    SPEC_KEY,
+    STATUS,
+    AssignmentRecord,
+    InstanceStatus,
+    assign_key,
+    last_segment,
+)
+from ninefold.spec import ClusterSpec, SpecError, parse_spec
+from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
+
+log = logging.getLogger("ninefold.leader")
+
+LEADER = "leader"
+PRUNE_EVERY = 30.0
+
+
+async def read_spec(store: Store, fallback: ClusterSpec) -> ClusterSpec:
+    item = await store.get(SPEC_KEY)
+    if item is None:
+        return fallback
+    try:
+        return parse_spec(item.value.decode(), "<store>")
+    except SpecError as exc:
+        log.error("the spec in the store does not load, keeping the last good one: %s", exc)
+        return fallback
+
+
+async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
+    nodes = await store.list(NODES)
+    drained = await store.list(DRAIN)
+    assigns = await store.list(ASSIGN)
+    statuses = await store.list(STATUS)
+    return ClusterState(
+        spec=spec,
+        alive=frozenset(last_segment(i.key) for i in nodes.items),
+        drained=frozenset(last_segment(i.key) for i in drained.items),
+        assignments=tuple(AssignmentRecord.decode(i.value) for i in assigns.items),
+        statuses=tuple(InstanceStatus.decode(i.value) for i in statuses.items),
+    )
+
+
+class LeaderLoop:
+    def __init__(
+        self,
+        store: Store,
+        node: str,
+        lease: LeaseKeeper,
+        journal: EventJournal,
+        bootstrap_spec: ClusterSpec,
+    ) -> None:
+        self._store = store
+        self._node = node
+        self._lease = lease
+        self._journal = journal
+        self._spec = bootstrap_spec
+        self.hold: LockHold | None = None
+        self._known_alive: frozenset[str] | None = None
+        self._last_prune = 0.0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.hold is not None
+
+    async def run(self) -> None:
+        signal = ChangeSignal(self._store, NODES, DRAIN, ASSIGN, STATUS, SPEC_KEY, lock_key(LEADER))
+        signal.start()
+        try:
+            while True:
+                await signal.wait(defaults.RESYNC_INTERVAL)
+                try:
+                    await self._step()
+                except StoreError as exc:
+                    log.debug("leader step: %s", exc)
+        finally:
+            await signal.stop()
+            await self._resign()
+
+    async def _step(self) -> None:
+        lease = self._lease.lease
+        if not lease:
+            self._depose("lease at risk")
+            return
+        if self.hold is None or self.hold.lease != lease:
+            self.hold = None
+            previous = await self._store.lock_holder(LEADER)
+            hold = await self._store.try_lock(LEADER, self._node, lease)
+            if hold is None:
+                return
+            self.hold = hold
+            self._known_alive = None
+            await self._journal.record(
+                "leader",
+                self._node,
+                "elected",
+                previous=previous.holder if previous else None,
+                token=hold.fencing_token,
+            )
+        else:
+            current = await self._store.lock_holder(LEADER)
+            if current is None or current.fencing_token != self.hold.fencing_token:
+                self._depose("lost the leader lock")
+                return
+        self._spec = await read_spec(self._store, self._spec)
+        state = await read_state(self._store, self._spec)
+        await self._note_membership(state)
+        decision = plan(state)
+        if not decision.empty:
+            await self._apply(decision)
+        if time.monotonic() - self._last_prune > PRUNE_EVERY:
+            self._last_prune = time.monotonic()
+            await prune_events(self._store)
+
+    def _depose(self, why: str) -> None:
+        if self.hold is not None:
+            log.warning("no longer leader: %s", why)
+        self.hold = None
+
+    async def _resign(self) -> None:
+        if self.hold is not None:
+            with contextlib.suppress(StoreError):
+                await self._store.unlock(self.hold)
+            self.hold = None
+
+    async def _note_membership(self, state: ClusterState) -> None:
+        alive = state.alive
+        if self._known_alive is not None:
+            for node in sorted(self._known_alive - alive):
+                await self._journal.record("node-lost", node, "lease expired")
+            for node in sorted(alive - self._known_alive):
+                await self._journal.record("node-joined", node, "lease granted")
+        self._known_alive = alive
+
+    async def _apply(self, decision: Decision) -> None:
+        assert self.hold is not None
+        ops: list[Put | Delete] = [Delete(assign_key(r.node, r.instance)) for r in decision.remove]
+        ops += [Put(assign_key(r.node, r.instance), r.encode()) for r in decision.write]
+        guard = Compare(lock_key(LEADER), "create", "==", self.hold.fencing_token)
+        result = await self._store.txn([guard], ops)
+        if not result.succeeded:
+            self._depose("fencing token no longer current")
+            return
+        removed = {r.instance: r for r in decision.remove}
+        for record in decision.write:
+            if record.instance in decision.moved:
+                old, new = decision.moved[record.instance]
+                reason = (
+                    f"restart limit reached on {old}"
+                    if record.instance in decision.failed_on
+                    else f"{old} unavailable"
+                )
+                await self._journal.record(
+                    "moved", record.instance, reason, from_node=old, to_node=new
+                )
+            elif record.instance not in removed:
+                await self._journal.record(
+                    "placed", record.instance, "scheduled", to_node=record.node
+                )
+        written = {r.instance for r in decision.write}
+        for instance, record in removed.items():
+            if instance not in written:
+                await self._journal.record("removed", instance, "not wanted", from_node=record.node)
+        for instance in decision.unplaced:
+            log.warning("%s fits on no node", instance)

@@ -1,0 +1,132 @@
+"""What agents write to the store, and under which keys.
+
+Keyspace (under the cluster's namespace, ``/ninefold/<cluster>/``)::
+
+    spec                     the desired state: the spec as YAML
+    nodes/<node>             NodeRecord, under the node's lease (alive while it is)
+    drain/<node>             present while the node is drained
+    assign/<node>/<inst>     Assignment, written by the leader only
+    status/<node>/<inst>     InstanceStatus, under the node's lease
+    locks/leader             the leader lock (holder = node name)
+    locks/active/<service>   the active lock of an active-passive service
+    events/<time>-<node>     Event, pruned by count
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_KEY = "spec"
+NODES = "nodes/"
+DRAIN = "drain/"
+ASSIGN = "assign/"
+STATUS = "status/"
+EVENTS = "events/"
+LEADER_LOCK = "leader"
+
+
+def node_key(node: str) -> str:
+    return f"{NODES}{node}"
+
+
+def drain_key(node: str) -> str:
+    return f"{DRAIN}{node}"
+
+
+def assign_key(node: str, instance: str) -> str:
+    return f"{ASSIGN}{node}/{instance}"
+
+
+def status_key(node: str, instance: str) -> str:
+    return f"{STATUS}{node}/{instance}"
+
+
+def active_lock(service: str) -> str:
+    return f"active/{service}"
+
+
+def last_segment(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Any:
+        return cls.model_validate_json(raw)
+
+
+class NodeRecord(Record):
+    name: str
+    address: str
+    zone: str
+    region: str
+    api_port: int
+    pid: int
+    started: float = Field(default_factory=time.time)
+    version: str = ""
+
+
+class AssignmentRecord(Record):
+    service: str
+    instance: str
+    node: str
+    avoid: list[str] = []
+
+
+InstanceState = Literal["starting", "running", "backoff", "failed", "stopped", "standby"]
+Health = Literal["starting", "healthy", "unhealthy", "none"]
+Role = Literal["replica", "active", "standby"]
+
+
+class InstanceStatus(Record):
+    service: str
+    instance: str
+    node: str
+    address: str
+    ports: dict[str, int] = {}
+    state: InstanceState = "starting"
+    health: Health = "starting"
+    role: Role = "replica"
+    fencing_token: int | None = None
+    restarts: int = 0
+    pid: int | None = None
+    since: float = Field(default_factory=time.time)
+    detail: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Running and healthy (or unchecked), i.e. fit to receive traffic."""
+        return self.state == "running" and self.health in ("healthy", "none")
+
+
+class Event(Record):
+    time: float = Field(default_factory=time.time)
+    kind: str
+    subject: str
+    reason: str = ""
+    node: str = ""
+    data: dict[str, Any] = {}
+
+    def line(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
+        frac = f"{self.time % 1:.3f}"[1:]
+        extra = " ".join(f"{k}={v}" for k, v in self.data.items())
+        parts = [f"{stamp}{frac}", self.kind, self.subject, self.reason, extra]
+        return "  ".join(p for p in parts if p)
+
+
+def event_key(event: Event, node: str) -> str:
+    return f"{EVENTS}{int(event.time * 1e9):020d}-{node}"
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()

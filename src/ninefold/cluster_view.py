@@ -1,0 +1,125 @@
+"""A read of the whole cluster's state, as `status` shows it.
+
+Pure assembly from store records, so the CLI (and later the API) present the
+same picture."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ninefold.agent.leader import read_spec
+from ninefold.agent.records import (
+    ASSIGN,
+    DRAIN,
+    NODES,
+    STATUS,
+    AssignmentRecord,
+    InstanceStatus,
+    NodeRecord,
+    active_lock,
+    last_segment,
+)
+from ninefold.spec import ClusterSpec
+from ninefold.store.base import Store
+
+
+@dataclass
+class NodeView:
+    name: str
+    address: str
+    zone: str
+    state: str  # up | down | drained
+    leader: bool = False
+    store_member: bool = False
+
+
+@dataclass
+class ServiceView:
+    name: str
+    mode: str
+    desired: int
+    healthy: int
+    active: str | None = None
+    fencing_token: int | None = None
+
+
+@dataclass
+class InstanceView:
+    instance: str
+    service: str
+    node: str
+    state: str
+    health: str
+    role: str
+    address: str
+    ports: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+    fencing_token: int | None = None
+
+
+@dataclass
+class ClusterView:
+    cluster: str
+    leader: str | None
+    nodes: list[NodeView]
+    services: list[ServiceView]
+    instances: list[InstanceView]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
+    spec = await read_spec(store, fallback)
+    alive = {
+        last_segment(i.key): NodeRecord.decode(i.value) for i in (await store.list(NODES)).items
+    }
+    drained = {last_segment(i.key) for i in (await store.list(DRAIN)).items}
+    leader_hold = await store.lock_holder("leader")
+    leader = leader_hold.holder if leader_hold else None
+    assigns = [AssignmentRecord.decode(i.value) for i in (await store.list(ASSIGN)).items]
+    statuses = {
+        (s.node, s.instance): s
+        for s in (InstanceStatus.decode(i.value) for i in (await store.list(STATUS)).items)
+    }
+
+    nodes = [
+        NodeView(
+            name=n.name,
+            address=n.address,
+            zone=n.zone,
+            state="drained" if n.name in drained else ("up" if n.name in alive else "down"),
+            leader=n.name == leader,
+            store_member=n.store and spec.store.mode == "embedded",
+        )
+        for n in spec.nodes
+    ]
+    instances = []
+    for a in sorted(assigns, key=lambda a: (a.service, a.instance)):
+        s = statuses.get((a.node, a.instance))
+        instances.append(
+            InstanceView(
+                instance=a.instance,
+                service=a.service,
+                node=a.node,
+                state=s.state if s else ("lost" if a.node not in alive else "pending"),
+                health=s.health if s else "unknown",
+                role=s.role if s else "",
+                address=s.address if s else "",
+                ports=dict(s.ports) if s else {},
+                restarts=s.restarts if s else 0,
+                fencing_token=s.fencing_token if s else None,
+            )
+        )
+    services = []
+    for name, svc in sorted(spec.services.items()):
+        mine = [i for i in instances if i.service == name]
+        healthy = sum(1 for i in mine if i.state == "running" and i.health in ("healthy", "none"))
+        view = ServiceView(name=name, mode=svc.mode, desired=svc.replicas, healthy=healthy)
+        if svc.mode == "active-passive":
+            hold = await store.lock_holder(active_lock(name))
+            if hold:
+                view.active, view.fencing_token = hold.holder, hold.fencing_token
+        services.append(view)
+    return ClusterView(spec.cluster, leader, nodes, services, instances)

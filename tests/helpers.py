@@ -1,0 +1,144 @@
+"""Small helpers the test tiers share: free ports, polling with a deadline,
+and throwaway etcd members."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nobody listens on now (bound to port 0, then freed).
+
+    All sockets stay open until every port is chosen, so the ports differ;
+    another process may still take one before the caller binds it."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(condition: Callable[[], T], seconds: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; AssertionError
+    naming `what` once `seconds` have gone by."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {seconds:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    wait_for(lambda: port_open(host, port), timeout, f"{host}:{port} to accept connections")
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[T]], seconds: float, what: str, interval: float = 0.05
+) -> T:
+    """The asyncio twin of `wait_for`: awaits `condition()` until truthy."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {seconds:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+ETCD_START_TIMEOUT = 20.0
+
+
+@dataclass
+class EtcdServer:
+    """A throwaway single-member etcd on 127.0.0.1."""
+
+    endpoint: str
+    """'127.0.0.1:PORT', the client endpoint."""
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def start_etcd(binary: str, workdir: Path, timeout: float = ETCD_START_TIMEOUT) -> EtcdServer:
+    """Start a single-member etcd with its data and log under `workdir` and
+    wait until it reports healthy. The caller kills it."""
+    client_port, peer_port = free_ports(2)
+    client_url = f"http://127.0.0.1:{client_port}"
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    log_path = workdir / "etcd.log"
+    command = [
+        binary,
+        "--name=test",
+        f"--data-dir={workdir / 'etcd'}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=test={peer_url}",
+        # Fast election; etcd's smallest lease TTL becomes 1 s instead of 2 s.
+        "--heartbeat-interval=10",
+        "--election-timeout=100",
+        "--logger=zap",
+        "--log-level=warn",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = EtcdServer(f"127.0.0.1:{client_port}", workdir / "etcd", log_path, process)
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"etcd exited with {process.returncode}:\n{server.log_tail()}")
+        return server.healthy()
+
+    try:
+        wait_for(up, timeout, f"etcd at {server.endpoint} to become healthy")
+    except BaseException:
+        server.kill()
+        raise
+    return server
