@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-# Plain `pytest` (unlike `python -m pytest`) does not put the repository root on
-# sys.path; `pythonpath = ["."]` in pyproject's pytest options would replace this.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
+from tests.cluster.harness import LocalCluster
 from tests.helpers import EtcdServer, start_etcd
 
 
@@ -27,3 +23,34 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def local_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LocalCluster]]:
+    """Factory of real 3-node clusters (agents + embedded etcd on 127.0.0.1-3).
+
+    Agents are stopped afterwards; their logs are printed when the test failed."""
+    if shutil.which("etcd") is None:
+        pytest.skip("no etcd binary on PATH (apt-get install etcd-server)")
+    made: list[LocalCluster] = []
+
+    def make(services_yaml: str, **kwargs: object) -> LocalCluster:
+        cluster = LocalCluster(tmp_path, services_yaml, **kwargs)  # type: ignore[arg-type]
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

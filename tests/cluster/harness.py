@@ -24,7 +24,7 @@ import psutil
 T = TypeVar("T")
 
 
-def wait_for(
+def until(
     what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1
 ) -> T:
     """Poll probe until it returns something truthy; fail with `what` after timeout."""
@@ -114,12 +114,6 @@ class LocalCluster:
     def start_all(self) -> None:
         for node in self.addresses:
             self.start(node)
-
-    def descendants(self, node: str) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.procs[node].pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
 
     def kill(self, node: str) -> list[int]:
         """SIGKILL the agent only, like a machine losing power to its agent;

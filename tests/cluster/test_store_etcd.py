@@ -11,6 +11,9 @@ from contextlib import aclosing
 
 import aetcd
 import pytest
+
+from ninefold.store import EtcdStore, StoreError, StoreUnavailable
+from ninefold.store.etcd import channel_target, parse_endpoint
 from tests.helpers import EtcdServer, free_port
 from tests.store_contract import (
     CHECKS,
@@ -20,9 +23,6 @@ from tests.store_contract import (
     first_event_from_now,
     next_event,
 )
-
-from ninefold.store import EtcdStore, StoreError, StoreUnavailable
-from ninefold.store.etcd import channel_target, parse_endpoint
 
 
 def namespace() -> str:

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 
 import pytest
 
-# Plain `pytest` does not put the repository root on sys.path (see tests/cluster/conftest.py).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.store_contract import CHECKS, WAIT, Check, StoreUnderTest
-
 from ninefold.store import LeaseExpired, MemoryStore, Put, StoreError
+from tests.store_contract import CHECKS, WAIT, Check, StoreUnderTest
 
 
 class FakeClock:

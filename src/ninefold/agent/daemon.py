@@ -63,6 +63,8 @@ class Agent:
         killed = await self.registry.cleanup()
         if killed:
             log.warning("stopped leftovers of a previous agent: %s", ", ".join(killed))
+        else:
+            log.info("leftovers: none")
         if self.spec.store.mode == "embedded" and self.node.store:
             await self._start_etcd()
         self.store = open_store(self.spec, self.node)
