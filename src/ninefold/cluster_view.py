@@ -56,6 +56,8 @@ class InstanceView:
     ports: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     fencing_token: int | None = None
+    pid: int | None = None
+    draining: bool = False
 
 
 @dataclass
@@ -110,6 +112,8 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
                 ports=dict(s.ports) if s else {},
                 restarts=s.restarts if s else 0,
                 fencing_token=s.fencing_token if s else None,
+                pid=s.pid if s else None,
+                draining=s.draining if s else False,
             )
         )
     services = []

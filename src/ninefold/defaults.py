@@ -33,9 +33,10 @@ The store cannot expire the lease earlier than LEASE_TTL after that send, so
 the demotion always finishes before another node can take over."""
 STORE_REQUEST_TIMEOUT = 1.0
 """Timeout of one store request (get, put, txn, keepalive)."""
-RESYNC_INTERVAL = 2.0
+RESYNC_INTERVAL = 10.0
 """Level-triggered loops re-read the whole state at least this often, so a
-missed watch event heals itself."""
+missed watch event heals itself (watches make them react at once; this only
+bounds how long a lost event can go unnoticed, and costs control traffic)."""
 
 # --- health checks -------------------------------------------------------------
 CHECK_INTERVAL = 0.5
@@ -66,6 +67,8 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 EVENTS_KEEP = 1000
 """The event journal keeps this many newest events."""
+EVENTS_RETRY_FOR = 15.0
+"""An event the store could not take (no quorum for a moment) is retried this long."""
 
 # --- embedded store -------------------------------------------------------------------
 STORE_QUORUM_REPORT_EVERY = 2.0
@@ -88,3 +91,19 @@ def data_root() -> Path:
 def data_dir(cluster: str, node: str) -> Path:
     """Default data directory of one agent, keyed so agents can share a machine."""
     return data_root() / cluster / node
+
+
+# --- gateway ---------------------------------------------------------------------------
+GATEWAY_CONNECT_TIMEOUT = 1.0
+GATEWAY_CLIENT_TIMEOUT = 30.0
+"""Idle time allowed on a client connection (keep-alive included)."""
+GATEWAY_SERVER_TIMEOUT = 30.0
+"""Time allowed for a backend to start answering."""
+GATEWAY_RETRIES = 2
+"""Other instances a request may be retried on when that is safe."""
+DRAIN_TIMEOUT = 10.0
+"""Longest wait for in-flight requests before a draining instance is stopped."""
+STICKY_COOKIE = "NINEFOLD_STICKY"
+BACKEND_DOWN_FOR = 1.0
+"""After a refused or reset connection, a backend gets no new requests for this
+long (passive check), unless it is the only one left."""

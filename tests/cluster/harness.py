@@ -67,11 +67,14 @@ class LocalCluster:
     nodes: int = 3
     zones: list[str] = field(default_factory=lambda: ["a", "b", "c"])
     name: str = "test"
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.addresses = {f"n{i + 1}": f"127.0.0.{i + 1}" for i in range(self.nodes)}
-        self.base = free_base_port(list(self.addresses.values()))
+        self.base = free_base_port(list(self.addresses.values()), span=6)
+        self.tcp_port = self.base + 5
+        """A port for a TCP route: write @TCPPORT@ in the services."""
         self.spec_path = self.root / "cluster.yaml"
         self.write_spec(self.services_yaml)
 
@@ -79,12 +82,15 @@ class LocalCluster:
         lines = [f"cluster: {self.name}", "store: {mode: embedded}", "nodes:"]
         for i, (name, address) in enumerate(self.addresses.items()):
             zone = self.zones[i % len(self.zones)]
+            labels = ", ".join(f"{k}: {v}" for k, v in self.labels.get(name, {}).items())
             lines.append(
                 f"  - {{name: {name}, address: {address}, zone: {zone}, store: true, "
+                f"labels: {{{labels}}}, "
                 f"ports: {{store_client: {self.base}, store_peer: {self.base + 1}, "
                 f"api: {self.base + 2}, gateway_http: {self.base + 3}}}}}"
             )
-        return "\n".join(lines) + "\n" + services_yaml
+        services = services_yaml.replace("@TCPPORT@", str(self.tcp_port))
+        return "\n".join(lines) + "\n" + services
 
     def write_spec(self, services_yaml: str, path: Path | None = None) -> Path:
         path = path or self.spec_path

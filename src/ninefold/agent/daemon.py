@@ -10,12 +10,14 @@ import signal
 from pathlib import Path
 
 from ninefold import __version__, defaults
+from ninefold.agent.gateway_feed import GatewayFeed, choose_engine
 from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
+from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.spec.loading import dump_spec
 from ninefold.store.base import Compare, Put, Store, StoreError
@@ -80,7 +82,7 @@ class Agent:
         spec = ProcessSpec(
             name="etcd",
             argv=argv,
-            env={"ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
+            env={},
             cwd=str(self.data_dir),
             stop_signal=int(signal.SIGTERM),
             stop_timeout=10.0,
@@ -134,10 +136,16 @@ class Agent:
 
         lease.on_acquired.append(register)
         lease.on_at_risk.append(reconciler.fence)
+
+        async def recovered() -> None:
+            reconciler.republish()
+
+        lease.on_recovered.append(recovered)
         await lease.start()
         log.info(
             "agent %s up (cluster %s, data %s)", self.node.name, self.spec.cluster, self.data_dir
         )
+        engine, feed_task = await self._start_gateway(store, lease)
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(leader.run(), name="leader"),
@@ -155,8 +163,33 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await reconciler.stop_all()
+            await reconciler.stop_all()  # drains through the gateways, ours included
+            if feed_task is not None:
+                feed_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await feed_task
+            if engine is not None:
+                await engine.stop()
             await lease.stop(revoke=True)
+
+    async def _start_gateway(
+        self, store: Store, lease: LeaseKeeper
+    ) -> tuple[Engine | None, asyncio.Task[None] | None]:
+        if not self.spec.gateway.enabled:
+            return None, None
+        settings = GatewaySettings(
+            node=self.node.name,
+            address=self.node.address,
+            http_port=self.node.ports.gateway_http,
+            run_dir=self.data_dir / "gateway",
+            log_dir=self.data_dir / "logs",
+        )
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        engine = choose_engine(self.spec.gateway.engine)(settings)
+        await engine.start()
+        log.info("gateway (%s) on %s:%s", engine.name, settings.address, settings.http_port)
+        feed = GatewayFeed(store, self.node.name, lease, engine, self.spec)
+        return engine, asyncio.create_task(feed.run(), name="gateway")
 
     async def _bootstrap_spec(self, store: Store) -> None:
         """The first agent up puts its spec in the store; later ones keep what is there."""

@@ -20,7 +20,15 @@ from ninefold import defaults
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
-from ninefold.agent.records import InstanceStatus, active_lock, status_key
+from ninefold.agent.records import (
+    GATEWAYS,
+    NODES,
+    GatewayReport,
+    InstanceStatus,
+    active_lock,
+    last_segment,
+    status_key,
+)
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
 from ninefold.spec.models import render
@@ -80,6 +88,24 @@ def process_env(values: dict[str, str]) -> dict[str, str]:
     return env
 
 
+async def gateways_busy_with(store: Store, backend_key: str) -> list[str]:
+    """Living nodes whose gateway has not yet reported `backend_key` as
+    draining with nothing in flight."""
+    alive = {last_segment(i.key) for i in (await store.list(NODES)).items}
+    reports = {
+        last_segment(i.key): GatewayReport.decode(i.value)
+        for i in (await store.list(GATEWAYS)).items
+    }
+    busy = []
+    for node in sorted(alive):
+        report = reports.get(node)
+        if report is None:
+            continue  # no gateway on that node
+        if report.draining.get(backend_key, 1) != 0:
+            busy.append(node)
+    return busy
+
+
 class InstanceRunner:
     def __init__(self, ctx: NodeContext, service: str, instance: str, spec: ServiceSpec) -> None:
         self.ctx = ctx
@@ -92,6 +118,8 @@ class InstanceRunner:
         for name, path in spec.volumes.items():
             if path is None:
                 Path(self.values[f"volume.{name}"]).mkdir(parents=True, exist_ok=True)
+        self.generation = ""
+        self.draining = False
         self.role = "standby" if self.active_passive else "replica"
         self.hold: LockHold | None = None
         self.process: SupervisedProcess | None = None
@@ -101,7 +129,8 @@ class InstanceRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._stopping = False
-        self._failed_reported = False
+        self._gave_up = False
+        self._frozen = False
         self._role_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -117,7 +146,8 @@ class InstanceRunner:
             )
 
     async def stop(self, reason: str = "unassigned") -> None:
-        """Stop for good: demote (if active), stop the process, drop status."""
+        """Stop for good: drain, demote (if active), stop the process, drop status."""
+        await self._drain()
         self._stopping = True
         for task in self._tasks:
             task.cancel()
@@ -128,6 +158,8 @@ class InstanceRunner:
         async with self._role_lock:
             if self.role == "active":
                 await self._run_hook(self.spec.on_demote, "on_demote")
+            if self._frozen:
+                await self._kill_process()
             await self._stop_process()
             await self._release()
         self.ctx.taken_ports.difference_update(self.ports.values())
@@ -135,23 +167,89 @@ class InstanceRunner:
             await self.ctx.store.delete(status_key(self.ctx.node.name, self.instance))
         log.info("%s stopped (%s)", self.instance, reason)
 
+    def backend_key(self) -> str | None:
+        port_name = self.spec.route_port()
+        if port_name is None or port_name not in self.ports:
+            return None
+        address = self.ctx.node.address
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{self.ports[port_name]}"
+
+    async def _drain(self) -> None:
+        """Take the instance out of every gateway before it is signalled: mark
+        it draining, then wait until each living gateway reports nothing in
+        flight to it, at most the service's drain timeout."""
+        key = self.backend_key()
+        if key is None or not self.status().serving or not self.ctx.lease.lease:
+            return
+        self.draining = True
+        self._changed.set()
+        deadline = time.monotonic() + self.spec.balance.drain_timeout
+        started = time.monotonic()
+        waiting: list[str] = []
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            try:
+                waiting = await gateways_busy_with(self.ctx.store, key)
+            except StoreError:
+                continue
+            if not waiting:
+                log.info("%s drained in %.2fs", self.instance, time.monotonic() - started)
+                return
+        log.warning("%s: drain timeout, still busy: %s", self.instance, ", ".join(waiting))
+
     async def fence(self) -> None:
-        """The lease is at risk: stop being active before anyone else can be."""
+        """The lease is at risk: stop being active before anyone else can be.
+
+        The process group is frozen (SIGSTOP) at once, which is as good a fence
+        as a kill while it lasts, and on_demote runs. Most often the store was
+        only electing a new leader and renews the same lease a moment later:
+        then the instance resumes (on_promote, SIGCONT) without a restart. If
+        the lease is gone instead, the frozen process is killed."""
         if not self.active_passive:
             return
         async with self._role_lock:
             if self.role != "active":
                 return
-            log.warning("%s: fencing the active (lease at risk)", self.instance)
+            self._frozen = True
+            if self.process is not None:
+                self.process.signal_group(signal.SIGSTOP)
+            if self.health is not None:
+                await self.health.stop()
+            log.warning("%s: froze the active (lease at risk)", self.instance)
             budget = max(0.1, self.ctx.lease.remaining() - 0.3)
             await self._run_hook(self.spec.on_demote, "on_demote", timeout=budget)
-            await self._kill_process()
             self.role = "standby"
-            self.hold = None
             self._changed.set()
         await self.ctx.journal.record(
-            "demoted", self.instance, "lease at risk", service=self.service
+            "demoted", self.instance, "lease at risk: frozen", service=self.service
         )
+
+    async def _after_fence(self) -> None:
+        """Resume a frozen active if our lease (and so our lock) survived;
+        otherwise kill it."""
+        lease = self.ctx.lease.lease
+        if not lease:
+            return  # still at risk
+        hold = self.hold
+        current = await self.ctx.store.lock_holder(active_lock(self.service))
+        self._frozen = False
+        if hold is not None and current is not None and current.fencing_token == hold.fencing_token:
+            await self._run_hook(self.spec.on_promote, "on_promote")
+            if self.process is not None:
+                self.process.signal_group(signal.SIGCONT)
+            if self.health is not None:
+                await self.health.start()
+            self.role = "active"
+            self._changed.set()
+            await self.ctx.journal.record(
+                "resumed", self.instance, "lease renewed", token=hold.fencing_token
+            )
+            return
+        await self._kill_process()
+        self.hold = None
+        self._changed.set()
+        await self.ctx.journal.record("fenced", self.instance, "lease lost: killed")
 
     # -- process -------------------------------------------------------------------
     def _env(self, token: int | None) -> dict[str, str]:
@@ -180,11 +278,16 @@ class InstanceRunner:
             window=spec.restart.window,
         )
         self.process = SupervisedProcess(process_spec, policy, self.ctx.registry, self._on_process)
-        self._failed_reported = False
+        self._gave_up = False
         await self.process.start()
         if spec.check is not None:
+            check = spec.check
+            if check.exec is not None:
+                check = check.model_copy(
+                    update={"exec": [render(a, self.values) for a in check.exec]}
+                )
             self.health = HealthMonitor.from_check(
-                spec.check, self.ctx.node.address, self.ports, self._on_health, spec.workdir
+                check, self.ctx.node.address, self.ports, self._on_health, process_spec.cwd
             )
             await self.health.start()
         self._changed.set()
@@ -206,6 +309,8 @@ class InstanceRunner:
 
     def _on_process(self, event: ProcessEvent) -> None:
         self._changed.set()
+        if event.kind == "failed":
+            self._gave_up = True
         if self._stopping:
             return
         kinds = {"exited": "exited", "restarting": "restarted", "failed": "failed"}
@@ -230,7 +335,9 @@ class InstanceRunner:
     # -- status ---------------------------------------------------------------------
     def status(self) -> InstanceStatus:
         process = self.process
-        if process is None:
+        if self._gave_up:
+            state = "failed"
+        elif process is None:
             state = "standby" if self.active_passive and not self._stopping else "stopped"
         else:
             state = process.state
@@ -250,6 +357,7 @@ class InstanceRunner:
             health=health,
             role=self.role,
             fencing_token=self.hold.fencing_token if self.hold else None,
+            draining=self.draining,
             restarts=process.restarts if process else 0,
             pid=process.pid if process else None,
         )
@@ -320,6 +428,11 @@ class InstanceRunner:
     async def _campaign_step(self) -> None:
         async with self._role_lock:
             lease = self.ctx.lease.lease
+            if self._frozen:
+                await self._after_fence()
+                return
+            if self._gave_up and self.role != "active":
+                return  # the leader will place this instance elsewhere
             if self.role == "standby" and self.process is None and self.spec.standby == "hot":
                 if lease:  # restart a fenced hot standby once the lease is back
                     await self._start_process()
@@ -330,9 +443,11 @@ class InstanceRunner:
             if not lease or not self._eligible():
                 return
             previous = await self.ctx.store.lock_holder(active_lock(self.service))
-            if previous is not None:
+            if previous is not None and (previous.holder, previous.lease) != (self.holder, lease):
                 self._last_holder = previous.holder
                 return
+            # Free, or still ours: our lease outlived a store hiccup that made us
+            # fence, so nobody else can have held the lock since.
             hold = await self.ctx.store.try_lock(active_lock(self.service), self.holder, lease)
             if hold is None:
                 return
@@ -352,6 +467,7 @@ class InstanceRunner:
         await self._run_hook(self.spec.on_promote, "on_promote")
         self._changed.set()
         old = self._last_holder
+        self._last_holder = self.holder
         kind = "failover" if old and old != self.holder else "promoted"
         await self.ctx.journal.record(
             kind,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from ninefold import defaults
@@ -13,12 +15,15 @@ log = logging.getLogger("ninefold.events")
 
 
 class EventJournal:
-    """Appends events for one node. A failed append is logged, never raised:
-    losing a journal line must not stop a failover."""
+    """Appends events for one node. A failed append never raises (losing a
+    journal line must not stop a failover): it is retried in the background
+    for a while, since the store is most often unavailable for a moment only
+    (a store leader election), and events keep their own time."""
 
     def __init__(self, store: Store, node: str) -> None:
         self._store = store
         self._node = node
+        self._retries: set[asyncio.Task[None]] = set()
 
     async def record(self, kind: str, subject: str, reason: str = "", **data: Any) -> Event:
         event = Event(kind=kind, subject=subject, reason=reason, node=self._node, data=data)
@@ -26,8 +31,22 @@ class EventJournal:
         try:
             await self._store.put(event_key(event, self._node), event.encode())
         except StoreError as exc:
-            log.warning("could not journal %s %s: %s", kind, subject, exc)
+            log.debug("journal %s %s later: %s", kind, subject, exc)
+            task = asyncio.create_task(self._retry(event))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
         return event
+
+    async def _retry(self, event: Event) -> None:
+        deadline = time.monotonic() + defaults.EVENTS_RETRY_FOR
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                await self._store.put(event_key(event, self._node), event.encode())
+                return
+            except StoreError:
+                continue
+        log.warning("could not journal %s %s", event.kind, event.subject)
 
 
 async def read_events(store: Store, limit: int = 100) -> list[Event]:

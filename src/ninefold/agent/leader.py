@@ -20,6 +20,7 @@ from ninefold.agent.records import (
     ASSIGN,
     DRAIN,
     NODES,
+    RESTARTS,
     SPEC_KEY,
     STATUS,
     AssignmentRecord,
@@ -27,6 +28,7 @@ from ninefold.agent.records import (
     assign_key,
     last_segment,
 )
+from ninefold.agent.store_leadership import RaftLeaderPlacement
 from ninefold.spec import ClusterSpec, SpecError, parse_spec
 from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
 
@@ -52,12 +54,14 @@ async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
     drained = await store.list(DRAIN)
     assigns = await store.list(ASSIGN)
     statuses = await store.list(STATUS)
+    restarts = await store.list(RESTARTS)
     return ClusterState(
         spec=spec,
         alive=frozenset(last_segment(i.key) for i in nodes.items),
         drained=frozenset(last_segment(i.key) for i in drained.items),
         assignments=tuple(AssignmentRecord.decode(i.value) for i in assigns.items),
         statuses=tuple(InstanceStatus.decode(i.value) for i in statuses.items),
+        restart_nonces={last_segment(i.key): i.value.decode() for i in restarts.items},
     )
 
 
@@ -78,13 +82,17 @@ class LeaderLoop:
         self.hold: LockHold | None = None
         self._known_alive: frozenset[str] | None = None
         self._last_prune = 0.0
+        self._unplaced: tuple[str, ...] = ()
+        self._raft = RaftLeaderPlacement(store, journal)
 
     @property
     def is_leader(self) -> bool:
         return self.hold is not None
 
     async def run(self) -> None:
-        signal = ChangeSignal(self._store, NODES, DRAIN, ASSIGN, STATUS, SPEC_KEY, lock_key(LEADER))
+        signal = ChangeSignal(
+            self._store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, SPEC_KEY, lock_key(LEADER)
+        )
         signal.start()
         try:
             while True:
@@ -109,7 +117,7 @@ class LeaderLoop:
             if hold is None:
                 return
             self.hold = hold
-            self._known_alive = None
+            self._known_alive = await self._previously_alive(previous.holder if previous else None)
             await self._journal.record(
                 "leader",
                 self._node,
@@ -128,6 +136,11 @@ class LeaderLoop:
         decision = plan(state)
         if not decision.empty:
             await self._apply(decision)
+        if decision.unplaced != self._unplaced:
+            for instance in sorted(set(decision.unplaced) - set(self._unplaced)):
+                await self._journal.record("unplaced", instance, "no eligible node")
+            self._unplaced = decision.unplaced
+        await self._raft.step(state.alive, state.statuses)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()
             await prune_events(self._store)
@@ -142,6 +155,16 @@ class LeaderLoop:
             with contextlib.suppress(StoreError):
                 await self._store.unlock(self.hold)
             self.hold = None
+
+    async def _previously_alive(self, previous_leader: str | None) -> frozenset[str]:
+        """Nodes a new leader takes as alive until now: the living, those still
+        holding assignments, and the leader before it, so that the loss of any
+        of them (the old leader included) is journaled."""
+        state = await read_state(self._store, self._spec)
+        known = set(state.alive) | {a.node for a in state.assignments}
+        if previous_leader:
+            known.add(previous_leader)
+        return frozenset(known)
 
     async def _note_membership(self, state: ClusterState) -> None:
         alive = state.alive
@@ -173,6 +196,10 @@ class LeaderLoop:
                 await self._journal.record(
                     "moved", record.instance, reason, from_node=old, to_node=new
                 )
+            elif record.instance in decision.rolled:
+                await self._journal.record(
+                    "rolling", record.instance, "new generation", generation=record.generation
+                )
             elif record.instance not in removed:
                 await self._journal.record(
                     "placed", record.instance, "scheduled", to_node=record.node
@@ -181,5 +208,3 @@ class LeaderLoop:
         for instance, record in removed.items():
             if instance not in written:
                 await self._journal.record("removed", instance, "not wanted", from_node=record.node)
-        for instance in decision.unplaced:
-            log.warning("%s fits on no node", instance)

@@ -3,8 +3,14 @@
 The store expires a lease no earlier than TTL after it *received* the last
 renewal, which is after we *sent* it. So measured from the send time of the
 last acknowledged renewal, we know a lower bound of when another node can see
-our lease gone. `LeaseKeeper` raises the alarm (``at_risk``) well before that
-bound so actives are demoted before anyone else can take over.
+our lease gone. `LeaseKeeper` raises the alarm (``on_at_risk``) well before
+that bound so actives are demoted before anyone else can take over.
+
+At risk is not lost: a store that is electing a new leader answers nothing for
+a second or so, and then renews the very same lease. So an at-risk keeper goes
+on renewing; if a renewal is acknowledged the lease never lapsed and nobody
+else can have taken what it held, and ``on_recovered`` lets the node resume.
+Only a lease the store says is gone is replaced by a new one.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ Callback = Callable[[], Awaitable[None]]
 class LeaseKeeper:
     """Holds one lease for this agent; renews it; replaces it when lost.
 
-    on_acquired runs after each new lease (re-register, republish status);
-    on_at_risk runs once when renewal has failed for too long (self-fencing)."""
+    on_acquired runs after each new lease (register, republish status);
+    on_at_risk once when renewals have failed for too long (self-fencing);
+    on_recovered when a renewal gets through again after that."""
 
     def __init__(
         self,
@@ -44,10 +51,10 @@ class LeaseKeeper:
         self._last_ack_sent = 0.0
         self._granted = ttl
         self._valid = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.on_acquired: list[Callback] = []
         self.on_at_risk: list[Callback] = []
+        self.on_recovered: list[Callback] = []
 
     @property
     def lease(self) -> int:
@@ -60,98 +67,106 @@ class LeaseKeeper:
 
     def remaining(self) -> float:
         """Seconds until the store could expire our lease, at the earliest."""
-        if not self._valid.is_set():
+        if not self._lease:
             return 0.0
         return self._last_ack_sent + self._granted - time.monotonic()
 
-    async def wait_valid(self) -> int:
-        await self._valid.wait()
-        return self._lease
-
     async def start(self) -> None:
         await self._acquire()
-        self._task = asyncio.create_task(self._renew_loop(), name="lease-renew")
-        self._watchdog = asyncio.create_task(self._watch_deadline(), name="lease-watchdog")
+        self._tasks = [
+            asyncio.create_task(self._renew_loop(), name="lease-renew"),
+            asyncio.create_task(self._watch_deadline(), name="lease-watchdog"),
+        ]
 
     async def stop(self, revoke: bool = True) -> None:
-        for task in (self._task, self._watchdog):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if revoke and self._lease:
-            with contextlib.suppress(StoreError):
-                await self._store.revoke_lease(self._lease)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._valid.clear()
+        if revoke and self._lease:
+            with contextlib.suppress(StoreError, TimeoutError):
+                await asyncio.wait_for(self._store.revoke_lease(self._lease), self._interval * 2)
+        self._lease = 0
 
     async def _acquire(self) -> None:
-        old = self._lease
-        if old:
-            # Our actives are already demoted: freeing the old lease's locks
-            # now only shortens the failover.
-            with contextlib.suppress(StoreError, TimeoutError):
-                await asyncio.wait_for(self._store.revoke_lease(old), timeout=self._interval)
         delay = 0.1
         while True:
             sent = time.monotonic()
             try:
-                self._lease = await self._store.grant_lease(self._ttl)
+                lease = await self._store.grant_lease(self._ttl)
             except StoreError as exc:
                 log.warning("cannot get a lease: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            self._last_ack_sent = sent
-            self._granted = self._ttl
+            self._lease, self._last_ack_sent, self._granted = lease, sent, self._ttl
             self._valid.set()
-            log.info("holding lease %x", self._lease)
-            for callback in self.on_acquired:
-                try:
-                    await callback()
-                except StoreError as exc:
-                    log.warning("after lease: %s", exc)
+            log.info("holding lease %x", lease)
+            await self._run(self.on_acquired, "after a new lease")
             return
 
     async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            if not self._valid.is_set():
-                await self._acquire()
-                continue
-            sent = time.monotonic()
-            try:
-                granted = await asyncio.wait_for(
-                    self._store.keep_alive(self._lease), timeout=self._interval * 2
-                )
-            except LeaseExpired:
-                log.warning("lease %x expired", self._lease)
-                await self._lost()
-                await self._acquire()
-                continue
-            except (StoreError, TimeoutError) as exc:
-                log.debug("renewal failed: %s", exc)
-                continue
-            if self._valid.is_set():
-                self._last_ack_sent = sent
-                self._granted = min(granted, self._ttl) if granted > 0 else self._ttl
+        """Send a renewal every interval without waiting for the previous one,
+        so one slow answer (an fsync stall) does not delay the next renewal."""
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                if not self._lease:
+                    await self._acquire()
+                    continue
+                task = asyncio.create_task(self._renew_once(self._lease, time.monotonic()))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _renew_once(self, lease: int, sent: float) -> None:
+        try:
+            granted = await asyncio.wait_for(self._store.keep_alive(lease), self._fence_after)
+        except LeaseExpired:
+            if lease == self._lease:
+                log.warning("lease %x expired", lease)
+                await self._at_risk()
+                self._lease = 0  # the renew loop takes a new one
+            return
+        except (StoreError, TimeoutError) as exc:
+            log.debug("renewal failed: %s", exc)
+            return
+        if lease != self._lease or sent <= self._last_ack_sent:
+            return
+        self._last_ack_sent = sent
+        self._granted = min(granted, self._ttl) if granted > 0 else self._ttl
+        if not self._valid.is_set():
+            log.warning("lease %x renewed again: resuming", lease)
+            self._valid.set()
+            await self._run(self.on_recovered, "on recovery")
 
     async def _watch_deadline(self) -> None:
         while True:
             await asyncio.sleep(0.05)
-            if self._valid.is_set() and time.monotonic() - self._last_ack_sent > self._fence_after:
+            late = time.monotonic() - self._last_ack_sent
+            if self._valid.is_set() and late > self._fence_after:
                 log.warning(
                     "lease %x not renewed for %.1fs: demoting before it can expire",
                     self._lease,
-                    time.monotonic() - self._last_ack_sent,
+                    late,
                 )
-                await self._lost()
+                await self._at_risk()
 
-    async def _lost(self) -> None:
+    async def _at_risk(self) -> None:
         if not self._valid.is_set():
             return
         self._valid.clear()
-        for callback in self.on_at_risk:
+        await self._run(self.on_at_risk, "demotion")
+
+    @staticmethod
+    async def _run(callbacks: list[Callback], what: str) -> None:
+        for callback in callbacks:
             try:
                 await callback()
-            except Exception:  # a failing demotion must not stop the others
-                log.exception("demotion step failed")
+            except Exception:  # one failing step must not stop the others
+                log.exception("%s failed", what)

@@ -6,6 +6,7 @@ writes the result) so it can be tested without a store or processes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ class ClusterState:
     drained: frozenset[str]
     assignments: tuple[AssignmentRecord, ...]
     statuses: tuple[InstanceStatus, ...] = ()
+    restart_nonces: Mapping[str, str] = field(default_factory=dict)
+    """service -> token of the last `restart` asked for it"""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Decision:
     """instance -> (from node, to node)"""
     failed_on: dict[str, str] = field(default_factory=dict)
     """instance -> node it gave up on (restart limit), now avoided"""
+    rolled: tuple[str, ...] = ()
+    """instances told to restart with their service's new generation"""
 
     @property
     def empty(self) -> bool:
@@ -79,6 +84,35 @@ def failed_instances(
     return failed
 
 
+def generation(state: ClusterState, service: str) -> str:
+    """A short digest of what an instance of `service` runs: its spec and the
+    last restart asked for. An instance whose assignment carries another
+    generation is restarted, one at a time (see `rolling`)."""
+    spec = state.spec.services[service]
+    text = spec.model_dump_json() + "\0" + state.restart_nonces.get(service, "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def rolling(
+    state: ClusterState, wanted: dict[str, AssignmentRecord], generations: Mapping[str, str]
+) -> list[str]:
+    """Instances to move to their service's new generation now: at most one
+    per service, and only while every instance of it is serving, so a rolling
+    restart never takes more than one instance away. Standbys go before the
+    active."""
+    serving = {(s.node, s.instance) for s in state.statuses if s.serving and not s.draining}
+    active = {s.instance for s in state.statuses if s.role == "active"}
+    chosen = []
+    for service, gen in generations.items():
+        mine = [a for a in wanted.values() if a.service == service]
+        stale = [a for a in mine if a.generation != gen]
+        if not stale or not all((a.node, a.instance) in serving for a in mine):
+            continue
+        stale.sort(key=lambda a: (a.instance in active, a.instance))
+        chosen.append(stale[0].instance)
+    return chosen
+
+
 def plan(state: ClusterState) -> Decision:
     by_instance = {a.instance: a for a in state.assignments}
     failed = failed_instances(state.statuses, by_instance)
@@ -94,12 +128,24 @@ def plan(state: ClusterState) -> Decision:
     result = schedule(
         demands(state.spec), node_states(state.spec, state.alive, state.drained), current
     )
-    wanted = {
-        a.instance: AssignmentRecord(
-            service=a.service, instance=a.instance, node=a.node, avoid=sorted(a.avoid)
+    generations = {name: generation(state, name) for name in state.spec.services}
+    wanted = {}
+    for a in result.assignments:
+        current_record = by_instance.get(a.instance)
+        kept = current_record is not None and current_record.node == a.node
+        wanted[a.instance] = AssignmentRecord(
+            service=a.service,
+            instance=a.instance,
+            node=a.node,
+            avoid=sorted(a.avoid),
+            # A new or moved instance starts with the new generation; one that
+            # stays keeps its own until `rolling` picks it.
+            generation=current_record.generation if kept else generations[a.service],
         )
-        for a in result.assignments
-    }
+    rolled = rolling(state, wanted, generations)
+    for instance in rolled:
+        record = wanted[instance]
+        wanted[instance] = record.model_copy(update={"generation": generations[record.service]})
     write = [rec for inst, rec in wanted.items() if by_instance.get(inst) != rec]
     remove = [
         rec
@@ -117,4 +163,5 @@ def plan(state: ClusterState) -> Decision:
         unplaced=result.unplaced,
         moved=moved,
         failed_on={i: n for i, n in failed.items() if i in moved or i not in wanted},
+        rolled=tuple(rolled),
     )

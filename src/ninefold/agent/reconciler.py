@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from ninefold import defaults
@@ -52,8 +51,8 @@ class Reconciler:
         for instance, record in sorted(desired.items()):
             wanted = self.spec.services[record.service]
             runner = self.runners.get(instance)
-            if runner is not None and runner.spec != wanted:
-                await self._stop(instance, "spec changed")
+            if runner is not None and runner.generation != record.generation:
+                await self._stop(instance, "new generation")
                 runner = None
             if runner is None:
                 await self._start(record, wanted)
@@ -62,6 +61,7 @@ class Reconciler:
     async def _start(self, record: AssignmentRecord, spec: ServiceSpec) -> None:
         try:
             runner = InstanceRunner(self.ctx, record.service, record.instance, spec)
+            runner.generation = record.generation
         except (RuntimeError, OSError) as exc:
             await self.ctx.journal.record("start-failed", record.instance, str(exc))
             return
@@ -90,6 +90,7 @@ class Reconciler:
             runner.republish()
 
     async def stop_all(self) -> None:
-        for instance in sorted(self.runners):
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._stop(instance, "agent shutdown"))
+        """Stop (and drain) every instance at once: shutting down takes the
+        longest drain, not the sum of them."""
+        stops = [self._stop(instance, "agent shutdown") for instance in sorted(self.runners)]
+        await asyncio.gather(*stops, return_exceptions=True)

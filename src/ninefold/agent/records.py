@@ -10,6 +10,8 @@ Keyspace (under the cluster's namespace, ``/ninefold/<cluster>/``)::
     locks/leader             the leader lock (holder = node name)
     locks/active/<service>   the active lock of an active-passive service
     events/<time>-<node>     Event, pruned by count
+    restarts/<service>       token of the last restart asked for (rolling restart)
+    gateways/<node>          GatewayReport: in-flight counts to draining backends
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ SPEC_KEY = "spec"
 NODES = "nodes/"
 DRAIN = "drain/"
 ASSIGN = "assign/"
+RESTARTS = "restarts/"
+GATEWAYS = "gateways/"
 STATUS = "status/"
 EVENTS = "events/"
 LEADER_LOCK = "leader"
@@ -43,6 +47,10 @@ def assign_key(node: str, instance: str) -> str:
 
 def status_key(node: str, instance: str) -> str:
     return f"{STATUS}{node}/{instance}"
+
+
+def gateway_key(node: str) -> str:
+    return f"{GATEWAYS}{node}"
 
 
 def active_lock(service: str) -> str:
@@ -80,6 +88,8 @@ class AssignmentRecord(Record):
     instance: str
     node: str
     avoid: list[str] = []
+    generation: str = ""
+    """What the instance runs (see planning.generation); a change restarts it."""
 
 
 InstanceState = Literal["starting", "running", "backoff", "failed", "stopped", "standby"]
@@ -97,6 +107,8 @@ class InstanceStatus(Record):
     health: Health = "starting"
     role: Role = "replica"
     fencing_token: int | None = None
+    draining: bool = False
+    """Being stopped: gateways send it no new requests, in-flight ones finish."""
     restarts: int = 0
     pid: int | None = None
     since: float = Field(default_factory=time.time)
@@ -108,6 +120,14 @@ class InstanceStatus(Record):
         return self.state == "running" and self.health in ("healthy", "none")
 
 
+class GatewayReport(Record):
+    """What one node's gateway tells instances being drained."""
+
+    node: str
+    draining: dict[str, int] = {}
+    """backend key -> requests or connections still in flight to it"""
+
+
 class Event(Record):
     time: float = Field(default_factory=time.time)
     kind: str
@@ -117,8 +137,9 @@ class Event(Record):
     data: dict[str, Any] = {}
 
     def line(self) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
-        frac = f"{self.time % 1:.3f}"[1:]
+        millis = int(self.time * 1000)
+        stamp = time.strftime("%H:%M:%S", time.localtime(millis // 1000))
+        frac = f".{millis % 1000:03d}"
         extra = " ".join(f"{k}={v}" for k, v in self.data.items())
         parts = [f"{stamp}{frac}", self.kind, self.subject, self.reason, extra]
         return "  ".join(p for p in parts if p)

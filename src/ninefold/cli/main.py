@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ninefold import __version__
-from ninefold.spec import ClusterSpec, SpecError, load_spec
+from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -251,6 +252,71 @@ def apply(
 
     revision = with_store(cluster, run)
     out.print(f"applied {file} (store revision {revision})")
+
+
+async def _update_service(
+    store: Any, spec: ClusterSpec, service: str, change: dict[str, Any]
+) -> int:
+    """Change one service in the store's spec, atomically (compare-and-swap)."""
+    from ninefold.agent.leader import read_spec
+    from ninefold.agent.records import SPEC_KEY
+    from ninefold.spec.loading import dump_spec
+    from ninefold.store.base import Compare, Put
+
+    for _ in range(5):
+        current = await store.get(SPEC_KEY)
+        cluster = await read_spec(store, spec)
+        if service not in cluster.services:
+            known = ", ".join(sorted(cluster.services)) or "none"
+            raise fail(f"no service named {service!r} (services: {known})", EXIT_USAGE)
+        services = dict(cluster.services)
+        services[service] = services[service].model_copy(update=change)
+        updated = cluster.model_copy(update={"services": services})
+        try:
+            text = dump_spec(updated)
+            parse_spec(text, "<scale>")
+        except SpecError as exc:
+            raise fail(str(exc).splitlines()[0], EXIT_USAGE) from None
+        guard = Compare(SPEC_KEY, "mod", "==", current.mod_revision if current else 0)
+        result = await store.txn([guard], [Put(SPEC_KEY, text.encode())])
+        if result.succeeded:
+            return result.revision
+    raise fail("the spec kept changing under us; try again")
+
+
+@app.command()
+def scale(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    replicas: Annotated[int, typer.Argument(help="How many instances it should run.", min=1)],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Set how many instances a service runs."""
+    cluster = load(spec)
+    with_store(
+        cluster, lambda store: _update_service(store, cluster, service, {"replicas": replicas})
+    )
+    out.print(f"{service} scaled to {replicas}")
+
+
+@app.command()
+def restart(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Restart every instance of a service, one at a time (rolling, drained)."""
+    cluster = load(spec)
+    from ninefold.agent.leader import read_spec
+    from ninefold.agent.records import RESTARTS
+
+    async def run(store: Any) -> None:
+        current = await read_spec(store, cluster)
+        if service not in current.services:
+            known = ", ".join(sorted(current.services)) or "none"
+            raise fail(f"no service named {service!r} (services: {known})", EXIT_USAGE)
+        await store.put(f"{RESTARTS}{service}", str(time.time_ns()).encode())
+
+    with_store(cluster, run)
+    out.print(f"{service}: rolling restart asked; `ninefold events -f` shows its progress")
 
 
 def main() -> None:

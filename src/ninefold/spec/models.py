@@ -33,6 +33,7 @@ from ninefold import defaults
 
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
+from .routing import BalanceSpec, GatewaySpec, RouteSpec
 
 DEFER_CHECKS = "ninefold.spec.defer_checks"
 """Validation context key: when true, cross checks are left to `problems()`."""
@@ -402,6 +403,8 @@ class ServiceSpec(_Model):
     stop_signal: SignalName = defaults.STOP_SIGNAL
     stop_timeout: Duration = defaults.STOP_TIMEOUT
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    route: RouteSpec | None = None
+    balance: BalanceSpec = Field(default_factory=BalanceSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -471,11 +474,27 @@ class ServiceSpec(_Model):
             seen.add(name)
         if self.check is not None:
             out += self._check_problems(self.check)
+        if self.route is not None:
+            out += self._route_problems(self.route)
         for loc, template in self.templates():
             out += [
                 Problem(loc, m) for m in _placeholder_problems(template, self.ports, self.volumes)
             ]
         return out
+
+    def route_port(self) -> str | None:
+        """Name of the instance port that receives routed traffic."""
+        if self.route is None:
+            return None
+        return self.route.port or (self.ports[0] if self.ports else None)
+
+    def _route_problems(self, route: RouteSpec) -> list[Problem]:
+        declared = _declared(self.ports, "ports")
+        if route.port is not None and route.port not in self.ports:
+            return [Problem(("route", "port"), f"no port named '{route.port}' ({declared})")]
+        if not self.ports:
+            return [Problem(("route",), "a route needs a port; " + declared)]
+        return []
 
     def _check_problems(self, check: CheckSpec) -> list[Problem]:
         declared = _declared(self.ports, "ports")
@@ -492,6 +511,7 @@ class ClusterSpec(_Model):
     cluster: ClusterName
     store: StoreSpec = Field(default_factory=StoreSpec)
     nodes: list[NodeSpec] = Field(min_length=1)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     services: dict[ServiceName, ServiceSpec] = {}
 
     @model_validator(mode="after")
@@ -542,6 +562,39 @@ def cluster_problems(
         out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
         if nodes is not None:
             out += placement_problems(name, service, nodes)
+    out += route_problems(services, nodes or [])
+    return out
+
+
+def route_problems(services: Mapping[str, ServiceSpec], nodes: list[NodeSpec]) -> list[Problem]:
+    """Two services on one TCP listen port or one HTTP host+prefix; a TCP
+    listen port that is also a port of some node's agent."""
+    out: list[Problem] = []
+    tcp: dict[int, str] = {}
+    http: dict[tuple[str | None, str], str] = {}
+    node_ports = {port: kind for node in nodes for kind, port in node.bound_ports(node.store)}
+    for name, service in services.items():
+        route = service.route
+        if route is None:
+            continue
+        if route.tcp is not None:
+            loc = ("services", name, "route", "tcp")
+            if route.tcp in tcp:
+                out.append(
+                    Problem(loc, f"port {route.tcp} is also the route of '{tcp[route.tcp]}'")
+                )
+            elif route.tcp in node_ports:
+                out.append(
+                    Problem(loc, f"port {route.tcp} is a node's {node_ports[route.tcp]} port")
+                )
+            tcp.setdefault(route.tcp, name)
+        else:
+            key = (route.host, route.http or "/")
+            if key in http:
+                what = f"host {route.host} " if route.host else ""
+                msg = f"{what}prefix {key[1]} is also the route of '{http[key]}'"
+                out.append(Problem(("services", name, "route"), msg))
+            http.setdefault(key, name)
     return out
 
 

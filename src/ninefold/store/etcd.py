@@ -316,6 +316,47 @@ class EtcdStore(Store):
         if channel is not None:
             await channel.close()
 
+    # -- store membership (etcd only: the leader agent keeps etcd's raft leader
+    #    off nodes whose loss would also cost a failover, see agent/store_leadership.py)
+    async def raft_leader(self) -> tuple[str, dict[str, str]] | None:
+        """(name of etcd's raft leader, member name -> client endpoint), or None
+        when no member says who leads."""
+        with self._errors():
+            stubs = await self._connect()
+            assert self._channel is not None
+            cluster = rpc.ClusterStub(self._channel)
+            members = await cluster.MemberList(rpc.MemberListRequest(), **self._call())
+            status = await rpc.MaintenanceStub(self._channel).Status(
+                rpc.StatusRequest(), **self._call()
+            )
+        del stubs
+        names = {m.ID: m.name for m in members.members}
+        urls = {
+            m.name: m.clientURLs[0].split("://", 1)[-1] for m in members.members if m.clientURLs
+        }
+        leader = names.get(status.leader)
+        return (leader, urls) if leader else None
+
+    async def move_raft_leader(self, leader_endpoint: str, target: str) -> None:
+        """Ask etcd's raft leader (reached at leader_endpoint) to hand
+        leadership to member `target`."""
+        with self._errors():
+            assert self._channel is not None
+            cluster = rpc.ClusterStub(self._channel)
+            members = await cluster.MemberList(rpc.MemberListRequest(), **self._call())
+            ids = {m.name: m.ID for m in members.members}
+            if target not in ids:
+                raise StoreError(f"no store member named {target}")
+            channel = self._open(channel_target([parse_endpoint(leader_endpoint)]))
+            try:
+                await rpc.MaintenanceStub(channel).MoveLeader(
+                    rpc.MoveLeaderRequest(targetID=ids[target]),
+                    timeout=self._timeout * 3,
+                    metadata=_METADATA,
+                )
+            finally:
+                await channel.close()
+
     # -- connection and errors
     async def _connect(self) -> _Stubs:
         if self._closed:

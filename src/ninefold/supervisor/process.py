@@ -235,6 +235,14 @@ class SupervisedProcess:
             self._log_task = asyncio.create_task(self._watch_log(), name=f"log {self.spec.name}")
         await self._first_attempt.wait()
 
+    def signal_group(self, sig: int) -> bool:
+        """Send `sig` to the running child's whole group (SIGSTOP/SIGCONT freeze
+        and thaw it); False when nothing runs."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return False
+        return killpg_quiet(proc.pid, sig)
+
     async def stop(self) -> None:
         """Stop signal to the whole group, SIGKILL after ``stop_timeout``. Idempotent."""
         async with self._lifecycle:

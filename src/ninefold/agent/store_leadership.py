@@ -1,0 +1,83 @@
+"""Keeping etcd's raft leader off the nodes that run actives.
+
+When the node holding etcd's raft leadership dies, the survivors first elect a
+new raft leader, and the new leader extends every lease by its election
+timeout: the dead node's lease, and with it the active lock of every service
+active there, outlives the node by two seconds or more than usual (measured:
+failover 4.3 s instead of 2.2 s). So the leader agent moves raft leadership to
+the store member whose node runs the fewest actives: losing the node with an
+active then costs a failover, not a failover plus a store election.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+
+from ninefold.agent.journal import EventJournal
+from ninefold.agent.records import InstanceStatus
+from ninefold.store.base import Store, StoreError
+
+log = logging.getLogger("ninefold.leader")
+
+CHECK_EVERY = 5.0
+"""How often the leader looks where the raft leader is (costs 2 small requests)."""
+MOVE_AT_MOST_EVERY = 30.0
+
+
+def raft_leader_target(
+    raft_leader: str,
+    members: Iterable[str],
+    alive: Iterable[str],
+    statuses: Iterable[InstanceStatus],
+) -> str | None:
+    """The member raft leadership should move to, or None to leave it."""
+    actives: dict[str, int] = {}
+    for status in statuses:
+        if status.role == "active":
+            actives[status.node] = actives.get(status.node, 0) + 1
+    here = actives.get(raft_leader, 0)
+    if here == 0:
+        return None
+    alive_set = set(alive)
+    candidates = sorted(
+        (actives.get(m, 0), m) for m in members if m in alive_set and m != raft_leader
+    )
+    if not candidates or candidates[0][0] >= here:
+        return None
+    return candidates[0][1]
+
+
+class RaftLeaderPlacement:
+    def __init__(self, store: Store, journal: EventJournal) -> None:
+        self._store = store
+        self._journal = journal
+        self._last_check = 0.0
+        self._last_move = 0.0
+
+    async def step(self, alive: Iterable[str], statuses: Iterable[InstanceStatus]) -> None:
+        """Called from the leader loop; does nothing most of the time."""
+        now = time.monotonic()
+        probe = getattr(self._store, "raft_leader", None)
+        if probe is None or now - self._last_check < CHECK_EVERY:
+            return
+        if now - self._last_move < MOVE_AT_MOST_EVERY:
+            return
+        self._last_check = now
+        try:
+            found: tuple[str, Mapping[str, str]] | None = await probe()
+            if found is None:
+                return
+            leader, endpoints = found
+            target = raft_leader_target(leader, endpoints, alive, statuses)
+            if target is None or leader not in endpoints:
+                return
+            self._last_move = now
+            await self._store.move_raft_leader(endpoints[leader], target)  # type: ignore[attr-defined]
+        except StoreError as exc:
+            log.info("could not move the store's raft leader: %s", exc)
+            return
+        await self._journal.record(
+            "store-leader", target, f"moved from {leader}: it runs actives", from_node=leader
+        )

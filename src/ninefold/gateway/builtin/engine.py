@@ -1,0 +1,320 @@
+"""The built-in gateway engine: asyncio (uvloop when the agent runs it),
+HTTP/1.1 parsed with httptools, keep-alive to clients and pooled keep-alive
+connections to backends, TCP routes spliced byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ninefold import defaults
+from ninefold.gateway import balance
+from ninefold.gateway.builtin.http import ClientConnection
+from ninefold.gateway.builtin.pool import Pool
+from ninefold.gateway.builtin.tcp import TcpClient
+from ninefold.gateway.engine import (
+    Counters,
+    Engine,
+    GatewaySettings,
+    MetricsSnapshot,
+    ServiceMetrics,
+)
+from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+
+log = logging.getLogger("ninefold.gateway")
+
+SWEEP_EVERY = 1.0  # TODO(defaults)
+"""How often idle pooled connections and expired down marks are cleared."""
+LISTEN_BACKLOG = 1024  # TODO(defaults)
+MATCH_CACHE_SIZE = 1024
+MATCH_CACHE_URL_MAX = 512
+
+
+class ServiceState:
+    """What the engine keeps per service of the applied table."""
+
+    __slots__ = (
+        "balancer",
+        "client_timeout",
+        "connect_timeout",
+        "cookie_headers",
+        "live",
+        "metrics",
+        "name",
+        "retries",
+        "routes",
+        "server_timeout",
+        "sticky",
+        "total",
+    )
+
+    def __init__(
+        self, routes: ServiceRoutes, metrics: ServiceMetrics, balancer: balance.Balancer
+    ) -> None:
+        self.name = routes.service
+        self.routes = routes
+        self.live = routes.live
+        self.metrics = metrics
+        self.total = metrics.total
+        self.balancer = balancer
+        spec = routes.balance
+        self.retries = spec.retries
+        self.connect_timeout = spec.timeouts.connect
+        self.server_timeout = spec.timeouts.server
+        self.client_timeout = spec.timeouts.client
+        self.sticky = balance.Sticky(spec.sticky.cookie, self.live) if spec.sticky else None
+        self.cookie_headers: dict[str, bytes] = {}
+        for backend in routes.backends:
+            metrics.backends.setdefault(backend.key, Counters())
+
+    def backend_counters(self, key: str) -> Counters:
+        counters = self.metrics.backends.get(key)
+        if counters is None:
+            counters = self.metrics.backends[key] = Counters()
+        return counters
+
+    def set_cookie_header(self, backend: Backend) -> bytes:
+        header = self.cookie_headers.get(backend.key)
+        if header is None:
+            assert self.sticky is not None
+            header = b"Set-Cookie: %s\r\n" % self.sticky.set_cookie(backend).encode("latin-1")
+            self.cookie_headers[backend.key] = header
+        return header
+
+
+class _Table(RoutingTable):
+    """The applied table, its HTTP routes sorted once instead of per request."""
+
+    def __init__(self, services: dict[str, ServiceRoutes]) -> None:
+        super().__init__(services)
+        object.__setattr__(self, "_http", RoutingTable.http(self))
+
+    def http(self) -> list[ServiceRoutes]:
+        return self._http  # type: ignore[attr-defined, no-any-return]
+
+
+@dataclass
+class _Routing:
+    """Everything one apply() sets, swapped in at once."""
+
+    table: _Table = field(default_factory=lambda: _Table({}))
+    services: dict[str, ServiceState] = field(default_factory=dict)
+    tcp: dict[int, ServiceState] = field(default_factory=dict)
+    live_keys: frozenset[str] = frozenset()
+    matches: dict[tuple[bytes | None, bytes], tuple[ServiceState, bytes] | None] = field(
+        default_factory=dict
+    )
+    """Routing decisions already taken with this table, by (Host, URL)."""
+
+
+_MISS = object()
+
+
+class BuiltinEngine(Engine):
+    name = "builtin"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__(settings)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._routing = _Routing()
+        self._metrics: dict[str, ServiceMetrics] = {}
+        self.inflight_counts: dict[str, int] = {}
+        self._down: dict[str, float] = {}
+        self.pools: dict[str, Pool] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._listeners: dict[int, asyncio.AbstractServer] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.clients: set[ClientConnection] = set()
+        self.tunnels: set[TcpClient] = set()
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.port = settings.http_port
+        """The HTTP port listened on (the one chosen when settings ask for 0)."""
+
+    # --- Engine -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            self.settings.address,
+            self.settings.http_port,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
+        for port in self._routing.tcp:
+            await self._listen_tcp(port)
+        log.debug("builtin gateway listening on %s:%s", self.settings.address, self.port)
+
+    async def apply(self, table: RoutingTable) -> None:
+        old = self._routing
+        services: dict[str, ServiceState] = {}
+        for name, routes in table.services.items():
+            metrics = self._metrics.setdefault(name, ServiceMetrics())
+            prev = old.services.get(name)
+            algorithm = routes.balance.algorithm
+            if prev is not None and prev.routes.balance.algorithm == algorithm:
+                balancer = prev.balancer
+            else:
+                balancer = balance.make_balancer(algorithm, self.inflight)
+            services[name] = ServiceState(routes, metrics, balancer)
+        tcp = {port: services[routes.service] for port, routes in table.tcp().items()}
+        live_keys = frozenset(b.key for s in table.services.values() for b in s.live)
+        self._routing = _Routing(_Table(dict(table.services)), services, tcp, live_keys)
+
+        # Backends that take no new requests keep no idle connections; the
+        # connections of requests in flight to them close when those end.
+        for key in [k for k in self.pools if k not in live_keys]:
+            self.pools.pop(key).close()
+
+        for port in [p for p in self._listeners if p not in tcp]:
+            # Stops accepting; connections already spliced stay up.
+            self._listeners.pop(port).close()
+        for port in tcp:
+            if port not in self._listeners and self.loop is not None:
+                await self._listen_tcp(port)
+
+    def inflight(self, backend_key: str) -> int:
+        return self.inflight_counts.get(backend_key, 0)
+
+    def snapshot(self) -> MetricsSnapshot:
+        return {
+            name: ServiceMetrics(
+                total=_copy(m.total), backends={k: _copy(c) for k, c in m.backends.items()}
+            )
+            for name, m in self._metrics.items()
+        }
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        servers = [s for s in (self._server, *self._listeners.values()) if s is not None]
+        self._server = None
+        self._listeners.clear()
+        for server in servers:
+            server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        for client in list(self.clients):
+            client.abort()
+        for tunnel in list(self.tunnels):
+            tunnel.abort()
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+        for server in servers:
+            await server.wait_closed()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # --- used by connections -------------------------------------------------------------
+
+    def match(self, host: bytes | None, url: bytes) -> tuple[ServiceState, bytes] | None:
+        """The service for a request and the path to pass on (None: no route)."""
+        routing = self._routing
+        cache = routing.matches
+        hit = cache.get((host, url), _MISS)
+        if hit is not _MISS:
+            return hit
+        path = url.decode("latin-1")
+        found = routing.table.match(host.decode("latin-1") if host is not None else None, path)
+        result = None
+        if found is not None:
+            path_out = url if found[1] == path else found[1].encode("latin-1")
+            result = routing.services[found[0].service], path_out
+        if len(url) <= MATCH_CACHE_URL_MAX:
+            if len(cache) >= MATCH_CACHE_SIZE:
+                cache.clear()
+            cache[(host, url)] = result
+        return result
+
+    def tcp_service(self, port: int) -> ServiceState | None:
+        return self._routing.tcp.get(port)
+
+    def choose(
+        self, svc: ServiceState, client_ip: str, tried: Iterable[str] | frozenset[str]
+    ) -> Backend | None:
+        down = self._down
+        if not down:
+            return svc.balancer.pick(svc.live, client_ip, tried)  # type: ignore[arg-type]
+        now = self.loop.time()
+        for key in [k for k, until in down.items() if until <= now]:
+            del down[key]
+        return balance.choose(svc.balancer, svc.live, client_ip, tried, down)  # type: ignore[arg-type]
+
+    def is_down(self, key: str) -> bool:
+        until = self._down.get(key)
+        return until is not None and until > self.loop.time()
+
+    def mark_down(self, key: str) -> None:
+        """Passive check: a refused or reset connection takes the backend out
+        of rotation for BACKEND_DOWN_FOR seconds."""
+        if key not in self._down:
+            log.info(
+                "backend %s refused or reset a connection: down for %gs",
+                key,
+                defaults.BACKEND_DOWN_FOR,
+            )
+        self._down[key] = self.loop.time() + defaults.BACKEND_DOWN_FOR
+        pool = self.pools.get(key)
+        if pool is not None:
+            pool.close_idle()
+
+    def inflight_add(self, key: str, n: int) -> None:
+        inflight = self.inflight_counts
+        count = inflight.get(key, 0) + n
+        if count:
+            inflight[key] = count
+        else:
+            inflight.pop(key, None)
+
+    def pool_for(self, backend: Backend) -> Pool:
+        key = backend.key
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(key, backend.address, backend.port)
+            if key in self._routing.live_keys:
+                self.pools[key] = pool
+            else:
+                pool.open = False
+        return pool
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _listen_tcp(self, port: int) -> None:
+        try:
+            self._listeners[port] = await self.loop.create_server(
+                lambda: TcpClient(self, port),
+                self.settings.address,
+                port,
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
+            )
+        except OSError as exc:
+            log.error("gateway cannot listen on %s:%s: %s", self.settings.address, port, exc)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for pool in self.pools.values():
+            pool.sweep(now)
+        down = self._down
+        for key in [k for k, until in down.items() if until <= now]:
+            del down[key]
+        self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
+
+
+def _copy(c: Counters) -> Counters:
+    return Counters(
+        requests=c.requests,
+        responses=dict(c.responses),
+        retries=c.retries,
+        active=c.active,
+        latency_counts=list(c.latency_counts),
+        latency_sum=c.latency_sum,
+    )

@@ -1,0 +1,96 @@
+"""What every gateway engine does, whichever way it does it.
+
+The agent builds a `RoutingTable` (routes.py) and hands each new one to its
+engine with `apply`; the engine sends clients to the table's backends. Draining
+is visible through `inflight`: the agent stops an instance only once no
+gateway has a request in flight to it (or the drain timeout passed).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ninefold.gateway.routes import RoutingTable
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the latency histogram every engine reports."""
+
+
+@dataclass
+class Counters:
+    """Traffic counters of one service or one backend (monotonic)."""
+
+    requests: int = 0
+    responses: dict[str, int] = field(default_factory=dict)
+    """By class: '1xx' .. '5xx', and 'error' for requests answered by the
+    gateway itself because nothing could serve them."""
+    retries: int = 0
+    active: int = 0
+    """Requests (HTTP) or connections (TCP) in flight now."""
+    latency_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    """Per bucket of LATENCY_BUCKETS, not cumulative; the +Inf bucket is
+    requests minus their sum."""
+    latency_sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.latency_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_counts[i] += 1
+                return
+
+    def answered(self, status: int | str) -> None:
+        key = status if isinstance(status, str) else f"{status // 100}xx"
+        self.responses[key] = self.responses.get(key, 0) + 1
+
+
+@dataclass
+class ServiceMetrics:
+    total: Counters = field(default_factory=Counters)
+    backends: dict[str, Counters] = field(default_factory=dict)
+    """By backend key (address:port)."""
+
+
+MetricsSnapshot = dict[str, ServiceMetrics]
+"""By service name."""
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where a node's gateway listens and keeps its files."""
+
+    node: str
+    address: str
+    http_port: int
+    run_dir: Path
+    """Sockets, pid files, rendered configuration."""
+    log_dir: Path
+
+
+class Engine(abc.ABC):
+    name: str
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Begin listening on the HTTP port (routes arrive with apply)."""
+
+    @abc.abstractmethod
+    async def apply(self, table: RoutingTable) -> None:
+        """Route by this table from now on. Called on every change; must not
+        drop established connections (draining backends keep theirs)."""
+
+    @abc.abstractmethod
+    def inflight(self, backend_key: str) -> int:
+        """Requests (HTTP) or connections (TCP) open to this backend now."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> MetricsSnapshot:
+        """Counters since start, per service and backend."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...

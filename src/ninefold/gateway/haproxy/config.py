@@ -1,0 +1,456 @@
+"""haproxy.cfg from a routing table, and the runtime commands between two tables.
+
+Pure functions, no I/O: ``render`` writes the whole configuration, and
+``plan_runtime`` says how to go from one table to the next through the runtime
+API, or that a reload is needed (``Reload``).
+
+Dynamic servers: pre-allocated slots
+------------------------------------
+Every backend is rendered with a fixed number of server slots (``s1`` ..
+``sN``): one per instance, the rest ``disabled`` at ``0.0.0.0:1``. A new
+instance takes a free slot (``set server addr``, ``weight``, ``state ready``),
+a removed one puts its slot in ``maint``, a draining one goes to ``drain``.
+Only when a service has more instances than slots is the change structural
+(a reload with more slots). HAProxy 2.6 also has ``add server``/``del
+server``, but a dynamic server there cannot use every setting of the backend
+(no ``default-server``; the backend must use a dynamic algorithm, so ``balance
+source`` with the default map-based hash is refused; health checks need a
+separate ``enable health``), and a dynamic server vanishes on a reload unless
+it is also written to the file. Slots keep everything in the file: health
+checks, dynamic sticky cookies and counters all work from the first moment,
+and since the file is re-rendered after every change (with the slot of every
+instance), a reload or a restart of HAProxy finds the current state.
+
+Sticky cookies use HAProxy's dynamic cookies: the value is a hash of the
+server's address, port and a secret key, so it does not reveal the address,
+follows a slot's new occupant at ``set server addr``, and is the same on every
+node that shares the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ninefold import defaults
+from ninefold.gateway.engine import GatewaySettings
+from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+from ninefold.spec import ClusterSpec
+from ninefold.spec.models import CheckSpec
+
+MIN_SLOTS = 4  # TODO(defaults)
+"""Server slots rendered per backend at least; a reload grows them to twice
+the instance count when a service outgrows its slots."""
+HARD_STOP_AFTER = 60.0  # TODO(defaults)
+"""After a reload, the old HAProxy worker closes connections still open this long."""
+MAX_WEIGHT = 256
+"""HAProxy's largest server weight."""
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
+"""Only these are retried once part of the request reached an instance
+(connection failures are retried for every method: nothing was sent)."""
+ERROR_REASONS = {502: "bad gateway", 503: "no instance available", 504: "gateway timeout"}
+EMPTY_SLOT = "0.0.0.0:1"
+
+_UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Files of the HAProxy that serves one gateway, all under ``run_dir``."""
+
+    config: str
+    master_socket: str
+    stats_socket: str
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> Paths:
+        run = settings.run_dir
+        return cls(
+            config=str(run / "haproxy.cfg"),
+            master_socket=str(run / "haproxy-master.sock"),
+            stats_socket=str(run / "haproxy-stats.sock"),
+        )
+
+
+@dataclass(frozen=True)
+class SlotMap:
+    """Which server slot of each backend serves which instance (by backend key)."""
+
+    capacity: Mapping[str, int] = field(default_factory=dict)
+    """Slots per service."""
+    assigned: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Service -> backend key -> slot number (1-based)."""
+
+    def slot_of(self, service: str, key: str) -> int | None:
+        return self.assigned.get(service, {}).get(key)
+
+    def key_of(self, service: str, slot: int) -> str | None:
+        for key, number in self.assigned.get(service, {}).items():
+            if number == slot:
+                return key
+        return None
+
+
+@dataclass(frozen=True)
+class Reload:
+    """The change needs a new configuration (and a seamless reload)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """Runtime API commands that turn the old table into the new one."""
+
+    commands: list[str]
+    slots: SlotMap
+
+
+# --- names -------------------------------------------------------------------------
+
+
+def backend_name(service: str) -> str:
+    return f"be_{service}"
+
+
+def server_name(slot: int) -> str:
+    return f"s{slot}"
+
+
+def slot_number(server: str) -> int | None:
+    return int(server[1:]) if server.startswith("s") and server[1:].isdigit() else None
+
+
+def service_of_backend(proxy: str) -> str | None:
+    return proxy[3:] if proxy.startswith("be_") else None
+
+
+# --- slots ---------------------------------------------------------------------------
+
+
+def _unique(backends: Iterable[Backend]) -> dict[str, Backend]:
+    out: dict[str, Backend] = {}
+    for b in backends:
+        out.setdefault(b.key, b)
+    return out
+
+
+def allocate_slots(table: RoutingTable, previous: SlotMap | None = None) -> SlotMap:
+    """Slots for a fresh configuration: room for twice the instances (at least
+    MIN_SLOTS); instances keep the slot they had in ``previous`` when it fits."""
+    capacity: dict[str, int] = {}
+    assigned: dict[str, dict[str, int]] = {}
+    for name, routes in table.services.items():
+        keys = list(_unique(routes.backends))
+        cap = max(MIN_SLOTS, 2 * len(keys))
+        before = previous.assigned.get(name, {}) if previous else {}
+        mine = {k: s for k, s in before.items() if k in keys and s <= cap}
+        free = sorted(set(range(1, cap + 1)) - set(mine.values()))
+        for key in keys:
+            if key not in mine:
+                mine[key] = free.pop(0)
+        capacity[name] = cap
+        assigned[name] = mine
+    return SlotMap(capacity, assigned)
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def checks_for(spec: ClusterSpec) -> dict[str, CheckSpec | None]:
+    """The health check HAProxy can mirror for each routed service.
+
+    HAProxy checks the port it sends traffic to; a check of another port of
+    the instance (``check.port`` or ``check.tcp`` naming it) cannot be
+    mirrored, nor can an exec check: those services get None (ninefold's own
+    checks still take failing instances out of the table)."""
+    out: dict[str, CheckSpec | None] = {}
+    for name, svc in spec.services.items():
+        if svc.route is None:
+            continue
+        check = svc.check
+        if check is None or check.kind == "exec":
+            out[name] = None
+            continue
+        port = check.tcp if check.kind == "tcp" else (check.port or (svc.ports or [None])[0])
+        out[name] = check if port == svc.route_port() else None
+    return out
+
+
+def _uses_checks(check: CheckSpec | None) -> bool:
+    return check is not None and check.kind in ("http", "tcp")
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    ms = max(1, round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _quoted(value: str, what: str) -> str:
+    """A value for the configuration in single quotes (no escapes are processed there)."""
+    if _UNSAFE.search(value):
+        raise ValueError(f"{what} {value!r} has characters haproxy.cfg cannot take")
+    return f"'{value}'"
+
+
+def _address(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return f"{host}:{port}"
+
+
+def _error_body(status: int) -> str:
+    return json.dumps({"error": ERROR_REASONS[status], "status": status}, separators=(",", ":"))
+
+
+def render(
+    table: RoutingTable,
+    settings: GatewaySettings,
+    checks: Mapping[str, CheckSpec | None] | None = None,
+    slots: SlotMap | None = None,
+    *,
+    cookie_key: str = "ninefold",
+) -> str:
+    """The whole haproxy.cfg for this table.
+
+    ``checks`` are the services' health checks (see ``checks_for``);
+    ``slots`` where each instance goes (``allocate_slots(table)`` when None);
+    ``cookie_key`` the secret of sticky cookies (the same on every node)."""
+    checks = checks or {}
+    slots = slots if slots is not None else allocate_slots(table)
+    paths = Paths.of(settings)
+    http = table.http()
+    client_timeout = max(
+        (s.balance.timeouts.client for s in http), default=defaults.GATEWAY_CLIENT_TIMEOUT
+    )
+    out = [
+        f"# haproxy.cfg of ninefold's gateway on node {settings.node}; generated, do not edit",
+        "global",
+        f"    stats socket {_quoted(paths.stats_socket, 'run_dir')} mode 600 level admin"
+        " expose-fd listeners",
+        "    stats timeout 10s",
+        "    log stderr format raw daemon notice",
+        f"    hard-stop-after {_ms(HARD_STOP_AFTER)}",
+        "",
+        "defaults",
+        "    log global",
+        "    option dontlognull",
+        f"    timeout connect {_ms(defaults.GATEWAY_CONNECT_TIMEOUT)}",
+        f"    timeout client {_ms(defaults.GATEWAY_CLIENT_TIMEOUT)}",
+        f"    timeout server {_ms(defaults.GATEWAY_SERVER_TIMEOUT)}",
+    ]
+    for status in sorted(ERROR_REASONS):
+        out.append(
+            f"    http-error status {status} content-type application/json"
+            f" string '{_error_body(status)}'"
+        )
+    out += [
+        "",
+        "frontend http",
+        "    mode http",
+        f"    bind {_address(settings.address, settings.http_port)}",
+        f"    timeout client {_ms(client_timeout)}",
+        "    option forwardfor",
+        "    http-request set-header X-Forwarded-Proto http",
+        "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"
+        " if { req.hdr(host) -m found }",
+    ]
+    for routes in http:
+        out += _http_rules(routes)
+    out += [
+        "    default_backend no_route",
+        "",
+        "backend no_route",
+        "    mode http",
+        "    http-request return status 404 content-type application/json"
+        """ string '{"error":"no route","status":404}'""",
+    ]
+    for routes in http:
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key)
+    for port, routes in sorted(table.tcp().items()):
+        out += [
+            "",
+            f"frontend tcp_{port}",
+            "    mode tcp",
+            f"    bind {_address(settings.address, port)}",
+            f"    timeout client {_ms(routes.balance.timeouts.client)}",
+            f"    default_backend {backend_name(routes.service)}",
+        ]
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key)
+    return "\n".join(out) + "\n"
+
+
+def _http_rules(routes: ServiceRoutes) -> list[str]:
+    """ACLs and the use_backend line of one HTTP route (called in match order)."""
+    route, name = routes.route, routes.service
+    conditions = []
+    lines = []
+    if route.host is not None:
+        host = _quoted(route.host.lower(), f"service {name}: host")
+        lines.append(f"    acl host_{name} req.hdr(host),lower,regsub(:[0-9]+$,) -m str {host}")
+        conditions.append(f"host_{name}")
+    prefix = route.http or "/"
+    if prefix != "/":
+        bare = prefix.rstrip("/")
+        lines.append(f"    acl path_{name} path {_quoted(bare, f'service {name}: path')}")
+        lines.append(f"    acl path_{name} path_beg {_quoted(bare + '/', f'service {name}: path')}")
+        conditions.append(f"path_{name}")
+    condition = f" if {' '.join(conditions)}" if conditions else ""
+    lines.append(f"    use_backend {backend_name(name)}{condition}")
+    return lines
+
+
+def _backend(
+    routes: ServiceRoutes, check: CheckSpec | None, slots: SlotMap, cookie_key: str
+) -> list[str]:
+    name, route, balance = routes.service, routes.route, routes.balance
+    is_http = route.mode == "http"
+    lines = [
+        "",
+        f"backend {backend_name(name)}",
+        f"    mode {route.mode}",
+        f"    balance {balance.algorithm}",
+    ]
+    if balance.algorithm == "source":
+        lines.append("    hash-type consistent")
+    lines += [
+        f"    timeout connect {_ms(balance.timeouts.connect)}",
+        f"    timeout server {_ms(balance.timeouts.server)}",
+        f"    retries {balance.retries}",
+    ]
+    if balance.retries > 0:
+        lines.append("    option redispatch 1")
+        if is_http:
+            lines += [
+                "    retry-on conn-failure empty-response response-timeout",
+                f"    acl idempotent method {' '.join(IDEMPOTENT_METHODS)}",
+                "    http-request disable-l7-retry if !idempotent",
+            ]
+    else:
+        lines.append("    no option redispatch")
+    prefix = route.http or "/"
+    if is_http and route.strip_prefix and prefix != "/":
+        bare = re.escape(prefix.rstrip("/"))
+        pattern = _quoted(f"^{bare}(/|$)(.*)", f"service {name}: path")
+        lines.append(f"    http-request replace-path {pattern} '/\\2'")
+    if is_http and balance.sticky is not None:
+        cookie = _quoted(balance.sticky.cookie, f"service {name}: cookie")
+        lines += [
+            f"    cookie {cookie} insert indirect nocache dynamic",
+            f"    dynamic-cookie-key {_quoted(cookie_key, 'cookie key')}",
+        ]
+    if _uses_checks(check):
+        assert check is not None
+        if check.kind == "http":
+            lines.append(f"    option httpchk GET {_quoted(check.http or '/', 'check path')}")
+        lines.append(f"    timeout check {_ms(check.timeout)}")
+        lines.append(
+            f"    default-server check inter {_ms(check.interval)} fall {check.fall}"
+            f" rise {check.rise} observe layer4 error-limit 1 on-error mark-down"
+        )
+    by_slot = {s: k for k, s in slots.assigned.get(name, {}).items()}
+    backends = _unique(routes.backends)
+    for slot in range(1, slots.capacity.get(name, MIN_SLOTS) + 1):
+        backend = backends.get(by_slot.get(slot, ""))
+        if backend is None:
+            lines.append(f"    server {server_name(slot)} {EMPTY_SLOT} disabled")
+            continue
+        state = " disabled" if backend.draining else ""
+        lines.append(
+            f"    server {server_name(slot)} {_address(backend.address, backend.port)}"
+            f" weight {_weight(backend)}{state}"
+        )
+    return lines
+
+
+def _weight(backend: Backend) -> int:
+    return max(0, min(MAX_WEIGHT, backend.weight))
+
+
+# --- runtime changes -----------------------------------------------------------------------
+
+
+def _shape(routes: ServiceRoutes) -> tuple[object, ...]:
+    return (routes.route, routes.balance)
+
+
+def plan_runtime(
+    old: RoutingTable | None,
+    new: RoutingTable,
+    slots: SlotMap,
+    checks: Mapping[str, CheckSpec | None] | None = None,
+) -> RuntimePlan | Reload:
+    """Runtime API commands from ``old`` (as served now, with ``slots``) to ``new``.
+
+    Reload when there is no old table, a service came or went, a route or a
+    balance setting changed, or a service needs more slots than it has.
+    ``checks`` (as rendered) decide whether a new instance is forced healthy."""
+    if old is None:
+        return Reload("first configuration")
+    added = sorted(set(new.services) - set(old.services))
+    removed = sorted(set(old.services) - set(new.services))
+    if added or removed:
+        what = [f"+{s}" for s in added] + [f"-{s}" for s in removed]
+        return Reload(f"services changed: {' '.join(what)}")
+    for name, routes in new.services.items():
+        if _shape(routes) != _shape(old.services[name]):
+            return Reload(f"service {name}: route or balance changed")
+    commands: list[str] = []
+    assigned: dict[str, dict[str, int]] = {}
+    for name, routes in sorted(new.services.items()):
+        be = backend_name(name)
+        cap = slots.capacity.get(name, 0)
+        current = dict(slots.assigned.get(name, {}))
+        before = _unique(old.services[name].backends)
+        after = _unique(routes.backends)
+        if len(after) > cap:
+            return Reload(f"service {name}: {len(after)} instances, {cap} slots")
+        sticky = routes.balance.sticky is not None
+        checked = _uses_checks((checks or {}).get(name))
+        freed = []
+        for key in sorted(set(current) - set(after), key=current.__getitem__):
+            slot = current.pop(key)
+            freed.append(slot)
+            commands.append(f"set server {be}/{server_name(slot)} state maint")
+        for key, backend in after.items():
+            slot = current.get(key)
+            if slot is None:
+                continue
+            server = f"{be}/{server_name(slot)}"
+            was = before.get(key)
+            if was is None or was.weight != backend.weight:
+                commands.append(f"set server {server} weight {_weight(backend)}")
+            if was is None or was.draining != backend.draining:
+                commands.append(f"set server {server} state {_state(backend, sticky)}")
+        # Never-used and long-free slots first; the ones freed now last, so an
+        # instance that just left is not confused with its successor in the counters.
+        free = sorted(set(range(1, cap + 1)) - set(current.values()) - set(freed)) + freed
+        for key, backend in after.items():
+            if key in current:
+                continue
+            slot = free.pop(0)
+            current[key] = slot
+            server = f"{be}/{server_name(slot)}"
+            commands += [
+                f"set server {server} addr {backend.address} port {backend.port}",
+                f"set server {server} weight {_weight(backend)}",
+            ]
+            if checked and not backend.draining:
+                # ninefold found it healthy already: no wait for `rise` checks
+                commands.append(f"set server {server} health up")
+            commands.append(f"set server {server} state {_state(backend, sticky)}")
+        assigned[name] = current
+    return RuntimePlan(commands, SlotMap(dict(slots.capacity), assigned))
+
+
+def _state(backend: Backend, sticky: bool) -> str:
+    """HAProxy's ``drain`` still takes clients whose sticky cookie names the
+    server; for a sticky service a draining instance goes to ``maint`` instead
+    (in-flight requests finish either way)."""
+    if not backend.draining:
+        return "ready"
+    return "maint" if sticky else "drain"

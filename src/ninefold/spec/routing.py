@@ -1,0 +1,82 @@
+"""The spec's gateway parts: how clients reach a service through any node."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ninefold import defaults
+
+from .duration import Duration
+
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RouteSpec(_Model):
+    """Where the gateway takes a service's traffic from.
+
+    HTTP: by path prefix and/or Host header; TCP: by a listen port of its own."""
+
+    http: str | None = None
+    """Path prefix, e.g. `/web`; `/` takes everything not matched otherwise."""
+    host: str | None = None
+    """Host header to match (without port), e.g. `shop.example.com`."""
+    strip_prefix: bool = True
+    """Remove the matched prefix before passing the path on."""
+    tcp: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """A TCP listen port on every node's gateway."""
+    port: str | None = None
+    """Which named port of the instances receives the traffic (default the first)."""
+
+    @field_validator("http")
+    @classmethod
+    def _prefix_is_a_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"'{value}' is not a path prefix (start it with /)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RouteSpec:
+        is_http = self.http is not None or self.host is not None
+        if is_http and self.tcp is not None:
+            raise ValueError("a route is either http/host or tcp, not both")
+        if not is_http and self.tcp is None:
+            raise ValueError("a route needs http, host or tcp")
+        return self
+
+    @property
+    def mode(self) -> Literal["http", "tcp"]:
+        return "tcp" if self.tcp is not None else "http"
+
+
+class StickySpec(_Model):
+    cookie: str = defaults.STICKY_COOKIE
+
+
+class TimeoutsSpec(_Model):
+    connect: PositiveDuration = defaults.GATEWAY_CONNECT_TIMEOUT
+    client: PositiveDuration = defaults.GATEWAY_CLIENT_TIMEOUT
+    server: PositiveDuration = defaults.GATEWAY_SERVER_TIMEOUT
+
+
+class BalanceSpec(_Model):
+    """How a service's traffic is spread over its instances."""
+
+    algorithm: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
+    sticky: StickySpec | None = None
+    retries: Annotated[int, Field(ge=0, le=10)] = defaults.GATEWAY_RETRIES
+    timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    drain_timeout: Duration = defaults.DRAIN_TIMEOUT
+
+
+class GatewaySpec(_Model):
+    """The gateway every node runs."""
+
+    enabled: bool = True
+    engine: Literal["builtin", "haproxy", "auto"] = "builtin"
+    """auto: haproxy when the binary exists, else builtin."""

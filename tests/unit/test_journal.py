@@ -1,0 +1,86 @@
+"""The event journal: appending, reading back in order, pruning, and never raising."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ninefold.agent.journal import EventJournal, prune_events, read_events
+from ninefold.agent.records import EVENTS
+from ninefold.store.base import StoreUnavailable
+from ninefold.store.memory import MemoryStore
+
+
+class PutFails(MemoryStore):
+    """A store that reads fine but cannot write (no quorum)."""
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        raise StoreUnavailable("no quorum")
+
+
+async def fill(journal: EventJournal, count: int) -> None:
+    for i in range(count):
+        await journal.record("placed", f"web-{i}", "scheduled", to_node="n1", n=i)
+
+
+async def test_record_then_read_back() -> None:
+    store = MemoryStore()
+    journal = EventJournal(store, "n1")
+    event = await journal.record("moved", "web-0", "n2 unavailable", from_node="n2", to_node="n1")
+    assert (event.kind, event.subject, event.node) == ("moved", "web-0", "n1")
+    (read,) = await read_events(store)
+    assert read == event
+    assert read.data == {"from_node": "n2", "to_node": "n1"}
+    assert "moved" in read.line() and "from_node=n2" in read.line()
+
+
+async def test_read_events_gives_the_newest_oldest_first() -> None:
+    store = MemoryStore()
+    await fill(EventJournal(store, "n1"), 30)
+    events = await read_events(store)
+    assert [e.data["n"] for e in events] == list(range(30))  # none lost, oldest first
+    newest = await read_events(store, limit=5)
+    assert [e.data["n"] for e in newest] == [25, 26, 27, 28, 29]
+    assert [e.time for e in newest] == sorted(e.time for e in newest)
+
+
+async def test_events_of_several_nodes_interleave_by_time() -> None:
+    store = MemoryStore()
+    a, b = EventJournal(store, "n1"), EventJournal(store, "n2")
+    await a.record("x", "1")
+    await b.record("x", "2")
+    await a.record("x", "3")
+    assert [(e.subject, e.node) for e in await read_events(store)] == [
+        ("1", "n1"),
+        ("2", "n2"),
+        ("3", "n1"),
+    ]
+
+
+async def test_undecodable_entries_are_skipped() -> None:
+    store = MemoryStore()
+    journal = EventJournal(store, "n1")
+    await journal.record("x", "good")
+    await store.put(f"{EVENTS}99999999999999999999-zz", b"not json")
+    assert [e.subject for e in await read_events(store)] == ["good"]
+
+
+async def test_prune_keeps_the_newest() -> None:
+    store = MemoryStore()
+    await fill(EventJournal(store, "n1"), 12)
+    assert await prune_events(store, keep=5) == 7
+    assert [e.data["n"] for e in await read_events(store)] == [7, 8, 9, 10, 11]
+    assert await prune_events(store, keep=5) == 0
+    assert await prune_events(store, keep=100) == 0
+    assert len(await read_events(store)) == 5
+
+
+async def test_a_failed_append_is_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+    store = PutFails()
+    journal = EventJournal(store, "n1")
+    with caplog.at_level(logging.WARNING, logger="ninefold.events"):
+        event = await journal.record("failover", "db", "n1/db-0 -> n2/db-0", token=7)
+    assert (event.kind, event.subject, event.data) == ("failover", "db", {"token": 7})
+    assert await read_events(store) == []
+    assert any("could not journal" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,37 @@
+"""Where etcd's raft leader should be: away from the nodes running actives."""
+
+from __future__ import annotations
+
+from ninefold.agent.records import InstanceStatus
+from ninefold.agent.store_leadership import raft_leader_target
+
+
+def active(node: str, instance: str = "q-0") -> InstanceStatus:
+    return InstanceStatus(
+        service="q", instance=instance, node=node, address="127.0.0.1", role="active"
+    )
+
+
+MEMBERS = ["n1", "n2", "n3"]
+
+
+def test_moves_off_a_node_with_an_active_to_one_without() -> None:
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, [active("n1")]) == "n2"
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, [active("n1"), active("n2", "r-0")]) == "n3"
+
+
+def test_stays_where_no_active_runs() -> None:
+    assert raft_leader_target("n3", MEMBERS, MEMBERS, [active("n1")]) is None
+
+
+def test_never_moves_to_a_dead_node_or_a_busier_one() -> None:
+    statuses = [active("n1"), active("n2", "r-0"), active("n3", "s-0")]
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, statuses) is None
+    assert (
+        raft_leader_target("n1", MEMBERS, ["n1", "n2"], [active("n1"), active("n2", "r-0")]) is None
+    )
+
+
+def test_standbys_do_not_count() -> None:
+    standby = active("n2").model_copy(update={"role": "standby"})
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, [active("n1"), standby]) == "n2"
