@@ -307,10 +307,12 @@ async def test_routes_by_prefix_and_host(gateway: MakeGateway, upstreams: MakeUp
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == f"127.0.0.1:{port}"
 
-    status, response_headers, body = await asyncio.to_thread(get, port, "/webby")
+    status, response_headers, body = await asyncio.to_thread(
+        get, port, '/webby"\\x', {"Host": 'ev"il'}
+    )
     assert status == 404
     assert response_headers["content-type"] == "application/json"
-    assert json.loads(body)["status"] == 404
+    assert json.loads(body) == {"error": "no route", "host": 'ev"il', "path": '/webby"\\x'}
 
 
 async def test_no_instance_is_a_json_503(gateway: MakeGateway) -> None:
@@ -318,7 +320,7 @@ async def test_no_instance_is_a_json_503(gateway: MakeGateway) -> None:
     status, headers, body = await asyncio.to_thread(get, engine.settings.http_port, "/web/")
     assert status == 503
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {"error": "no instance available", "status": 503}
+    assert json.loads(body) == {"error": "no backend", "service": "web"}
 
     async def counted() -> bool:
         return engine.snapshot()["web"].total.responses == {"error": 1}

@@ -139,7 +139,7 @@ def test_render_backend_balance_timeouts_retries_cookie() -> None:
     assert "http-request disable-l7-retry if !idempotent" in web
     assert "acl idempotent method GET HEAD OPTIONS TRACE PUT DELETE" in web
     assert "http-request replace-path '^/web(/|$)(.*)' '/\\2'" in web
-    assert "cookie 'SHOP' insert indirect nocache dynamic" in web
+    assert "cookie 'SHOP' insert indirect nocache httponly dynamic" in web
     assert "dynamic-cookie-key 'k3y'" in web
     servers = [line for line in web if line.startswith("server ")]
     assert servers[:2] == [
@@ -195,16 +195,16 @@ def test_render_tcp_route() -> None:
 
 
 def test_render_json_errors_and_no_route() -> None:
-    cfg = render(RoutingTable(), SETTINGS)
-    defaults_ = section(cfg, "defaults")
-    for status in (502, 503, 504):
-        assert any(
-            line.startswith(f"http-error status {status} content-type application/json string")
-            and f'"status":{status}' in line
-            for line in defaults_
-        )
+    cfg = render(SHOP, SETTINGS)
+    expected = {502: "bad gateway", 503: "no backend", 504: "backend timed out"}
+    for status, error in expected.items():
+        page = f"http-error status {status} content-type application/json string"
+        assert f'{page} \'{{"error":"{error}"}}\'' in section(cfg, "defaults")
+        assert f'{page} \'{{"error":"{error}","service":"web"}}\'' in section(cfg, "backend be_web")
     assert section(cfg, "frontend http")[-1] == "default_backend no_route"
-    assert any("status 404" in line for line in section(cfg, "backend no_route"))
+    (no_route,) = [ln for ln in section(cfg, "backend no_route") if "return" in ln]
+    assert "status 404 content-type application/json lf-string" in no_route
+    assert "%[path,json(utf8s)]" in no_route  # what the client sent is escaped
     assert "stats socket '/run/nf/haproxy-stats.sock'" in cfg
     assert "level admin expose-fd listeners" in cfg
 

@@ -50,7 +50,7 @@ services:
     standby: {standby}
     on_promote: {promote}
     on_demote: {demote}
-    stop_timeout: 2s
+    stop_timeout: 20s
 """
     )
 
@@ -59,12 +59,12 @@ class StubLease:
     """Stands in for LeaseKeeper: a lease id the test can mark at risk."""
 
     def __init__(self, lease: int) -> None:
-        self._lease = lease
+        self.id = lease
         self.valid = True
 
     @property
     def lease(self) -> int:
-        return self._lease if self.valid else 0
+        return self.id if self.valid else 0
 
     def remaining(self) -> float:
         return 5.0
@@ -125,6 +125,14 @@ class World:
 @pytest.fixture
 async def w(tmp_path: Path) -> AsyncIterator[World]:
     w = World(tmp_path)
+
+    async def dump() -> None:  # DEBUG
+        await asyncio.sleep(20)
+        print("=== STACKS ===", file=sys.stderr)
+        for t in asyncio.all_tasks():
+            t.print_stack(file=sys.stderr)
+
+    dumper = asyncio.create_task(dump())
     yield w
     for runner in w.runners:
         try:
@@ -136,6 +144,7 @@ async def w(tmp_path: Path) -> AsyncIterator[World]:
     for keeper in w.keepers:
         await keeper.stop()
     await w.store.close()
+    dumper.cancel()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -159,8 +168,21 @@ async def until_active(
     return await eventually(active, WAIT, f"{runner.instance} to publish itself active")
 
 
+def frozen(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def fence_at_risk(w: World, runner: InstanceRunner, lease: StubLease) -> None:
+    """What the LeaseKeeper does when renewals stop getting through."""
+    lease.valid = False
+    await runner.fence()
+
+
 @pytest.mark.parametrize("standby", ["cold", "hot"])
-async def test_campaign_promotes_then_fence_demotes_and_kills(w: World, standby: str) -> None:
+async def test_campaign_promotes_and_fence_freezes_the_active(w: World, standby: str) -> None:
     lease = await w.stub_lease()
     runner = w.runner("n1", "db-0", lease, standby)
     await runner.start()
@@ -170,7 +192,7 @@ async def test_campaign_promotes_then_fence_demotes_and_kills(w: World, standby:
     assert hold is not None and hold.holder == "n1/db-0" and hold.lease == lease.lease
     assert status.fencing_token == hold.fencing_token
     assert status.state == "running" and status.node == "n1"
-    assert status.pid is not None and not gone(status.pid)
+    assert status.pid is not None and not gone(status.pid) and not frozen(status.pid)
     await until(lambda: w.hook_lines() == [f"promote n1 {hold.fencing_token}"], "on_promote")
 
     async def promoted_event() -> list[int]:
@@ -178,38 +200,74 @@ async def test_campaign_promotes_then_fence_demotes_and_kills(w: World, standby:
 
     assert await eventually(promoted_event, WAIT, "a promoted event") == [hold.fencing_token]
 
-    lease.valid = False  # the lease is at risk: the keeper calls fence()
-    await runner.fence()
-    assert w.hook_lines()[-1] == "demote n1"
-    assert gone(status.pid)
-    assert runner.process is None and runner.hold is None
-    after = runner.status()
-    assert (after.role, after.state, after.fencing_token, after.pid) == (
-        "standby",
-        "standby",
-        None,
-        None,
-    )
-    assert any(e.kind == "demoted" for e in await read_events(w.store))
+    await fence_at_risk(w, runner, lease)
+    assert w.hook_lines() == [f"promote n1 {hold.fencing_token}", "demote n1"]
+    assert frozen(status.pid), "the active's process is not stopped after fence()"
+    assert runner.role == "standby" and runner.status().role == "standby"
+
+    async def demoted_event() -> bool:
+        return any(e.kind == "demoted" for e in await read_events(w.store))
+
+    await eventually(demoted_event, WAIT, "a demoted event")
 
 
-async def test_resumes_as_active_when_the_same_lease_survives(w: World) -> None:
+@pytest.mark.parametrize("standby", ["cold", "hot"])
+async def test_fenced_active_is_killed_when_its_lease_is_gone(w: World, standby: str) -> None:
+    lease = await w.stub_lease()
+    runner = w.runner("n1", "db-0", lease, standby)
+    await runner.start()
+    one = await until_active(w, runner)
+    assert one.pid is not None
+    await fence_at_risk(w, runner, lease)
+    # The store expires the old lease (taking the lock and status with it); the
+    # keeper gets a new one.
+    w.store.expire_lease(lease.id)
+    lease.id = await w.store.grant_lease(30)
+    lease.valid = True
+    await until(lambda: gone(one.pid), "the frozen process to be killed")  # type: ignore[arg-type]
+    # Then it campaigns afresh: a new process and a greater token.
+    two = await until_active(w, runner, other_than=one.pid)
+    assert two.fencing_token is not None and one.fencing_token is not None
+    assert two.fencing_token > one.fencing_token
+    assert w.hook_lines() == [
+        f"promote n1 {one.fencing_token}",
+        "demote n1",
+        f"promote n1 {two.fencing_token}",
+    ]
+
+
+async def test_fenced_active_resumes_when_the_same_lease_survives(w: World) -> None:
     """A store hiccup fenced us but the lease never lapsed: nobody else can have
-    held the lock, so the runner takes it back with the same token."""
+    held the lock, so the frozen process is thawed, with the same token."""
     lease = await w.stub_lease()
     runner = w.runner("n1", "db-0", lease)
     await runner.start()
-    first = await until_active(w, runner)
-    lease.valid = False
-    await runner.fence()
+    one = await until_active(w, runner)
+    assert one.pid is not None
+    await fence_at_risk(w, runner, lease)
+    assert frozen(one.pid)
     lease.valid = True
-    again = await until_active(w, runner, other_than=first.pid)
-    assert again.fencing_token == first.fencing_token
+    await until(lambda: runner.role == "active", "the runner to resume")
+    await until(lambda: not frozen(one.pid), "the process to be thawed")  # type: ignore[arg-type]
+    assert runner.process is not None and runner.process.pid == one.pid
+    assert runner.status().fencing_token == one.fencing_token
     assert w.hook_lines() == [
-        f"promote n1 {first.fencing_token}",
+        f"promote n1 {one.fencing_token}",
         "demote n1",
-        f"promote n1 {first.fencing_token}",
+        f"promote n1 {one.fencing_token}",
     ]
+
+
+async def test_stop_of_a_frozen_active_kills_it_without_waiting(w: World) -> None:
+    lease = await w.stub_lease()
+    runner = w.runner("n1", "db-0", lease)
+    await runner.start()
+    one = await until_active(w, runner)
+    await fence_at_risk(w, runner, lease)
+    # A stopped process cannot act on SIGTERM: waiting the spec's stop_timeout
+    # (20 s) for it would only delay the failover.
+    await asyncio.wait_for(runner.stop("unassigned"), 10)
+    assert one.pid is not None and gone(one.pid)
 
 
 async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) -> None:

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from ninefold import __version__, defaults
-from ninefold.agent.gateway_feed import GatewayFeed, choose_engine
+from ninefold.agent.gateway_feed import GatewayFeed, make_engine
 from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
@@ -185,7 +185,7 @@ class Agent:
             log_dir=self.data_dir / "logs",
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        engine = choose_engine(self.spec.gateway.engine)(settings)
+        engine = make_engine(self.spec, settings, self.registry)
         await engine.start()
         log.info("gateway (%s) on %s:%s", engine.name, settings.address, settings.http_port)
         feed = GatewayFeed(store, self.node.name, lease, engine, self.spec)

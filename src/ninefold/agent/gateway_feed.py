@@ -3,6 +3,7 @@ instances being drained what it still has in flight to them."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from ninefold import defaults
@@ -16,10 +17,11 @@ from ninefold.agent.records import (
     InstanceStatus,
     gateway_key,
 )
-from ninefold.gateway.engine import Engine
+from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.gateway.routes import RoutingTable, build_table
 from ninefold.spec import ClusterSpec
 from ninefold.store.base import Store, StoreError
+from ninefold.supervisor import LeftoverRegistry
 
 log = logging.getLogger("ninefold.gateway")
 
@@ -39,6 +41,7 @@ class GatewayFeed:
         self.table = RoutingTable()
         self._reported: GatewayReport | None = None
         self._reported_lease = 0
+        self._configured: ClusterSpec | None = spec
 
     async def run(self) -> None:
         signal = ChangeSignal(self._store, STATUS, SPEC_KEY)
@@ -59,6 +62,12 @@ class GatewayFeed:
         listing = await self._store.list(STATUS)
         statuses = [InstanceStatus.decode(i.value) for i in listing.items]
         table = build_table(self._spec, statuses)
+        set_checks = getattr(self.engine, "set_checks", None)
+        if set_checks is not None and self._spec is not self._configured:
+            from ninefold.gateway.haproxy import checks_for
+
+            await set_checks(checks_for(self._spec))
+            self._configured = self._spec
         if table != self.table:
             await self.engine.apply(table)
             self.table = table
@@ -83,16 +92,24 @@ class GatewayFeed:
         self._reported, self._reported_lease = report, lease
 
 
-def choose_engine(name: str) -> type[Engine]:
-    """The engine class for `gateway.engine` (auto: haproxy when installed)."""
+def engine_name(name: str) -> str:
+    """The engine `gateway.engine` means here (auto: haproxy when installed)."""
     if name == "auto":
         from ninefold.gateway.haproxy import haproxy_available
 
-        name = "haproxy" if haproxy_available() else "builtin"
-    if name == "haproxy":
-        from ninefold.gateway.haproxy import HaproxyEngine
+        return "haproxy" if haproxy_available() else "builtin"
+    return name
 
-        return HaproxyEngine
+
+def make_engine(spec: ClusterSpec, settings: GatewaySettings, registry: LeftoverRegistry) -> Engine:
+    """The node's gateway engine, configured from the spec."""
+    if engine_name(spec.gateway.engine) == "haproxy":
+        from ninefold.gateway.haproxy import HaproxyEngine, checks_for
+
+        # Sticky cookies name instances by a keyed hash; the same key on every
+        # node keeps a client on its instance whichever gateway it reaches.
+        key = hashlib.sha256(f"ninefold-sticky/{spec.cluster}".encode()).hexdigest()[:32]
+        return HaproxyEngine(settings, checks_for(spec), registry=registry, cookie_key=key)
     from ninefold.gateway.builtin import BuiltinEngine
 
-    return BuiltinEngine
+    return BuiltinEngine(settings)

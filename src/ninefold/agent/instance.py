@@ -358,6 +358,7 @@ class InstanceRunner:
             role=self.role,
             fencing_token=self.hold.fencing_token if self.hold else None,
             draining=self.draining,
+            generation=self.generation,
             restarts=process.restarts if process else 0,
             pid=process.pid if process else None,
         )

@@ -89,7 +89,9 @@ def generation(state: ClusterState, service: str) -> str:
     last restart asked for. An instance whose assignment carries another
     generation is restarted, one at a time (see `rolling`)."""
     spec = state.spec.services[service]
-    text = spec.model_dump_json() + "\0" + state.restart_nonces.get(service, "")
+    # How many run and where is the scheduler's business, not the instances'.
+    runs = spec.model_dump_json(exclude={"replicas", "placement"})
+    text = runs + "\0" + state.restart_nonces.get(service, "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -100,13 +102,17 @@ def rolling(
     per service, and only while every instance of it is serving, so a rolling
     restart never takes more than one instance away. Standbys go before the
     active."""
-    serving = {(s.node, s.instance) for s in state.statuses if s.serving and not s.draining}
+    # Serving *the generation it is assigned*: an instance just told to roll
+    # still shows its old process serving until its agent catches up.
+    serving = {
+        (s.node, s.instance, s.generation) for s in state.statuses if s.serving and not s.draining
+    }
     active = {s.instance for s in state.statuses if s.role == "active"}
     chosen = []
     for service, gen in generations.items():
         mine = [a for a in wanted.values() if a.service == service]
         stale = [a for a in mine if a.generation != gen]
-        if not stale or not all((a.node, a.instance) in serving for a in mine):
+        if not stale or not all((a.node, a.instance, a.generation) in serving for a in mine):
             continue
         stale.sort(key=lambda a: (a.instance in active, a.instance))
         chosen.append(stale[0].instance)

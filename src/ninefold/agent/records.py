@@ -109,6 +109,8 @@ class InstanceStatus(Record):
     fencing_token: int | None = None
     draining: bool = False
     """Being stopped: gateways send it no new requests, in-flight ones finish."""
+    generation: str = ""
+    """The assignment generation this process was started for."""
     restarts: int = 0
     pid: int | None = None
     since: float = Field(default_factory=time.time)

@@ -50,7 +50,12 @@ MAX_WEIGHT = 256
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
 """Only these are retried once part of the request reached an instance
 (connection failures are retried for every method: nothing was sent)."""
-ERROR_REASONS = {502: "bad gateway", 503: "no instance available", 504: "gateway timeout"}
+ERROR_REASONS = {502: "bad gateway", 503: "no backend", 504: "backend timed out"}
+"""The gateway's own answers, as the builtin engine words them."""
+NO_ROUTE_BODY = (
+    '{"error":"no route","host":"%[req.hdr(host),json(utf8s)]","path":"%[path,json(utf8s)]"}'
+)
+"""A log-format string: HAProxy's json converter escapes what the client sent."""
 EMPTY_SLOT = "0.0.0.0:1"
 
 _UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
@@ -203,8 +208,17 @@ def _address(address: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _error_body(status: int) -> str:
-    return json.dumps({"error": ERROR_REASONS[status], "status": status}, separators=(",", ":"))
+def _error_body(status: int, service: str | None = None) -> str:
+    body = {"error": ERROR_REASONS[status]} | ({"service": service} if service else {})
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _error_pages(service: str | None = None) -> list[str]:
+    return [
+        f"    http-error status {status} content-type application/json"
+        f" string '{_error_body(status, service)}'"
+        for status in sorted(ERROR_REASONS)
+    ]
 
 
 def render(
@@ -243,11 +257,7 @@ def render(
         f"    timeout client {_ms(defaults.GATEWAY_CLIENT_TIMEOUT)}",
         f"    timeout server {_ms(defaults.GATEWAY_SERVER_TIMEOUT)}",
     ]
-    for status in sorted(ERROR_REASONS):
-        out.append(
-            f"    http-error status {status} content-type application/json"
-            f" string '{_error_body(status)}'"
-        )
+    out += _error_pages()
     out += [
         "",
         "frontend http",
@@ -267,7 +277,7 @@ def render(
         "backend no_route",
         "    mode http",
         "    http-request return status 404 content-type application/json"
-        """ string '{"error":"no route","status":404}'""",
+        f" lf-string '{NO_ROUTE_BODY}'",
     ]
     for routes in http:
         out += _backend(routes, checks.get(routes.service), slots, cookie_key)
@@ -322,6 +332,8 @@ def _backend(
         f"    timeout server {_ms(balance.timeouts.server)}",
         f"    retries {balance.retries}",
     ]
+    if is_http:
+        lines += _error_pages(name)
     if balance.retries > 0:
         lines.append("    option redispatch 1")
         if is_http:
@@ -340,7 +352,7 @@ def _backend(
     if is_http and balance.sticky is not None:
         cookie = _quoted(balance.sticky.cookie, f"service {name}: cookie")
         lines += [
-            f"    cookie {cookie} insert indirect nocache dynamic",
+            f"    cookie {cookie} insert indirect nocache httponly dynamic",
             f"    dynamic-cookie-key {_quoted(cookie_key, 'cookie key')}",
         ]
     if _uses_checks(check):
