@@ -64,7 +64,8 @@ Factory = Callable[..., LocalCluster]
 
 def start(local_cluster: Factory, engine: str, services: str) -> LocalCluster:
     c = local_cluster(
-        cluster_yaml(engine, services), labels={"n2": {"role": "backend"}, "n3": {"role": "backend"}}
+        cluster_yaml(engine, services),
+        labels={"n2": {"role": "backend"}, "n3": {"role": "backend"}},
     )
     c.start_all()
     return c
@@ -149,7 +150,9 @@ def test_requests_split_evenly_over_two_replicas(local_cluster: Factory, engine:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_no_request_fails_when_a_backend_node_is_killed(local_cluster: Factory, engine: str) -> None:
+def test_no_request_fails_when_a_backend_node_is_killed(
+    local_cluster: Factory, engine: str
+) -> None:
     c = start(local_cluster, engine, web())
     placed = until("both replicas routed", routed(c, 2), 60)
     assert placed == {"web-0", "web-1"}
@@ -177,9 +180,13 @@ def test_rolling_restart_loses_nothing(local_cluster: Factory, engine: str) -> N
 
     def restarted() -> bool:
         now = {i["instance"]: i for i in c.status()["instances"] if i["service"] == "web"}
-        return all(
-            now.get(name, {}).get("ports") and _pid(c, name) != _pid_of(before[name]) for name in before
-        ) and len(serving(c, "web", 2)()) == 2
+        return (
+            all(
+                now.get(name, {}).get("ports") and _pid(c, name) != _pid_of(before[name])
+                for name in before
+            )
+            and len(serving(c, "web", 2)()) == 2
+        )
 
     until("both instances restarted and serving", restarted, 90, 0.5)
     load.stop.set()

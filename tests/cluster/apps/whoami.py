@@ -16,7 +16,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
-            method, target, _version = lines[0].split(" ", 2)
+            _method, target, _version = lines[0].split(" ", 2)
             length = 0
             close = False
             for line in lines[1:]:
