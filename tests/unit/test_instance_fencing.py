@@ -7,6 +7,7 @@ MemoryStore, and either a stub lease the test flips or real LeaseKeepers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -122,29 +123,46 @@ class World:
         return InstanceStatus.decode(item.value) if item else None
 
 
+async def stop_within(runner: InstanceRunner, seconds: float) -> None:
+    """runner.stop(), failing instead of hanging when it does not return in
+    time. A stuck stop (see test_stop_right_after_a_status_change_returns) is
+    unstuck by clearing the wake-up flags the runner's loops spin on and
+    cancelling them again."""
+    task = asyncio.create_task(runner.stop("unassigned"))
+    done, _ = await asyncio.wait([task], timeout=seconds)
+    if done:
+        task.result()
+        return
+    deadline = time.monotonic() + WAIT
+    while not task.done() and time.monotonic() < deadline:
+        for flag in ("_changed", "_campaign_wake"):
+            if isinstance(event := getattr(runner, flag, None), asyncio.Event):
+                event.clear()
+        for loop_task in runner._tasks:
+            loop_task.cancel()
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{runner.instance}: stop() did not return within {seconds:g}s")
+
+
+async def until_frozen(pid: int) -> None:
+    """Polls from a thread, which also lets the runner's loops run meanwhile."""
+
+    async def check() -> bool:
+        return await asyncio.to_thread(frozen, pid)
+
+    await eventually(check, WAIT, f"pid {pid} to be stopped (SIGSTOP)")
+
+
 @pytest.fixture
 async def w(tmp_path: Path) -> AsyncIterator[World]:
     w = World(tmp_path)
-
-    async def dump() -> None:  # DEBUG
-        await asyncio.sleep(20)
-        print("=== STACKS ===", file=sys.stderr)
-        for t in asyncio.all_tasks():
-            t.print_stack(file=sys.stderr)
-
-    dumper = asyncio.create_task(dump())
     yield w
     for runner in w.runners:
-        try:
-            await asyncio.wait_for(runner.stop("test over"), 8)
-        except TimeoutError:
-            for t in asyncio.all_tasks():
-                t.print_stack(file=sys.stderr)
-            raise
+        with contextlib.suppress(pytest.fail.Exception):
+            await stop_within(runner, 1.0)
     for keeper in w.keepers:
         await keeper.stop()
     await w.store.close()
-    dumper.cancel()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -202,7 +220,7 @@ async def test_campaign_promotes_and_fence_freezes_the_active(w: World, standby:
 
     await fence_at_risk(w, runner, lease)
     assert w.hook_lines() == [f"promote n1 {hold.fencing_token}", "demote n1"]
-    assert frozen(status.pid), "the active's process is not stopped after fence()"
+    await until_frozen(status.pid)
     assert runner.role == "standby" and runner.status().role == "standby"
 
     async def demoted_event() -> bool:
@@ -245,7 +263,7 @@ async def test_fenced_active_resumes_when_the_same_lease_survives(w: World) -> N
     one = await until_active(w, runner)
     assert one.pid is not None
     await fence_at_risk(w, runner, lease)
-    assert frozen(one.pid)
+    await until_frozen(one.pid)
     lease.valid = True
     await until(lambda: runner.role == "active", "the runner to resume")
     await until(lambda: not frozen(one.pid), "the process to be thawed")  # type: ignore[arg-type]
@@ -263,11 +281,44 @@ async def test_stop_of_a_frozen_active_kills_it_without_waiting(w: World) -> Non
     runner = w.runner("n1", "db-0", lease)
     await runner.start()
     one = await until_active(w, runner)
+    assert one.pid is not None
     await fence_at_risk(w, runner, lease)
+    await until_frozen(one.pid)
     # A stopped process cannot act on SIGTERM: waiting the spec's stop_timeout
-    # (20 s) for it would only delay the failover.
-    await asyncio.wait_for(runner.stop("unassigned"), 10)
+    # (20 s) for it would only delay everything after.
+    await stop_within(runner, 10)
+    assert gone(one.pid)
+    assert w.hook_lines() == [f"promote n1 {one.fencing_token}", "demote n1"]
+
+
+async def test_stop_right_after_a_status_change_returns(w: World) -> None:
+    """Regression: the runner's loops waited with asyncio.wait_for(event.wait()),
+    which on Python 3.11 swallows a cancel arriving as the event is set, so
+    stop() never returned."""
+    lease = await w.stub_lease()
+    runner = w.runner("n1", "db-0", lease)
+    await runner.start()
+    one = await until_active(w, runner)
+    runner.republish()  # what the agent does after a new lease; any status change does it too
+    await stop_within(runner, 3)
     assert one.pid is not None and gone(one.pid)
+
+
+async def test_cold_standby_publishes_its_status_promptly(w: World) -> None:
+    """Regression: nothing woke the status publisher of a cold standby, so its
+    status first appeared at the resync (RESYNC_INTERVAL, 10 s)."""
+    lease = await w.stub_lease()
+    # Someone else is active, so this runner stays a standby.
+    assert await w.store.try_lock(active_lock("db"), "n2/db-1", lease.id) is not None
+    runner = w.runner("n1", "db-0", lease, "cold")
+    await runner.start()
+
+    async def published_standby() -> InstanceStatus | None:
+        status = await w.published(runner)
+        return status if status and status.role == "standby" else None
+
+    status = await eventually(published_standby, 2.0, "the standby's status in the store")
+    assert (status.state, status.pid, status.fencing_token) == ("standby", None, None)
 
 
 async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) -> None:
@@ -280,15 +331,11 @@ async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) 
     one = await until_active(w, first)
     await second.start()
 
-    async def second_standby() -> bool:
-        status = await w.published(second)
-        return status is not None and status.role == "standby"
-
-    await eventually(second_standby, WAIT, "the second runner to publish standby")
     # It campaigns (every 0.5 s at least) but cannot take the held lock.
     deadline = time.monotonic() + 0.7
     while time.monotonic() < deadline:
         assert second.role == "standby" and second.process is None
+        assert second.status().state == "standby"
         hold = await w.store.lock_holder(active_lock("db"))
         assert hold is not None and hold.holder == "n1/db-0"
         await asyncio.sleep(0.05)
@@ -323,7 +370,7 @@ async def test_stop_of_the_active_demotes_kills_and_releases(w: World) -> None:
     one = await until_active(w, first)
     await second.start()
 
-    await first.stop("unassigned")
+    await stop_within(first, WAIT)
     assert w.hook_lines()[:2] == [f"promote n1 {one.fencing_token}", "demote n1"]
     assert one.pid is not None and gone(one.pid)
     assert await w.published(first) is None

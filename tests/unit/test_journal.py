@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -76,11 +77,36 @@ async def test_prune_keeps_the_newest() -> None:
     assert len(await read_events(store)) == 5
 
 
-async def test_a_failed_append_is_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failed_append_is_swallowed_and_retried(caplog: pytest.LogCaptureFixture) -> None:
     store = PutFails()
     journal = EventJournal(store, "n1")
-    with caplog.at_level(logging.WARNING, logger="ninefold.events"):
+    with caplog.at_level(logging.DEBUG, logger="ninefold.events"):
         event = await journal.record("failover", "db", "n1/db-0 -> n2/db-0", token=7)
     assert (event.kind, event.subject, event.data) == ("failover", "db", {"token": 7})
     assert await read_events(store) == []
-    assert any("could not journal" in r.getMessage() for r in caplog.records)
+    assert any("journal failover db later" in r.getMessage() for r in caplog.records)
+
+
+class PutFailsFirst(MemoryStore):
+    """A store without quorum for its first `failures` writes."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("no quorum")
+        return await super().put(key, value, lease)
+
+
+async def test_an_event_lost_to_a_store_hiccup_lands_later() -> None:
+    store = PutFailsFirst(failures=2)
+    journal = EventJournal(store, "n1")
+    event = await journal.record("demoted", "db-0", "lease at risk")
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await read_events(store):
+        assert asyncio.get_running_loop().time() < deadline, "the event never landed"
+        await asyncio.sleep(0.05)
+    assert await read_events(store) == [event]

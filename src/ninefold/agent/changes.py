@@ -12,6 +12,17 @@ from ninefold.store.base import Store, StoreError
 log = logging.getLogger("ninefold.changes")
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until event is set or timeout passes.
+
+    asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow
+    a cancellation that arrives as the event is set, and the task then never
+    stops."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 class ChangeSignal:
     """Watches prefixes and sets a flag on every change.
 
@@ -43,8 +54,7 @@ class ChangeSignal:
 
     async def wait(self, timeout: float = defaults.RESYNC_INTERVAL) -> None:
         """Return when something changed, or after timeout (a resync)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flag.wait(), timeout)
+        await wait_event(self._flag, timeout)
         self._flag.clear()
 
     async def _watch(self, prefix: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ninefold import defaults
+from ninefold.agent.changes import wait_event
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
@@ -43,6 +44,10 @@ from ninefold.supervisor import (
 )
 
 log = logging.getLogger("ninefold.instance")
+
+DRAIN_BLIND_FOR = 1.0
+"""A drain that cannot see the gateways' reports for this long gives up: with
+the store gone there is nobody left to coordinate with."""
 
 
 @dataclass
@@ -128,15 +133,23 @@ class InstanceRunner:
         self._published_lease = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
+        """Wakes the status publisher."""
+        self._campaign_wake = asyncio.Event()
+        """Wakes the active-passive campaign."""
         self._stopping = False
         self._gave_up = False
         self._frozen = False
         self._role_lock = asyncio.Lock()
 
+    def _poke(self) -> None:
+        self._changed.set()
+        self._campaign_wake.set()
+
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         if not self.active_passive or self.spec.standby == "hot":
             await self._start_process()
+        self._poke()  # a cold standby has no process event to announce it
         self._tasks.append(
             asyncio.create_task(self._publish_loop(), name=f"{self.instance} status")
         )
@@ -183,15 +196,20 @@ class InstanceRunner:
         if key is None or not self.status().serving or not self.ctx.lease.lease:
             return
         self.draining = True
-        self._changed.set()
+        self._poke()
         deadline = time.monotonic() + self.spec.balance.drain_timeout
         started = time.monotonic()
         waiting: list[str] = []
+        reached = time.monotonic()
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             try:
                 waiting = await gateways_busy_with(self.ctx.store, key)
+                reached = time.monotonic()
             except StoreError:
+                if time.monotonic() - reached > DRAIN_BLIND_FOR:
+                    log.warning("%s: store unreachable, stopping without drain", self.instance)
+                    return
                 continue
             if not waiting:
                 log.info("%s drained in %.2fs", self.instance, time.monotonic() - started)
@@ -220,7 +238,7 @@ class InstanceRunner:
             budget = max(0.1, self.ctx.lease.remaining() - 0.3)
             await self._run_hook(self.spec.on_demote, "on_demote", timeout=budget)
             self.role = "standby"
-            self._changed.set()
+            self._poke()
         await self.ctx.journal.record(
             "demoted", self.instance, "lease at risk: frozen", service=self.service
         )
@@ -241,14 +259,14 @@ class InstanceRunner:
             if self.health is not None:
                 await self.health.start()
             self.role = "active"
-            self._changed.set()
+            self._poke()
             await self.ctx.journal.record(
                 "resumed", self.instance, "lease renewed", token=hold.fencing_token
             )
             return
         await self._kill_process()
         self.hold = None
-        self._changed.set()
+        self._poke()
         await self.ctx.journal.record("fenced", self.instance, "lease lost: killed")
 
     # -- process -------------------------------------------------------------------
@@ -290,7 +308,7 @@ class InstanceRunner:
                 check, self.ctx.node.address, self.ports, self._on_health, process_spec.cwd
             )
             await self.health.start()
-        self._changed.set()
+        self._poke()
 
     async def _stop_process(self) -> None:
         if self.health is not None:
@@ -299,7 +317,7 @@ class InstanceRunner:
         if self.process is not None:
             await self.process.stop()
             self.process = None
-        self._changed.set()
+        self._poke()
 
     async def _kill_process(self) -> None:
         """Stop at once (SIGKILL): used when fencing, where time is short."""
@@ -308,7 +326,7 @@ class InstanceRunner:
         await self._stop_process()
 
     def _on_process(self, event: ProcessEvent) -> None:
-        self._changed.set()
+        self._poke()
         if event.kind == "failed":
             self._gave_up = True
         if self._stopping:
@@ -326,7 +344,7 @@ class InstanceRunner:
             )
 
     def _on_health(self, state: str) -> None:
-        self._changed.set()
+        self._poke()
         if not self._stopping:
             asyncio.get_running_loop().create_task(
                 self.ctx.journal.record("health", self.instance, state)
@@ -365,8 +383,7 @@ class InstanceRunner:
 
     async def _publish_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=defaults.RESYNC_INTERVAL)
+            await wait_event(self._changed, defaults.RESYNC_INTERVAL)
             self._changed.clear()
             lease = self.ctx.lease.lease
             if not lease:
@@ -381,14 +398,14 @@ class InstanceRunner:
                 )
             except StoreError as exc:
                 log.debug("status of %s not written: %s", self.instance, exc)
-                self._changed.set()
+                self._poke()
                 await asyncio.sleep(0.2)
                 continue
             self._published, self._published_lease = raw, lease
 
     def republish(self) -> None:
         self._published = None
-        self._changed.set()
+        self._poke()
 
     # -- active-passive -----------------------------------------------------------------
     def _eligible(self) -> bool:
@@ -405,8 +422,8 @@ class InstanceRunner:
         watch_task = asyncio.create_task(self._watch_lock(key))
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=0.5)
+                await wait_event(self._campaign_wake, 0.5)
+                self._campaign_wake.clear()
                 try:
                     await self._campaign_step()
                 except StoreError as exc:
@@ -421,7 +438,7 @@ class InstanceRunner:
             try:
                 async with contextlib.aclosing(self.ctx.store.watch(key)) as events:
                     async for _event in events:
-                        self._changed.set()
+                        self._poke()
             except StoreError:
                 pass
             await asyncio.sleep(0.2)
@@ -466,7 +483,7 @@ class InstanceRunner:
         if self.process is None:  # cold standby starts now, with its token
             await self._start_process(hold.fencing_token)
         await self._run_hook(self.spec.on_promote, "on_promote")
-        self._changed.set()
+        self._poke()
         old = self._last_holder
         self._last_holder = self.holder
         kind = "failover" if old and old != self.holder else "promoted"
@@ -498,7 +515,7 @@ class InstanceRunner:
             await self._release()
         self.hold = None
         self.role = "standby"
-        self._changed.set()
+        self._poke()
         await self.ctx.journal.record("demoted", self.instance, reason, service=self.service)
 
     async def _release(self) -> None:

@@ -21,9 +21,9 @@ from ninefold.store.base import Store, StoreError
 
 log = logging.getLogger("ninefold.leader")
 
-CHECK_EVERY = 5.0
+CHECK_EVERY = 2.0
 """How often the leader looks where the raft leader is (costs 2 small requests)."""
-MOVE_AT_MOST_EVERY = 30.0
+MOVE_AT_MOST_EVERY = 10.0
 
 
 def raft_leader_target(

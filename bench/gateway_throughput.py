@@ -1,0 +1,527 @@
+"""Gateway throughput: requests per second and p50/p99 latency, direct to a
+fast backend and through each gateway engine, in one run against the same backend.
+
+Four kinds of process, each on its own (nothing shares an event loop):
+
+  backend   a keep-alive HTTP/1.1 server (uvloop + httptools, a fixed 3-byte
+            answer), started once and used by every measurement
+  gateway   one subprocess per engine (builtin, haproxy): GatewaySettings on
+            127.0.0.1 and a free port, the engine started under uvloop, a
+            RoutingTable with one HTTP route /web -> the backend applied
+            (HAProxy runs as that subprocess's child, as under the agent)
+  load      wrk (1 thread, --latency), or when wrk is missing a small asyncio
+            load generator in a subprocess of this script
+
+Targets, in this order, each after a warm-up run of --warmup seconds:
+
+  direct    http://127.0.0.1:<backend>/
+  builtin   http://127.0.0.1:<gateway>/web/   (the route strips /web)
+  haproxy   the same through HAProxy (skipped with a note if haproxy is missing)
+
+CPU time of the backend, the gateway (with its children) and the load
+generator over each measured run is reported in % of one core. The machine's
+cores are shared by all of them, so a gateway's throughput is also bounded by
+the CPU it takes from the backend and the load generator.
+
+Goal (DESIGN.md section 7): the haproxy engine at least 0.9 of direct.
+
+    .venv/bin/python bench/gateway_throughput.py [--duration 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.cluster.harness
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
+
+NAME = "gateway_throughput"
+GOAL = 0.9  # haproxy engine / direct (DESIGN.md section 7)
+PY = sys.executable
+SCRIPT = str(Path(__file__).resolve())
+BODY = b"ok\n"
+WRK = "/usr/bin/wrk"
+READY_TIMEOUT = 30.0
+
+
+def wrk_binary() -> str | None:
+    return WRK if os.access(WRK, os.X_OK) else shutil.which("wrk")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the processes (run as `python gateway_throughput.py _backend|_gateway|_load ...`) ----------
+
+
+def serve_backend(port: int) -> None:
+    """A fast keep-alive HTTP/1.1 server on 127.0.0.1:port (0: any); prints the port."""
+    import httptools
+    import uvloop
+
+    keep = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(BODY),
+        BODY,
+    )
+    close = keep.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+
+    class Conn(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_message_complete(self) -> None:
+            if self.parser.should_keep_alive():
+                self.transport.write(keep)
+            else:
+                self.transport.write(close)
+                self.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Conn, "127.0.0.1", port, backlog=1024)
+        print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+        await until_told_to_stop()
+        server.close()
+
+    uvloop.run(main())
+
+
+def serve_gateway(engine_name: str, backend_port: int, root: Path) -> None:
+    """One gateway engine routing /web to the backend; prints its port once applied."""
+    import uvloop
+
+    from ninefold.gateway.engine import Engine, GatewaySettings
+    from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+    from ninefold.spec.routing import BalanceSpec, RouteSpec
+
+    async def main() -> None:
+        port = 0 if engine_name == "builtin" else free_port()
+        settings = GatewaySettings("bench", "127.0.0.1", port, root / "run", root / "log")
+        engine: Engine
+        if engine_name == "builtin":
+            from ninefold.gateway.builtin import BuiltinEngine
+
+            engine = BuiltinEngine(settings)
+        else:
+            from ninefold.gateway.haproxy import HaproxyEngine
+
+            engine = HaproxyEngine(settings)
+        backend = Backend("web-0", "bench", "127.0.0.1", backend_port)
+        routes = ServiceRoutes("web", RouteSpec(http="/web"), BalanceSpec(), (backend,))
+        await engine.start()
+        try:
+            await engine.apply(RoutingTable({"web": routes}))
+            if isinstance(getattr(engine, "port", None), int):
+                port = engine.port  # type: ignore[attr-defined]  # the builtin's chosen port
+            print(json.dumps({"port": port}), flush=True)
+            await until_told_to_stop()
+        finally:
+            await engine.stop()
+
+    uvloop.run(main())
+
+
+async def until_told_to_stop() -> None:
+    """Until SIGTERM/SIGINT, or until stdin closes (the bench died)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def watch_stdin() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    await stop.wait()
+
+
+def run_load(url: str, connections: int, duration: float) -> None:
+    """The fallback load generator: `connections` keep-alive connections sending
+    sequential GETs for `duration` seconds; prints a JSON result."""
+    import uvloop
+
+    host, port, path = _split(url)
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").encode()
+    latencies: list[float] = []
+    counts = {"requests": 0, "non_2xx": 0, "errors": 0}
+
+    async def one(deadline: float) -> None:
+        clock = time.perf_counter
+        while clock() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                counts["errors"] += 1
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                while (start := clock()) < deadline:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        if line[:15].lower() == b"content-length:":
+                            length = int(line[15:])
+                    if length:
+                        await reader.readexactly(length)
+                    latencies.append(clock() - start)
+                    counts["requests"] += 1
+                    if not head.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
+                        counts["non_2xx"] += 1
+                    if b"connection: close" in head.lower():
+                        break
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                counts["errors"] += 1
+            finally:
+                writer.close()
+
+    async def main() -> None:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(started + duration) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+        latencies.sort()
+        n = len(latencies)
+        print(
+            json.dumps(
+                {
+                    "rps": counts["requests"] / elapsed,
+                    "p50_ms": latencies[n // 2] * 1000 if n else None,
+                    "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+                    "requests": counts["requests"],
+                    "non_2xx": counts["non_2xx"],
+                    "socket_errors": counts["errors"],
+                    "seconds": elapsed,
+                }
+            ),
+            flush=True,
+        )
+
+    uvloop.run(main())
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    match = re.fullmatch(r"http://([^/:]+):(\d+)(/.*)?", url)
+    if match is None:
+        raise ValueError(f"not a loopback http URL: {url}")
+    return match[1], int(match[2]), match[3] or "/"
+
+
+# --- the bench ---------------------------------------------------------------------------------
+
+
+class Child:
+    """A helper process of this script that prints one JSON line when ready."""
+
+    def __init__(self, role: str, *args: str, log: Path) -> None:
+        self.role = role
+        self.log = log
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [PY, SCRIPT, role, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.info = self._ready()
+
+    def _ready(self) -> dict[str, Any]:
+        line: list[bytes] = []
+        reader = threading.Thread(
+            target=lambda: line.append(self.proc.stdout.readline()),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        reader.start()
+        reader.join(READY_TIMEOUT)
+        if not line or not line[0].strip():
+            self.stop()
+            err = self.log.read_text(errors="replace")
+            raise RuntimeError(f"{self.role} did not start:\n{err[-2000:]}")
+        return json.loads(line[0])  # type: ignore[no-any-return]
+
+    @property
+    def port(self) -> int:
+        return int(self.info["port"])
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the process and its children now."""
+        import psutil
+
+        total = 0.0
+        try:
+            top = psutil.Process(self.proc.pid)
+            for p in [top, *top.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unknown wrk duration {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    def number(pattern: str, default: float | None = None) -> float:
+        match = re.search(pattern, out)
+        if match is None:
+            if default is None:
+                raise ValueError(f"wrk output without {pattern!r}:\n{out}")
+            return default
+        return float(match[1])
+
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    return {
+        "rps": number(r"Requests/sec:\s+([\d.]+)"),
+        "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1]),  # type: ignore[index]
+        "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1]),  # type: ignore[index]
+        "requests": int(number(r"(\d+) requests in")),
+        "non_2xx": int(number(r"Non-2xx or 3xx responses: (\d+)", 0)),
+        "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
+        "seconds": number(r"requests in ([\d.]+)s"),
+    }
+
+
+def load(url: str, args: argparse.Namespace, duration: float) -> dict[str, Any]:
+    """One load run against url; the load generator is a child process."""
+    seconds = max(1, round(duration))
+    if args.loadgen == "wrk":
+        cmd = [
+            args.wrk,
+            "-t1",
+            f"-c{args.connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "--latency",
+            url,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
+        return parse_wrk(out.stdout)
+    cmd = [PY, SCRIPT, "_load", url, str(args.connections), str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def measure(
+    label: str, url: str, args: argparse.Namespace, backend: Child, gateway: Child | None
+) -> dict[str, Any]:
+    status, body = get(url)
+    if status != 200 or body != BODY:
+        raise RuntimeError(f"{label}: {url} answered {status} {body[:80]!r}")
+    if args.warmup > 0:
+        load(url, args, args.warmup)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_backend = backend.cpu_seconds()
+    cpu_gateway = gateway.cpu_seconds() if gateway else 0.0
+    started = time.monotonic()
+    result = load(url, args, args.duration)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_pct"] = {
+        "backend": round(100 * (backend.cpu_seconds() - cpu_backend) / wall, 1),
+        "gateway": round(100 * (gateway.cpu_seconds() - cpu_gateway) / wall, 1)
+        if gateway
+        else None,
+        "load": round(
+            100
+            * (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+            / wall,
+            1,
+        ),
+    }
+    result["url"] = url
+    print(
+        f"{label:8s} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
+        f"p99 {result['p99_ms']:.2f} ms",
+        file=sys.stderr,
+    )
+    return result
+
+
+def bench(args: argparse.Namespace) -> int:
+    from _cluster import ROOT, table, write_result
+    from ninefold.gateway.haproxy import haproxy_binary
+
+    started = time.monotonic()
+    haproxy = haproxy_binary()
+    engines = ["builtin"] + (["haproxy"] if haproxy else [])
+    notes = []
+    if haproxy is None:
+        notes.append("haproxy engine skipped: no haproxy binary (apt-get install haproxy)")
+    if args.loadgen == "wrk" and not args.wrk:
+        args.loadgen = "python"
+        notes.append(f"no wrk at {WRK} or on PATH: load from the Python asyncio generator")
+    cores = os.cpu_count() or 1
+    notes.append(
+        f"{cores} cores shared by the backend, the gateway and the load generator "
+        f"(and whatever else runs here: load average {os.getloadavg()[0]:.1f})"
+    )
+    root = Path(tempfile.mkdtemp(prefix="nf-gt-", dir="/tmp"))  # short: unix socket paths
+    results: dict[str, dict[str, Any]] = {}
+    backend = Child("_backend", "0", log=root / "backend.log")
+    try:
+        results["direct"] = measure(
+            "direct", f"http://127.0.0.1:{backend.port}/", args, backend, None
+        )
+        for engine in engines:
+            gateway = Child(
+                "_gateway", engine, str(backend.port), str(root / engine), log=root / f"{engine}.log"
+            )
+            try:
+                url = f"http://127.0.0.1:{gateway.port}/web/"
+                results[engine] = measure(engine, url, args, backend, gateway)
+            finally:
+                gateway.stop()
+    finally:
+        backend.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.monotonic() - started
+
+    direct = results["direct"]["rps"]
+    for r in results.values():
+        r["ratio"] = round(r["rps"] / direct, 3) if direct else None
+    met = "haproxy" in results and results["haproxy"]["ratio"] >= GOAL
+    path = write_result(
+        NAME,
+        {
+            "bench": NAME,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "elapsed_s": round(elapsed, 1),
+            "cores": cores,
+            "loadgen": "wrk -t1" if args.loadgen == "wrk" else "python asyncio",
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "goal": {"haproxy_over_direct": GOAL},
+            "goal_met": met,
+            "notes": notes,
+            "results": results,
+        },
+    )
+    rows = [
+        [
+            name,
+            f"{r['rps']:.0f}",
+            f"{r['ratio']:.2f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            r["non_2xx"] + r["socket_errors"],
+            r["cpu_pct"]["backend"],
+            "-" if r["cpu_pct"]["gateway"] is None else r["cpu_pct"]["gateway"],
+            r["cpu_pct"]["load"],
+        ]
+        for name, r in results.items()
+    ]
+    headers = ["target", "req/s", "/ direct", "p50 ms", "p99 ms", "errors"]
+    headers += ["cpu% backend", "cpu% gateway", "cpu% load"]
+    print(table(headers, rows))
+    loadgen = "wrk, 1 thread" if args.loadgen == "wrk" else "Python asyncio load generator"
+    print(
+        f"load: {loadgen}, {args.connections} keep-alive connections, {args.duration:g}s per "
+        f"target after a {args.warmup:g}s warm-up; backend: one uvloop process "
+        f"(httptools, {len(BODY)}-byte body); cpu% in % of one core"
+    )
+    for note in notes:
+        print(f"note: {note}")
+    print(f"result: {path.relative_to(ROOT)}")
+    parts = [f"direct {direct:.0f} req/s"]
+    for engine in ("builtin", "haproxy"):
+        if engine in results:
+            r = results[engine]
+            parts.append(f"{engine} {r['rps']:.0f} ({r['ratio']:.2f})")
+        else:
+            parts.append(f"{engine} skipped")
+    print(
+        f"gateway throughput: {'; '.join(parts)} (goal haproxy >= {GOAL:g}: "
+        f"{'met' if met else 'NOT met'}); {cores} cores shared by backend, gateway and load "
+        f"generator; bench took {elapsed:.0f}s"
+    )
+    errors = sum(r["non_2xx"] + r["socket_errors"] for r in results.values())
+    return 1 if errors else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per target")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--loadgen",
+        choices=["wrk", "python"],
+        default="wrk",
+        help="load generator (python: the asyncio one; used anyway when wrk is missing)",
+    )
+    args = parser.parse_args()
+    args.wrk = wrk_binary()
+    return bench(args)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        role, rest = sys.argv[1], sys.argv[2:]
+        if role == "_backend":
+            serve_backend(int(rest[0]))
+        elif role == "_gateway":
+            serve_gateway(rest[0], int(rest[1]), Path(rest[2]))
+        elif role == "_load":
+            run_load(rest[0], int(rest[1]), float(rest[2]))
+        else:
+            sys.exit(f"unknown role {role}")
+        sys.exit(0)
+    sys.exit(main())
