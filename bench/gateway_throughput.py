@@ -379,9 +379,7 @@ def measure(
         if gateway
         else None,
         "load": round(
-            100
-            * (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
-            / wall,
+            100 * (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall,
             1,
         ),
     }
@@ -421,7 +419,11 @@ def bench(args: argparse.Namespace) -> int:
         )
         for engine in engines:
             gateway = Child(
-                "_gateway", engine, str(backend.port), str(root / engine), log=root / f"{engine}.log"
+                "_gateway",
+                engine,
+                str(backend.port),
+                str(root / engine),
+                log=root / f"{engine}.log",
             )
             try:
                 url = f"http://127.0.0.1:{gateway.port}/web/"
