@@ -46,8 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.cluster
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
 
 import psutil
-from tests.cluster.harness import LocalCluster
-
 from _cluster import (
     HTTP,
     ROOT,
@@ -60,7 +58,9 @@ from _cluster import (
     wait_for,
     write_result,
 )
+
 from ninefold.cluster_view import read_view
+from tests.cluster.harness import LocalCluster
 
 NAME = "agent_footprint"
 GOAL_MB = 120.0

@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
 
 import httpx
 import psutil
-from tests.cluster.harness import LocalCluster, until
-
 from _cluster import PY, ROOT, etcd_leader, need_etcd, table, write_result
+
 from ninefold.gateway.haproxy import haproxy_available
+from tests.cluster.harness import LocalCluster, until
 
 NAME = "failover_loss"
 GOAL_GAP = 0.5  # s, traffic off a dead instance

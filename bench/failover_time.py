@@ -41,8 +41,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.cluster.harness
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
 
-from tests.cluster.harness import LocalCluster
-
 from _cluster import (
     HTTP,
     ROOT,
@@ -55,12 +53,14 @@ from _cluster import (
     wait_for,
     write_result,
 )
+
 from ninefold import defaults
 from ninefold.agent.journal import read_events
 from ninefold.agent.records import NODES, STATUS, Event, InstanceStatus, active_lock
 from ninefold.cluster_view import ClusterView, read_view
 from ninefold.spec import ClusterSpec
 from ninefold.store.base import Store, StoreError
+from tests.cluster.harness import LocalCluster
 
 NAME = "failover_time"
 GOAL_B = 2.5  # s, median, unplanned active-passive failover (DESIGN.md section 7)

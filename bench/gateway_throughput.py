@@ -394,6 +394,7 @@ def measure(
 
 def bench(args: argparse.Namespace) -> int:
     from _cluster import ROOT, table, write_result
+
     from ninefold.gateway.haproxy import haproxy_binary
 
     started = time.monotonic()

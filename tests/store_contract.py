@@ -13,7 +13,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 import pytest
-from tests.helpers import eventually
 
 from ninefold.store import (
     Compare,
@@ -24,6 +23,7 @@ from ninefold.store import (
     Store,
     WatchEvent,
 )
+from tests.helpers import eventually
 
 WAIT = 10.0
 """Longest a check waits for something asynchronous (a watch event, an expiry)."""
