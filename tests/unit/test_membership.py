@@ -208,9 +208,9 @@ async def cut_until_at_risk(probe: Probe, mode: str) -> float:
     checks the safety bound and returns the send time of the last ack."""
 
     async def renewed() -> bool:
-        return probe.count_ok() >= 3
+        return probe.count_ok() >= 1
 
-    await eventually(renewed, 2.0, "a few renewals")
+    await eventually(renewed, 2.0, "a renewal")
     probe.store.cut(mode)
 
     async def at_risk() -> bool:

@@ -133,12 +133,16 @@ class Agent:
             )
             await store.put(node_key(self.node.name), record.encode(), lease.lease)
             reconciler.republish()
+            reconciler.poke()
+            leader.poke()
 
         lease.on_acquired.append(register)
         lease.on_at_risk.append(reconciler.fence)
 
         async def recovered() -> None:
             reconciler.republish()
+            reconciler.poke()
+            leader.poke()
 
         lease.on_recovered.append(recovered)
         await lease.start()
@@ -186,7 +190,16 @@ class Agent:
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.spec, settings, self.registry)
-        await engine.start()
+        try:
+            await engine.start()
+        except (RuntimeError, OSError) as exc:
+            # The control plane goes on without this node's gateway: the
+            # cluster's other gateways still route to its instances.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("gateway (%s) could not start: %s", engine.name, first)
+            with contextlib.suppress(Exception):
+                await engine.stop()
+            return None, None
         log.info("gateway (%s) on %s:%s", engine.name, settings.address, settings.http_port)
         feed = GatewayFeed(store, self.node.name, lease, engine, self.spec)
         return engine, asyncio.create_task(feed.run(), name="gateway")

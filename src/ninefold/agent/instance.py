@@ -253,7 +253,7 @@ class InstanceRunner:
         current = await self.ctx.store.lock_holder(active_lock(self.service))
         self._frozen = False
         if hold is not None and current is not None and current.fencing_token == hold.fencing_token:
-            await self._run_hook(self.spec.on_promote, "on_promote")
+            await self._run_hook(self.spec.on_promote, "on_promote", role="active")
             if self.process is not None:
                 self.process.signal_group(signal.SIGCONT)
             if self.health is not None:
@@ -270,20 +270,20 @@ class InstanceRunner:
         await self.ctx.journal.record("fenced", self.instance, "lease lost: killed")
 
     # -- process -------------------------------------------------------------------
-    def _env(self, token: int | None) -> dict[str, str]:
+    def _env(self, token: int | None, role: str | None = None) -> dict[str, str]:
         env = {k: render(v, self.values) for k, v in self.spec.env.items()}
         env.update(process_env(self.values))
-        env["NINEFOLD_ROLE"] = self.role
+        env["NINEFOLD_ROLE"] = role or self.role
         if token is not None:
             env["NINEFOLD_FENCING_TOKEN"] = str(token)
         return env
 
-    async def _start_process(self, token: int | None = None) -> None:
+    async def _start_process(self, token: int | None = None, role: str | None = None) -> None:
         spec = self.spec
         process_spec = ProcessSpec(
             name=self.instance,
             argv=[render(a, self.values) for a in spec.command],
-            env=self._env(token),
+            env=self._env(token, role),
             cwd=render(spec.workdir, self.values) if spec.workdir else None,
             stop_signal=int(getattr(signal, spec.stop_signal)),
             stop_timeout=spec.stop_timeout,
@@ -478,11 +478,13 @@ class InstanceRunner:
     _last_holder: str | None = None
 
     async def _promote(self, hold: LockHold) -> None:
+        """Become active: start (cold), run on_promote, and only then say so,
+        so no gateway routes to an active whose promotion is not done."""
         self.hold = hold
-        self.role = "active"
         if self.process is None:  # cold standby starts now, with its token
-            await self._start_process(hold.fencing_token)
-        await self._run_hook(self.spec.on_promote, "on_promote")
+            await self._start_process(hold.fencing_token, role="active")
+        await self._run_hook(self.spec.on_promote, "on_promote", role="active")
+        self.role = "active"
         self._poke()
         old = self._last_holder
         self._last_holder = self.holder
@@ -525,12 +527,16 @@ class InstanceRunner:
             self.hold = None
 
     async def _run_hook(
-        self, argv: list[str] | None, name: str, timeout: float = defaults.HOOK_TIMEOUT
+        self,
+        argv: list[str] | None,
+        name: str,
+        timeout: float = defaults.HOOK_TIMEOUT,
+        role: str | None = None,
     ) -> None:
         if not argv:
             return
         token = self.hold.fencing_token if self.hold else None
-        env = self._env(token)
+        env = self._env(token, role)
         env["NINEFOLD_HOOK"] = name
         started = time.monotonic()
         code = await run_hook(

@@ -84,15 +84,19 @@ class LeaderLoop:
         self._last_prune = 0.0
         self._unplaced: tuple[str, ...] = ()
         self._raft = RaftLeaderPlacement(store, journal)
+        self._signal = ChangeSignal(
+            store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, SPEC_KEY, lock_key(LEADER)
+        )
 
     @property
     def is_leader(self) -> bool:
         return self.hold is not None
 
+    def poke(self) -> None:
+        self._signal.poke()
+
     async def run(self) -> None:
-        signal = ChangeSignal(
-            self._store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, SPEC_KEY, lock_key(LEADER)
-        )
+        signal = self._signal
         signal.start()
         try:
             while True:

@@ -22,9 +22,15 @@ class Reconciler:
         self.spec = bootstrap_spec
         self.runners: dict[str, InstanceRunner] = {}
         self._prefix = f"{ASSIGN}{ctx.node.name}/"
+        self._signal = ChangeSignal(ctx.store, self._prefix, SPEC_KEY)
+
+    def poke(self) -> None:
+        """Reconcile now (after the lease came back: changes seen meanwhile
+        were skipped)."""
+        self._signal.poke()
 
     async def run(self) -> None:
-        signal = ChangeSignal(self.ctx.store, self._prefix, SPEC_KEY)
+        signal = self._signal
         signal.start()
         try:
             while True:

@@ -29,10 +29,13 @@ node that shares the key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ninefold import defaults
 from ninefold.gateway.engine import GatewaySettings
@@ -72,11 +75,27 @@ class Paths:
     @classmethod
     def of(cls, settings: GatewaySettings) -> Paths:
         run = settings.run_dir
+        sockets = socket_dir(run)
         return cls(
             config=str(run / "haproxy.cfg"),
-            master_socket=str(run / "haproxy-master.sock"),
-            stats_socket=str(run / "haproxy-stats.sock"),
+            master_socket=str(sockets / "haproxy-master.sock"),
+            stats_socket=str(sockets / "haproxy-stats.sock"),
         )
+
+
+SOCKET_PATH_MAX = 90
+"""HAProxy refuses unix socket paths over 97 bytes (sun_path, minus room)."""
+
+
+def socket_dir(run_dir: Path) -> Path:
+    """run_dir, or a short directory keyed by it when socket paths would be
+    too long there (deep data directories are common)."""
+    if len(str(run_dir / "haproxy-master.sock")) <= SOCKET_PATH_MAX:
+        return run_dir
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"ninefold-{digest}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short
 
 
 @dataclass(frozen=True)
@@ -360,9 +379,13 @@ def _backend(
         if check.kind == "http":
             lines.append(f"    option httpchk GET {_quoted(check.http or '/', 'check path')}")
         lines.append(f"    timeout check {_ms(check.timeout)}")
+        # No `observe layer4 ... on-error mark-down`: marking the server down
+        # on the first refused connection makes HAProxy wait its turn-around
+        # timer (up to `timeout connect`) before redispatching, which measured
+        # as a 1 s stall on every kill; redispatch alone moves on at once.
         lines.append(
             f"    default-server check inter {_ms(check.interval)} fall {check.fall}"
-            f" rise {check.rise} observe layer4 error-limit 1 on-error mark-down"
+            f" rise {check.rise}"
         )
     by_slot = {s: k for k, s in slots.assigned.get(name, {}).items()}
     backends = _unique(routes.backends)
