@@ -3,6 +3,7 @@ instances being drained what it still has in flight to them."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
@@ -54,6 +55,9 @@ class GatewayFeed:
                     await self.step()
                 except StoreError as exc:
                     log.debug("gateway feed: %s", exc)
+                except Exception:  # the engine refused a table: keep trying
+                    log.exception("gateway could not apply the routing table")
+                    await asyncio.sleep(1.0)
         finally:
             await signal.stop()
 

@@ -30,6 +30,7 @@ from ninefold.agent.records import (
     last_segment,
     status_key,
 )
+from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
 from ninefold.spec.models import render
@@ -193,8 +194,10 @@ class InstanceRunner:
         it draining, then wait until each living gateway reports nothing in
         flight to it, at most the service's drain timeout."""
         key = self.backend_key()
-        if key is None or not self.status().serving or not self.ctx.lease.lease:
+        if key is None or not self.ctx.lease.lease:
             return
+        if not routable(self.status(), self.spec.mode):
+            return  # no gateway sends it anything (e.g. a standby)
         self.draining = True
         self._poke()
         deadline = time.monotonic() + self.spec.balance.drain_timeout

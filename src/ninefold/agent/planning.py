@@ -89,8 +89,9 @@ def generation(state: ClusterState, service: str) -> str:
     last restart asked for. An instance whose assignment carries another
     generation is restarted, one at a time (see `rolling`)."""
     spec = state.spec.services[service]
-    # How many run and where is the scheduler's business, not the instances'.
-    runs = spec.model_dump_json(exclude={"replicas", "placement"})
+    # How many run and where is the scheduler's business, how traffic reaches
+    # them the gateways': neither changes what an instance runs.
+    runs = spec.model_dump_json(exclude={"replicas", "placement", "route", "balance"})
     text = runs + "\0" + state.restart_nonces.get(service, "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -105,7 +106,9 @@ def rolling(
     # Serving *the generation it is assigned*: an instance just told to roll
     # still shows its old process serving until its agent catches up.
     serving = {
-        (s.node, s.instance, s.generation) for s in state.statuses if s.serving and not s.draining
+        (s.node, s.instance, s.generation)
+        for s in state.statuses
+        if (s.serving or s.state == "standby") and not s.draining  # a cold standby is ready
     }
     active = {s.instance for s in state.statuses if s.role == "active"}
     chosen = []

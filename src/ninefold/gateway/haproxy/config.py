@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -93,8 +95,11 @@ def socket_dir(run_dir: Path) -> Path:
     if len(str(run_dir / "haproxy-master.sock")) <= SOCKET_PATH_MAX:
         return run_dir
     digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
-    short = Path(tempfile.gettempdir()) / f"ninefold-{digest}"
+    short = Path(tempfile.gettempdir()) / f"ninefold-{os.getuid()}-{digest}"
     short.mkdir(mode=0o700, exist_ok=True)
+    info = short.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(f"{short} is not a private directory of ours: remove it")
     return short
 
 
