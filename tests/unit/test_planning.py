@@ -154,3 +154,31 @@ def test_unplaced_when_no_node_fits() -> None:
     nothing = plan(ClusterState(make_spec(web=2), frozenset(), frozenset(), ()))
     assert nothing.unplaced == ("db-0", "web-0", "web-1")
     assert nothing.write == []
+
+
+def test_a_move_request_moves_only_that_instance_to_its_target() -> None:
+    spec = make_spec(web=2)
+    before = converged(spec)
+    spare = sorted(ALL - {a.node for a in before if a.service == "web"} - {"n1"})[0]
+    moves = {"web-0": spare}
+    d = plan(ClusterState(spec, ALL, frozenset(), before, moves=moves))
+    after = where(apply(before, d))
+    assert after["web-0"] == spare
+    assert d.moved == {"web-0": (where(before)["web-0"], spare)}
+    assert {i: n for i, n in after.items() if i != "web-0"} == {
+        i: n for i, n in where(before).items() if i != "web-0"
+    }
+
+
+def test_a_move_the_target_cannot_take_changes_nothing() -> None:
+    spec = make_spec(web=2)
+    before = converged(spec)
+    other_web = where(before)["web-1"]
+    for target in ("n9", other_web):  # unknown node; node already running web
+        d = plan(ClusterState(spec, ALL, frozenset(), before, moves={"web-0": target}))
+        assert d.empty, target
+    down = sorted(ALL - {a.node for a in before})[0]
+    d = plan(ClusterState(spec, ALL - {down}, frozenset(), before, moves={"web-0": down}))
+    assert "web-0" not in d.moved
+    d = plan(ClusterState(spec, ALL, frozenset(), before, moves={"db-0": "n2"}))
+    assert d.empty  # n2 lacks the disk: ssd label db needs

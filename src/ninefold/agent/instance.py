@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -24,6 +25,7 @@ from ninefold.agent.ports import allocate_ports
 from ninefold.agent.records import (
     GATEWAYS,
     NODES,
+    SWITCHOVER,
     GatewayReport,
     InstanceStatus,
     active_lock,
@@ -71,11 +73,13 @@ class NodeContext:
 def placeholder_values(
     ctx: NodeContext, service: str, instance: str, spec: ServiceSpec, ports: dict[str, int]
 ) -> dict[str, str]:
+    host = f"[{ctx.node.address}]" if ":" in ctx.node.address else ctx.node.address
     values = {
         "address": ctx.node.address,
         "node": ctx.node.name,
         "service": service,
         "instance": instance,
+        "api": f"http://{host}:{ctx.node.ports.api}",
     }
     if spec.ports:
         values["port"] = str(ports[spec.ports[0]])
@@ -422,7 +426,10 @@ class InstanceRunner:
 
     async def _campaign_loop(self) -> None:
         key = lock_key(active_lock(self.service))
-        watch_task = asyncio.create_task(self._watch_lock(key))
+        watches = [
+            asyncio.create_task(self._watch_lock(key)),
+            asyncio.create_task(self._watch_switchover()),
+        ]
         try:
             while True:
                 await wait_event(self._campaign_wake, 0.5)
@@ -432,9 +439,11 @@ class InstanceRunner:
                 except StoreError as exc:
                     log.debug("%s campaign: %s", self.instance, exc)
         finally:
-            watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch_task
+            for task in watches:
+                task.cancel()
+            for task in watches:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _watch_lock(self, key: str) -> None:
         while True:
@@ -458,10 +467,16 @@ class InstanceRunner:
                 if lease:  # restart a fenced hot standby once the lease is back
                     await self._start_process()
                 return
+            request = await self._switchover_request()
             if self.role == "active":
+                if request is not None and request.get("to") != self.ctx.node.name:
+                    await self._demote("switchover", release=True)
+                    return
                 await self._check_still_active()
                 return
             if not lease or not self._eligible():
+                return
+            if request is not None and not self._switchover_target(request):
                 return
             previous = await self.ctx.store.lock_holder(active_lock(self.service))
             if previous is not None and (previous.holder, previous.lease) != (self.holder, lease):
@@ -478,6 +493,43 @@ class InstanceRunner:
     def holder(self) -> str:
         return f"{self.ctx.node.name}/{self.instance}"
 
+    async def _watch_switchover(self) -> None:
+        while True:
+            self._switchover_seen = False  # re-read after every (re)connect
+            try:
+                key = f"{SWITCHOVER}{self.service}"
+                async with contextlib.aclosing(self.ctx.store.watch(key)) as events:
+                    async for _event in events:
+                        self._switchover_seen = False
+                        self._poke()
+            except StoreError:
+                pass
+            await asyncio.sleep(0.2)
+
+    _switchover_seen = False
+    _switchover: dict[str, str | None] | None = None
+
+    async def _switchover_request(self) -> dict[str, str | None] | None:
+        """A pending switchover of this service (put by the API under a short
+        lease, so a forgotten one goes away by itself). Read again only when
+        its key changed."""
+        if self._switchover_seen:
+            return self._switchover
+        item = await self.ctx.store.get(f"{SWITCHOVER}{self.service}")
+        request = None
+        if item is not None:
+            with contextlib.suppress(ValueError):
+                request = json.loads(item.value)
+        self._switchover = request if isinstance(request, dict) else None
+        self._switchover_seen = True
+        return self._switchover
+
+    def _switchover_target(self, request: dict[str, str | None]) -> bool:
+        """May this standby take over during the switchover?"""
+        if request.get("to"):
+            return request["to"] == self.ctx.node.name
+        return request.get("from") != self.holder
+
     _last_holder: str | None = None
 
     async def _promote(self, hold: LockHold) -> None:
@@ -489,6 +541,8 @@ class InstanceRunner:
         await self._run_hook(self.spec.on_promote, "on_promote", role="active")
         self.role = "active"
         self._poke()
+        with contextlib.suppress(StoreError):
+            await self.ctx.store.delete(f"{SWITCHOVER}{self.service}")
         old = self._last_holder
         self._last_holder = self.holder
         kind = "failover" if old and old != self.holder else "promoted"

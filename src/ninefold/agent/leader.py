@@ -19,6 +19,7 @@ from ninefold.agent.planning import ClusterState, Decision, plan
 from ninefold.agent.records import (
     ASSIGN,
     DRAIN,
+    MOVES,
     NODES,
     RESTARTS,
     SPEC_KEY,
@@ -55,6 +56,7 @@ async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
     assigns = await store.list(ASSIGN)
     statuses = await store.list(STATUS)
     restarts = await store.list(RESTARTS)
+    moves = await store.list(MOVES)
     return ClusterState(
         spec=spec,
         alive=frozenset(last_segment(i.key) for i in nodes.items),
@@ -62,6 +64,7 @@ async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
         assignments=tuple(AssignmentRecord.decode(i.value) for i in assigns.items),
         statuses=tuple(InstanceStatus.decode(i.value) for i in statuses.items),
         restart_nonces={last_segment(i.key): i.value.decode() for i in restarts.items},
+        moves={last_segment(i.key): i.value.decode() for i in moves.items},
     )
 
 
@@ -85,7 +88,7 @@ class LeaderLoop:
         self._unplaced: tuple[str, ...] = ()
         self._raft = RaftLeaderPlacement(store, journal)
         self._signal = ChangeSignal(
-            store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, SPEC_KEY, lock_key(LEADER)
+            store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, MOVES, SPEC_KEY, lock_key(LEADER)
         )
 
     @property
@@ -139,7 +142,9 @@ class LeaderLoop:
         await self._note_membership(state)
         decision = plan(state)
         if not decision.empty:
-            await self._apply(decision)
+            await self._apply(decision, state)
+        for instance in state.moves:  # done, or impossible: a request is acted on once
+            await self._store.delete(f"{MOVES}{instance}")
         if decision.unplaced != self._unplaced:
             for instance in sorted(set(decision.unplaced) - set(self._unplaced)):
                 await self._journal.record("unplaced", instance, "no eligible node")
@@ -179,7 +184,7 @@ class LeaderLoop:
                 await self._journal.record("node-joined", node, "lease granted")
         self._known_alive = alive
 
-    async def _apply(self, decision: Decision) -> None:
+    async def _apply(self, decision: Decision, state: ClusterState) -> None:
         assert self.hold is not None
         ops: list[Put | Delete] = [Delete(assign_key(r.node, r.instance)) for r in decision.remove]
         ops += [Put(assign_key(r.node, r.instance), r.encode()) for r in decision.write]
@@ -192,11 +197,12 @@ class LeaderLoop:
         for record in decision.write:
             if record.instance in decision.moved:
                 old, new = decision.moved[record.instance]
-                reason = (
-                    f"restart limit reached on {old}"
-                    if record.instance in decision.failed_on
-                    else f"{old} unavailable"
-                )
+                if record.instance in decision.failed_on:
+                    reason = f"restart limit reached on {old}"
+                elif state.moves.get(record.instance) == new:
+                    reason = "asked to move"
+                else:
+                    reason = f"{old} unavailable"
                 await self._journal.record(
                     "moved", record.instance, reason, from_node=old, to_node=new
                 )

@@ -26,6 +26,8 @@ class ClusterState:
     statuses: tuple[InstanceStatus, ...] = ()
     restart_nonces: Mapping[str, str] = field(default_factory=dict)
     """service -> token of the last `restart` asked for it"""
+    moves: Mapping[str, str] = field(default_factory=dict)
+    """instance -> node an operator asked it to move to"""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,34 @@ def rolling(
     return chosen
 
 
+def requested_moves(
+    current: list[Assignment],
+    moves: Mapping[str, str],
+    nodes: list[NodeState],
+    spec: ClusterSpec,
+) -> list[Assignment]:
+    """The current assignments with each feasible move request applied, as
+    if the instance already were on its target: the scheduler then keeps it
+    there. A request the target cannot take (down, drained, excluded by
+    constraints, already running the service) changes nothing."""
+    if not moves:
+        return current
+    usable = {n.name: n for n in nodes if n.schedulable}
+    out = list(current)
+    for i, a in enumerate(out):
+        target = moves.get(a.instance)
+        if target is None or target == a.node or target not in usable:
+            continue
+        service = spec.services.get(a.service)
+        if service is None or not usable[target].satisfies(service.placement.constraints):
+            continue
+        taken = any(o.service == a.service and o.node == target for o in out)
+        if taken and not service.placement.allow_colocate:
+            continue
+        out[i] = Assignment(a.service, a.instance, target, a.avoid - {target})
+    return out
+
+
 def plan(state: ClusterState) -> Decision:
     by_instance = {a.instance: a for a in state.assignments}
     failed = failed_instances(state.statuses, by_instance)
@@ -134,9 +164,9 @@ def plan(state: ClusterState) -> Decision:
         )
         for a in state.assignments
     ]
-    result = schedule(
-        demands(state.spec), node_states(state.spec, state.alive, state.drained), current
-    )
+    nodes = node_states(state.spec, state.alive, state.drained)
+    current = requested_moves(current, state.moves, nodes, state.spec)
+    result = schedule(demands(state.spec), nodes, current)
     generations = {name: generation(state, name) for name in state.spec.services}
     wanted = {}
     for a in result.assignments:

@@ -11,6 +11,9 @@ Keyspace (under the cluster's namespace, ``/ninefold/<cluster>/``)::
     locks/active/<service>   the active lock of an active-passive service
     events/<time>-<node>     Event, pruned by count
     restarts/<service>       token of the last restart asked for (rolling restart)
+    moves/<instance>         node an operator asked the instance to move to
+    switchover/<service>     {"to": node or null, "from": holder}, under a short lease
+    kv/<key>                 the users' key-value store
     gateways/<node>          GatewayReport: in-flight counts to draining backends
 """
 
@@ -27,6 +30,9 @@ NODES = "nodes/"
 DRAIN = "drain/"
 ASSIGN = "assign/"
 RESTARTS = "restarts/"
+MOVES = "moves/"
+SWITCHOVER = "switchover/"
+KV = "kv/"
 GATEWAYS = "gateways/"
 STATUS = "status/"
 EVENTS = "events/"

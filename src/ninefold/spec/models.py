@@ -176,7 +176,7 @@ AtLeastOne = Annotated[int, Field(ge=1)]
 # --- placeholders ------------------------------------------------------------------
 
 _BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-SIMPLE_PLACEHOLDERS = ("port", "address", "node", "service", "instance")
+SIMPLE_PLACEHOLDERS = ("port", "address", "node", "service", "instance", "api")
 """Placeholders without a name part; `port.NAME` and `volume.NAME` come on top."""
 
 
