@@ -73,7 +73,10 @@ EVENTS_RETRY_FOR = 15.0
 # --- embedded store -------------------------------------------------------------------
 STORE_QUORUM_REPORT_EVERY = 2.0
 """While there is no quorum, the agent says so this often."""
-STORE_HEARTBEAT_MS = 100
+STORE_HEARTBEAT_MS = 200
+"""etcd's raft heartbeat. Twice etcd's default: peer heartbeats are most of a
+quiet cluster's traffic, and detection of a dead store leader is governed by
+the election timeout, which keeps etcd's default."""
 STORE_ELECTION_TIMEOUT_MS = 1000
 
 
