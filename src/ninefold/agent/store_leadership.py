@@ -21,9 +21,10 @@ from ninefold.store.base import Store, StoreError
 
 log = logging.getLogger("ninefold.leader")
 
-CHECK_EVERY = 2.0
-"""How often the leader looks where the raft leader is (costs 2 small requests)."""
-MOVE_AT_MOST_EVERY = 10.0
+CHECK_EVERY = 10.0
+"""How often the leader looks where the raft leader is (2 small requests),
+besides right after the set of nodes running actives changed."""
+MOVE_AT_MOST_EVERY = 2.0
 
 
 def raft_leader_target(
@@ -55,16 +56,21 @@ class RaftLeaderPlacement:
         self._journal = journal
         self._last_check = 0.0
         self._last_move = 0.0
+        self._actives: tuple[str, ...] = ()
 
     async def step(self, alive: Iterable[str], statuses: Iterable[InstanceStatus]) -> None:
         """Called from the leader loop; does nothing most of the time."""
         now = time.monotonic()
         probe = getattr(self._store, "raft_leader", None)
-        if probe is None or now - self._last_check < CHECK_EVERY:
+        statuses = list(statuses)
+        actives = tuple(sorted(s.node for s in statuses if s.role == "active"))
+        changed = actives != self._actives
+        if probe is None or (not changed and now - self._last_check < CHECK_EVERY):
             return
         if now - self._last_move < MOVE_AT_MOST_EVERY:
             return
         self._last_check = now
+        self._actives = actives
         try:
             found: tuple[str, Mapping[str, str]] | None = await probe()
             if found is None:
