@@ -149,7 +149,27 @@ class Agent:
         log.info(
             "agent %s up (cluster %s, data %s)", self.node.name, self.spec.cluster, self.data_dir
         )
-        engine, feed_task = await self._start_gateway(store, lease)
+        # Imported here: the CLI imports this module for open_store, without a web server.
+        from ninefold.api import ApiServer, create_app
+        from ninefold.gateway.metrics import render
+
+        engine: Engine | None = None
+
+        def metrics() -> bytes:
+            return render(self.node.name, engine.snapshot) if engine is not None else b""
+
+        api = ApiServer(
+            create_app(store, self.spec, self.node.name, metrics, self.data_dir / "logs"),
+            self.node.address,
+            self.node.ports.api,
+        )
+        if await api.start():
+            log.info("API on http://%s/v1/", self.node.host_port(self.node.ports.api))
+        try:
+            engine, feed_task = await self._start_gateway(store, lease)
+        except BaseException:
+            await api.stop()
+            raise
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(leader.run(), name="leader"),
@@ -174,6 +194,7 @@ class Agent:
                     await feed_task
             if engine is not None:
                 await engine.stop()
+            await api.stop()
             await lease.stop(revoke=True)
 
     async def _start_gateway(

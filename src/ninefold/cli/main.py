@@ -1,31 +1,57 @@
 """The `ninefold` command.
 
-Exit codes: 0 ok, 1 operation failed, 2 usage or spec error, 3 cluster unreachable.
+Every command but `agent`, `init`, `up` and `down` talks to the cluster's REST
+API (docs/api.md) through `ninefold.client`, on whichever node of the spec
+answers first.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage or spec error (unknown service,
+node or instance included), 3 cluster unreachable (no agent answers, or no
+store quorum).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ninefold import __version__
+from ninefold.client import (
+    ApiError,
+    ClusterClient,
+    Conflict,
+    Invalid,
+    NotFound,
+    StoreUnavailable,
+    Unreachable,
+)
 from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+
+EXIT_CODES: list[tuple[type[ApiError], int]] = [
+    (Unreachable, EXIT_UNREACHABLE),
+    (StoreUnavailable, EXIT_UNREACHABLE),
+    (NotFound, EXIT_USAGE),
+    (Invalid, EXIT_USAGE),
+    (Conflict, EXIT_FAILED),
+]
+"""How API errors become exit codes; anything else is EXIT_FAILED."""
 
 app = typer.Typer(
     name="ninefold",
@@ -34,10 +60,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+kv_app = typer.Typer(
+    name="kv",
+    help="The cluster's key-value store for users: get, put, rm, ls.",
+    no_args_is_help=True,
+)
+app.add_typer(kv_app, name="kv")
+
 out = Console()
 err = Console(stderr=True)
-
-T = TypeVar("T")
 
 SpecOption = Annotated[
     Path,
@@ -50,6 +81,24 @@ SpecOption = Annotated[
     ),
 ]
 DEFAULT_SPEC = Path("ninefold.yaml")
+TableOutput = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+TextOutput = Annotated[str, typer.Option("--output", "-o", help="text or json")]
+CasOption = Annotated[
+    int | None,
+    typer.Option(
+        "--cas",
+        min=0,
+        help="Only if the key's revision is REV (0: only if the key is absent).",
+        metavar="REV",
+    ),
+]
+
+LOG_FOLLOW_WINDOW = 500
+"""Lines fetched per instance on each `logs -f` poll, to find the new ones."""
+LOG_FOLLOW_INTERVAL = 1.0
+
+
+# --- helpers ---------------------------------------------------------------------
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -57,37 +106,83 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     return typer.Exit(code)
 
 
+def exit_code(exc: ApiError) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_FAILED
+
+
 def load(path: Path) -> ClusterSpec:
+    """The spec at `path`; every problem on its own line and exit 2 if it is bad."""
     try:
         return load_spec(path)
     except SpecError as exc:
         for issue in exc.issues:
-            err.print(str(issue), highlight=False, soft_wrap=True, markup=False)
+            line = str(issue)
+            if issue.message == "file not found" and path == DEFAULT_SPEC:
+                line += " (give one with --spec or NINEFOLD_SPEC, or write one: ninefold init)"
+            err.print(line, highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def with_store(spec: ClusterSpec, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run action(store) against the cluster's store; unreachable -> exit 3."""
-    from ninefold.agent.daemon import open_store
-    from ninefold.store.base import StoreError, StoreUnavailable
+def check_output(output: str, *choices: str) -> None:
+    if output not in choices:
+        raise fail(f"--output must be {' or '.join(choices)}, not {output!r}", EXIT_USAGE)
 
-    async def run() -> T:
-        store = open_store(spec)
-        try:
-            return await action(store)
-        finally:
-            await store.close()
 
+def connect(spec_path: Path) -> ClusterClient:
+    return ClusterClient(load(spec_path))
+
+
+@contextlib.contextmanager
+def calling(not_found: int | None = None, conflict: int | None = None) -> Iterator[None]:
+    """Turn API errors into one line on stderr and the exit code they mean."""
     try:
-        return asyncio.run(run())
-    except StoreUnavailable:
-        endpoints = ", ".join(spec.store_endpoints())
-        raise fail(
-            f"cluster {spec.cluster} unreachable: no store member answers at {endpoints}",
-            EXIT_UNREACHABLE,
-        ) from None
-    except StoreError as exc:
-        raise fail(f"store error: {exc}") from None
+        yield
+    except ApiError as exc:
+        code = exit_code(exc)
+        if isinstance(exc, NotFound) and not_found is not None:
+            code = not_found
+        if isinstance(exc, Conflict) and conflict is not None:
+            code = conflict
+        if isinstance(exc, Invalid) and exc.issues:
+            for issue in exc.issues:
+                err.print(issue, highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(code) from None
+        raise fail(exc.message, code) from None
+
+
+def say(message: str) -> None:
+    """One line for people on stdout, never wrapped or marked up."""
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2), flush=True)
+
+
+def accepted(answer: Any, default: str) -> None:
+    message = answer.get("message") if isinstance(answer, dict) else None
+    out.print(message or default, highlight=False, markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on a terminal; on anything else, each new message on its own line."""
+    if err.is_terminal:
+        with err.status(first) as spinner:
+            yield lambda message: spinner.update(message)
+        return
+    last = [""]
+
+    def report(message: str) -> None:
+        if message != last[0]:
+            last[0] = message
+            err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    report(first)
+    yield report
 
 
 def version_callback(value: bool) -> None:
@@ -106,6 +201,66 @@ def root(
     ] = False,
 ) -> None:
     """ninefold keeps services running, health-checked and failed over across nodes."""
+
+
+# --- init ----------------------------------------------------------------------------
+
+STARTER_SPEC = """\
+# A ninefold cluster: its nodes and the services they keep running.
+# Every key is described in docs/spec.md.
+#
+#   ninefold up            # start the three nodes on this machine
+#   ninefold status        # nodes, services, instances
+#   curl http://127.0.0.1:8080/web/   # the web service through any node's gateway
+#   ninefold down          # stop them
+cluster: {cluster}
+
+# The cluster's store (etcd): each node marked `store: true` runs a member.
+store: {{mode: embedded}}
+
+# On Linux every 127.x.y.z address is local, so three nodes fit on one
+# machine, each with its own address and the default ports (api 7070,
+# gateway 8080, store 2379/2380). On real machines, use their addresses.
+nodes:
+  - {{name: n1, address: 127.0.0.1, zone: a, store: true}}
+  - {{name: n2, address: 127.0.0.2, zone: b, store: true}}
+  - {{name: n3, address: 127.0.0.3, zone: c, store: true}}
+
+services:
+  # Two copies of a static web server, in two different zones. ninefold picks
+  # a free port for each ({{port}}), checks it over HTTP every 500 ms, and
+  # every node's gateway sends /web/... to a healthy copy.
+  web:
+    command: python3 -m http.server {{port}} --bind {{address}}
+    replicas: 2
+    route: {{http: /web}}
+    check: {{http: /, interval: 500ms, fall: 3, rise: 2}}
+"""
+
+
+@app.command()
+def init(
+    file: Annotated[Path, typer.Argument(help="Where to write the spec.")] = DEFAULT_SPEC,
+    cluster: Annotated[str, typer.Option("--cluster", help="The cluster's name.")] = "hello",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a starter spec: three nodes on 127.0.0.1-3 and a replicated web service."""
+    text = STARTER_SPEC.format(cluster=cluster)
+    try:
+        parse_spec(text, str(file))
+    except SpecError as exc:
+        raise fail(str(exc).splitlines()[0], EXIT_USAGE) from None
+    if file.exists() and not force:
+        raise fail(f"{file} exists; not overwriting it (--force to replace it)")
+    try:
+        file.write_text(text)
+    except OSError as exc:
+        raise fail(f"cannot write {file}: {exc.strerror or exc}") from None
+    hint = "ninefold up" if file == DEFAULT_SPEC else f"ninefold up --spec {file}"
+    say(f"wrote {file}; start its nodes on this machine with: {hint}")
+
+
+# --- agent ----------------------------------------------------------------------------
 
 
 @app.command()
@@ -144,144 +299,187 @@ def agent(
         pass
 
 
-@app.command()
-def status(
-    spec: SpecOption = DEFAULT_SPEC,
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
-) -> None:
-    """Nodes, services and instances of the cluster."""
-    if output not in ("table", "json"):
-        raise fail(f"--output must be table or json, not {output!r}", EXIT_USAGE)
-    cluster = load(spec)
-    from ninefold.cluster_view import read_view
+# --- up / down ---------------------------------------------------------------------------
 
-    view = with_store(cluster, lambda store: read_view(store, cluster))
-    if output == "json":
-        print(json.dumps(view.to_json(), indent=2))
+
+def local_cluster(spec: Path) -> Any:
+    from ninefold.local import LocalCluster
+
+    return LocalCluster(spec, spec=load(spec))
+
+
+@app.command()
+def up(
+    spec: SpecOption = DEFAULT_SPEC,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, help="Seconds to wait for every node to be up (0: none)."),
+    ] = 90.0,
+) -> None:
+    """Start every node of the spec on this machine, each agent in the background."""
+    from ninefold.local import LocalClusterError, NotLocal
+
+    cluster = local_cluster(spec)
+    try:
+        cluster.check_local()
+        with progress(f"starting cluster {cluster.spec.cluster}") as report:
+            pids = cluster.up(wait=wait, progress=report)
+    except NotLocal as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except LocalClusterError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"cluster {cluster.spec.cluster} is up", title_justify="left")
+    for col in ("NODE", "API", "PID"):
+        table.add_column(col)
+    for n in cluster.spec.nodes:
+        table.add_row(n.name, cluster.api_url(n.name), str(pids.get(n.name, "")))
+    out.print(table)
+    say(f"agent logs: {cluster.root}/<node>/agent.log; stop them with: ninefold down")
+    if not wait:
+        say("not waiting for the nodes: `ninefold status` shows when they are up")
+
+
+@app.command()
+def down(
+    spec: SpecOption = DEFAULT_SPEC,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, help="Seconds before stragglers are killed.")
+    ] = 30.0,
+) -> None:
+    """Stop the agents `ninefold up` started (they stop their services first)."""
+    cluster = local_cluster(spec)
+    with progress(f"stopping cluster {cluster.spec.cluster}") as report:
+        stopped = cluster.down(timeout=timeout, progress=report)
+    if not stopped:
+        say(f"no agent of cluster {cluster.spec.cluster} is running here")
         return
-    nodes = Table(title=f"cluster {view.cluster}", title_justify="left")
+    names = ", ".join(f"{n} (pid {p})" for n, p in stopped.items())
+    say(f"stopped {names}")
+
+
+# --- status -----------------------------------------------------------------------------
+
+_STATE_COLOUR = {"up": "green", "down": "red", "drained": "yellow"}
+
+
+@app.command()
+def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> None:
+    """Nodes, services and instances of the cluster."""
+    check_output(output, "table", "json")
+    with connect(spec) as client, calling():
+        view = client.status()
+    if output == "json":
+        print_json(view)
+        return
+    nodes = Table(title=f"cluster {view.get('cluster', '')}", title_justify="left")
     for col in ("NODE", "ADDRESS", "ZONE", "STATE", "ROLE"):
         nodes.add_column(col)
-    for n in view.nodes:
-        colour = {"up": "green", "down": "red", "drained": "yellow"}[n.state]
-        role = ", ".join(r for r, on in (("leader", n.leader), ("store", n.store_member)) if on)
-        nodes.add_row(n.name, n.address, n.zone, f"[{colour}]{n.state}[/{colour}]", role)
+    for n in view.get("nodes", []):
+        state = str(n.get("state", ""))
+        colour = _STATE_COLOUR.get(state, "white")
+        roles = (("leader", n.get("leader")), ("store", n.get("store_member")))
+        role = ", ".join(r for r, on in roles if on)
+        nodes.add_row(
+            n.get("name", ""),
+            n.get("address", ""),
+            n.get("zone", ""),
+            f"[{colour}]{state}[/{colour}]",
+            role,
+        )
     out.print(nodes)
     services = Table(title="services", title_justify="left")
     for col in ("SERVICE", "MODE", "HEALTHY", "ACTIVE", "TOKEN"):
         services.add_column(col)
-    for s in view.services:
-        colour = "green" if s.healthy >= s.desired else ("yellow" if s.healthy else "red")
+    for s in view.get("services", []):
+        healthy, desired = s.get("healthy", 0), s.get("desired", 0)
+        colour = "green" if healthy >= desired else ("yellow" if healthy else "red")
         services.add_row(
-            s.name,
-            s.mode,
-            f"[{colour}]{s.healthy}/{s.desired}[/{colour}]",
-            s.active or "",
-            str(s.fencing_token or ""),
+            s.get("name", ""),
+            s.get("mode", ""),
+            f"[{colour}]{healthy}/{desired}[/{colour}]",
+            s.get("active") or "",
+            str(s.get("fencing_token") or ""),
         )
     out.print(services)
     instances = Table(title="instances", title_justify="left")
     for col in ("INSTANCE", "NODE", "STATE", "HEALTH", "ROLE", "ENDPOINT", "RESTARTS"):
         instances.add_column(col)
-    for i in view.instances:
-        ports = ",".join(f"{k}={v}" for k, v in i.ports.items())
+    for i in view.get("instances", []):
+        ports = ",".join(f"{k}={v}" for k, v in (i.get("ports") or {}).items())
+        state = i.get("state", "")
+        if i.get("draining"):
+            state += " (draining)"
         instances.add_row(
-            i.instance,
-            i.node,
-            i.state,
-            i.health,
-            i.role,
-            f"{i.address} {ports}".strip(),
-            str(i.restarts),
+            i.get("instance", ""),
+            i.get("node", ""),
+            state,
+            i.get("health", ""),
+            i.get("role", ""),
+            f"{i.get('address') or ''} {ports}".strip(),
+            str(i.get("restarts", 0)),
         )
     out.print(instances)
 
 
-@app.command()
-def events(
-    spec: SpecOption = DEFAULT_SPEC,
-    limit: Annotated[
-        int, typer.Option("--limit", "-n", help="How many of the newest events.")
-    ] = 50,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
-    ] = False,
-    output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
-) -> None:
-    """The event journal: every decision the cluster made, with time and reason."""
-    if output not in ("text", "json"):
-        raise fail(f"--output must be text or json, not {output!r}", EXIT_USAGE)
-    cluster = load(spec)
-    from ninefold.agent.journal import read_events
-    from ninefold.agent.records import EVENTS, Event
+# --- apply --------------------------------------------------------------------------------
 
-    def show(event: Event) -> None:
-        if output == "json":
-            print(event.model_dump_json(), flush=True)
-        else:
-            out.print(event.line(), highlight=False, markup=False)
 
-    async def run(store: Any) -> None:
-        for event in await read_events(store, limit):
-            show(event)
-        if not follow:
-            return
-        listing = await store.list(EVENTS)
-        async with contextlib.aclosing(store.watch(EVENTS, listing.revision + 1)) as changes:
-            async for change in changes:
-                if change.kind == "put" and change.value:
-                    show(Event.decode(change.value))
-
-    with contextlib.suppress(KeyboardInterrupt):
-        with_store(cluster, run)
+def show_diff(lines: list[str]) -> None:
+    for line in lines:
+        style = ""
+        if line.startswith("+") and not line.startswith("+++"):
+            style = "green"
+        elif line.startswith("-") and not line.startswith("---"):
+            style = "red"
+        elif line.startswith("@@"):
+            style = "cyan"
+        out.print(Text(line, style=style), soft_wrap=True)
 
 
 @app.command()
 def apply(
     file: Annotated[Path, typer.Argument(help="The new spec.")],
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            "-s",
+            envvar="NINEFOLD_SPEC",
+            help="The spec naming the cluster's nodes. Default: FILE itself.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Apply without asking (it asks only on a terminal)."),
+    ] = False,
 ) -> None:
-    """Validate a spec and make it the cluster's desired state."""
-    cluster = load(file)
-    from ninefold.agent.records import SPEC_KEY
-    from ninefold.spec.loading import dump_spec
+    """Show what a new spec changes, ask, then make it the cluster's desired state."""
+    new = load(file)
+    target = load(spec) if spec is not None else new
+    text = file.read_text(encoding="utf-8")
+    with ClusterClient(target) as client, calling():
+        plan = client.put_spec(text, dry_run=True)
+        diff = [str(line) for line in plan.get("diff") or []]
+        if not diff:
+            say(f"{file}: nothing to change (cluster {new.cluster} already runs it)")
+            return
+        show_diff(diff)
+        if not yes and sys.stdin.isatty():
+            try:
+                agreed = typer.confirm("Apply these changes?", err=True)
+            except (typer.Abort, click.Abort):
+                err.print()
+                agreed = False
+            if not agreed:
+                raise fail("not applied (answer y, or pass --yes)")
+        result = client.put_spec(text, dry_run=False)
+    if not result.get("applied", True):
+        say(f"{file}: nothing to change")
+        return
+    say(f"applied {file} (revision {result.get('revision')})")
 
-    text = dump_spec(cluster).encode()
 
-    async def run(store: Any) -> int:
-        return await store.put(SPEC_KEY, text)
-
-    revision = with_store(cluster, run)
-    out.print(f"applied {file} (store revision {revision})")
-
-
-async def _update_service(
-    store: Any, spec: ClusterSpec, service: str, change: dict[str, Any]
-) -> int:
-    """Change one service in the store's spec, atomically (compare-and-swap)."""
-    from ninefold.agent.leader import read_spec
-    from ninefold.agent.records import SPEC_KEY
-    from ninefold.spec.loading import dump_spec
-    from ninefold.store.base import Compare, Put
-
-    for _ in range(5):
-        current = await store.get(SPEC_KEY)
-        cluster = await read_spec(store, spec)
-        if service not in cluster.services:
-            known = ", ".join(sorted(cluster.services)) or "none"
-            raise fail(f"no service named {service!r} (services: {known})", EXIT_USAGE)
-        services = dict(cluster.services)
-        services[service] = services[service].model_copy(update=change)
-        updated = cluster.model_copy(update={"services": services})
-        try:
-            text = dump_spec(updated)
-            parse_spec(text, "<scale>")
-        except SpecError as exc:
-            raise fail(str(exc).splitlines()[0], EXIT_USAGE) from None
-        guard = Compare(SPEC_KEY, "mod", "==", current.mod_revision if current else 0)
-        result = await store.txn([guard], [Put(SPEC_KEY, text.encode())])
-        if result.succeeded:
-            return result.revision
-    raise fail("the spec kept changing under us; try again")
+# --- changes ---------------------------------------------------------------------------
 
 
 @app.command()
@@ -291,11 +489,9 @@ def scale(
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Set how many instances a service runs."""
-    cluster = load(spec)
-    with_store(
-        cluster, lambda store: _update_service(store, cluster, service, {"replicas": replicas})
-    )
-    out.print(f"{service} scaled to {replicas}")
+    with connect(spec) as client, calling():
+        answer = client.scale(service, replicas)
+    accepted(answer, f"{service} scaled to {replicas}")
 
 
 @app.command()
@@ -304,19 +500,312 @@ def restart(
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Restart every instance of a service, one at a time (rolling, drained)."""
-    cluster = load(spec)
-    from ninefold.agent.leader import read_spec
-    from ninefold.agent.records import RESTARTS
+    with connect(spec) as client, calling():
+        answer = client.restart(service)
+    accepted(answer, f"{service}: rolling restart asked; `ninefold events -f` shows its progress")
 
-    async def run(store: Any) -> None:
-        current = await read_spec(store, cluster)
-        if service not in current.services:
-            known = ", ".join(sorted(current.services)) or "none"
-            raise fail(f"no service named {service!r} (services: {known})", EXIT_USAGE)
-        await store.put(f"{RESTARTS}{service}", str(time.time_ns()).encode())
 
-    with_store(cluster, run)
-    out.print(f"{service}: rolling restart asked; `ninefold events -f` shows its progress")
+@app.command()
+def move(
+    instance: Annotated[str, typer.Argument(help="The instance, e.g. web-1.")],
+    node: Annotated[str, typer.Argument(help="The node it should run on.")],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Move one instance to another node."""
+    with connect(spec) as client, calling():
+        answer = client.move(instance, node)
+    accepted(answer, f"{instance}: moving to {node}")
+
+
+@app.command()
+def switchover(
+    service: Annotated[str, typer.Argument(help="The active-passive service.")],
+    to: Annotated[
+        str | None,
+        typer.Option("--to", "-t", help="The node to make active. Default: the best standby."),
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Hand an active-passive service's active role to a standby, on purpose."""
+    with connect(spec) as client, calling():
+        answer = client.switchover(service, to)
+    accepted(answer, f"{service}: switchover asked")
+
+
+@app.command()
+def drain(
+    node: Annotated[str, typer.Argument(help="The node.")],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Move every instance off a node and place nothing new there."""
+    with connect(spec) as client, calling():
+        answer = client.drain(node)
+    accepted(answer, f"{node}: draining")
+
+
+@app.command()
+def undrain(
+    node: Annotated[str, typer.Argument(help="The node.")],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Let a drained node take instances again."""
+    with connect(spec) as client, calling():
+        answer = client.undrain(node)
+    accepted(answer, f"{node}: takes instances again")
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """`HH:MM:SS.mmm  kind  subject  reason  key=value ...`, as the journal shows it."""
+    try:
+        stamp = datetime.fromtimestamp(float(event.get("time") or 0))
+        when = stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = str(event.get("time", ""))
+    data = event.get("data") or {}
+    extra = " ".join(f"{k}={v}" for k, v in data.items()) if isinstance(data, dict) else ""
+    parts = [when, event.get("kind"), event.get("subject"), event.get("reason"), extra]
+    return "  ".join(str(p) for p in parts if p)
+
+
+@app.command()
+def events(
+    spec: SpecOption = DEFAULT_SPEC,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="How many of the newest events.")
+    ] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    output: TextOutput = "text",
+) -> None:
+    """The event journal: every decision the cluster made, with time and reason."""
+    check_output(output, "text", "json")
+
+    def show(event: dict[str, Any]) -> None:
+        if output == "json":
+            print(json.dumps(event), flush=True)
+        else:
+            out.print(event_line(event), highlight=False, markup=False, soft_wrap=True)
+
+    with connect(spec) as client, calling(), contextlib.suppress(KeyboardInterrupt):
+        for event in client.events(limit):
+            show(event)
+        if follow:
+            for event in client.stream_events():
+                show(event)
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+_PREFIX_COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "red"]
+
+
+def new_lines(before: list[str], now: list[str]) -> list[str]:
+    """The lines of `now` (a log's tail) that come after the tail `before` ended.
+
+    The last lines of `before` are looked for in `now`, latest place first; else
+    `now` may start with the end of `before` (the window slid); else (the log
+    was rotated, or grew by more than the window) every line is new."""
+    if not before:
+        return now
+    tail = before[-20:]
+    m = len(tail)
+    for end in range(len(now), m - 1, -1):
+        if now[end - m : end] == tail:
+            return now[end:]
+    for j in range(min(len(before), len(now)), 0, -1):
+        if now[:j] == before[-j:]:
+            return now[j:]
+    return now
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="The service.")],
+    spec: SpecOption = DEFAULT_SPEC,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=1, help="Lines from the end of each log.")
+    ] = 20,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines (polls every second).")
+    ] = False,
+) -> None:
+    """A service's logs, gathered from every node that runs one of its instances."""
+    client = connect(spec)
+    colours: dict[str, str] = {}
+    seen: dict[str, list[str]] = {}
+    warned: set[str] = set()
+
+    def targets() -> list[tuple[str, str]]:
+        detail = client.service(service)
+        found = []
+        for i in sorted(detail.get("instances") or [], key=lambda i: i.get("instance", "")):
+            name, node = i.get("instance"), i.get("node")
+            if name and node:
+                found.append((str(name), str(node)))
+        return found
+
+    def fetch(instance: str, node: str, count: int) -> list[str] | None:
+        try:
+            url = client.node_url(node)
+        except KeyError:
+            problem = f"node {node} is not in {spec}"
+        else:
+            try:
+                text = client.instance_log(url, instance, count)
+            except ApiError as exc:
+                problem = exc.message
+            else:
+                warned.discard(instance)
+                return text
+        if instance not in warned:
+            warned.add(instance)
+            err.print(f"{instance}: no log ({problem})", highlight=False, markup=False)
+        return None
+
+    def show(instance: str, text: list[str]) -> None:
+        width = max([len(i) for i in colours] + [len(instance)])
+        colour = colours.setdefault(instance, _PREFIX_COLOURS[len(colours) % 6])
+        for line in text:
+            prefix = Text(f"{instance:<{width}} | ", style=colour)
+            out.print(prefix + Text(line), soft_wrap=True, highlight=False)
+
+    with client, calling(), contextlib.suppress(KeyboardInterrupt):
+        found = targets()
+        if not found:
+            raise fail(f"{service} has no instances")
+        fetched = 0
+        for instance, node in found:
+            text = fetch(instance, node, lines)
+            if text is None:
+                continue
+            fetched += 1
+            seen[instance] = text
+            show(instance, text)
+        if not follow:
+            if not fetched:
+                raise fail(f"no log of {service} could be read")
+            return
+        while True:
+            time.sleep(LOG_FOLLOW_INTERVAL)
+            for instance, node in targets():
+                text = fetch(instance, node, LOG_FOLLOW_WINDOW)
+                if text is None:
+                    continue
+                fresh = new_lines(seen.get(instance, []), text)
+                seen[instance] = text
+                show(instance, fresh)
+
+
+# --- kv ----------------------------------------------------------------------------------------
+
+
+def _key(key: str) -> str:
+    if not key or key.strip("/") == "":
+        raise fail("a key must not be empty", EXIT_USAGE)
+    return key
+
+
+@kv_app.command("get")
+def kv_get(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    spec: SpecOption = DEFAULT_SPEC,
+    output: TextOutput = "text",
+) -> None:
+    """Print a key's value (exit 1 if there is no such key)."""
+    check_output(output, "text", "json")
+    with connect(spec) as client, calling(not_found=EXIT_FAILED):
+        item = client.kv_get(_key(key))
+    if output == "json":
+        print_json(item)
+    else:
+        print(item.get("value", ""), flush=True)
+
+
+@kv_app.command("put")
+def kv_put(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    value: Annotated[str, typer.Argument(help="The value (text); - reads it from stdin.")],
+    cas: CasOption = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    output: TextOutput = "text",
+) -> None:
+    """Set a key; with --cas, only if its revision is still REV (else exit 1)."""
+    check_output(output, "text", "json")
+    if value == "-":
+        value = sys.stdin.read()
+    with connect(spec) as client, calling(not_found=EXIT_FAILED):
+        answer = client.kv_put(_key(key), value, cas)
+    if output == "json":
+        print_json(answer)
+    else:
+        say(f"{key}: revision {answer.get('revision')}")
+
+
+@kv_app.command("rm")
+def kv_rm(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    cas: CasOption = None,
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Remove a key (exit 1 if there is no such key, or --cas does not match)."""
+    with connect(spec) as client, calling(not_found=EXIT_FAILED):
+        client.kv_delete(_key(key), cas)
+    say(f"{key}: removed")
+
+
+@kv_app.command("ls")
+def kv_ls(
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    spec: SpecOption = DEFAULT_SPEC,
+    output: TableOutput = "table",
+) -> None:
+    """List keys with their revision and value."""
+    check_output(output, "table", "json")
+    with connect(spec) as client, calling():
+        items = client.kv_list(prefix)
+    if output == "json":
+        print_json(items)
+        return
+    if not items:
+        err.print(f"no keys{f' under {prefix!r}' if prefix else ''}", highlight=False)
+        return
+    table = Table()
+    for col in ("KEY", "REVISION", "VALUE"):
+        table.add_column(col)
+    for item in items:
+        value = str(item.get("value", ""))
+        first = value.splitlines()[0] if value else ""
+        if len(first) > 60 or first != value:
+            first = first[:60] + "..."
+        table.add_row(Text(str(item.get("key", ""))), str(item.get("revision", "")), Text(first))
+    out.print(table)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the demo cluster running afterwards.")
+    ] = False,
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", "-s", help="Run the demo on this spec instead of its own."),
+    ] = None,
+) -> None:
+    """Start a local cluster, show a failover under load, and stop it (unless --keep)."""
+    try:
+        from ninefold.demo import run_demo
+    except ImportError as exc:
+        if exc.name != "ninefold.demo":
+            raise
+        raise fail("the demo is not part of this build") from None
+    raise typer.Exit(run_demo(keep=keep, spec=spec))
 
 
 def main() -> None:

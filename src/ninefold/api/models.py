@@ -1,0 +1,163 @@
+"""What the REST API reads and answers, as pydantic models (docs/api.md).
+
+The models are the OpenAPI description: every field here is in the contract
+the CLI and the dashboard are built against."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ninefold.agent.records import Health, InstanceState, Role
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+class ErrorDetail(_Out):
+    code: str = Field(
+        description="not_found, conflict, invalid or store_unavailable "
+        "(method_not_allowed and bad_request for requests outside the API)",
+        examples=["not_found"],
+    )
+    message: str = Field(examples=["no service named 'shop'"])
+    issues: list[str] = Field(
+        default_factory=list,
+        description="One line per problem, for a bad spec or body: 'file:line path: message'",
+    )
+
+
+class ErrorBody(_Out):
+    error: ErrorDetail
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+class HealthOut(_Out):
+    node: str
+    store: Literal["ok", "unavailable"]
+    version: str
+
+
+class NodeOut(_Out):
+    name: str
+    address: str
+    zone: str
+    state: Literal["up", "down", "drained"]
+    leader: bool
+    store_member: bool
+
+
+class ServiceOut(_Out):
+    name: str
+    mode: Literal["replicated", "active-passive"]
+    desired: int = Field(description="replicas asked for in the spec")
+    healthy: int = Field(description="instances running and healthy (or unchecked)")
+    active: str | None = Field(
+        default=None, description="holder of the active lock ('node/instance'), active-passive only"
+    )
+    fencing_token: int | None = None
+
+
+class InstanceOut(_Out):
+    instance: str
+    service: str
+    node: str
+    state: InstanceState | Literal["lost", "pending"] = Field(
+        description="as the node reports it; 'pending' before its first report, "
+        "'lost' when its node is down"
+    )
+    health: Health | Literal["unknown"]
+    role: Role | Literal[""]
+    address: str
+    ports: dict[str, int] = {}
+    restarts: int = 0
+    fencing_token: int | None = None
+    pid: int | None = None
+    draining: bool = False
+
+
+class ServiceDetailOut(ServiceOut):
+    instances: list[InstanceOut]
+
+
+class StatusOut(_Out):
+    cluster: str
+    leader: str | None
+    nodes: list[NodeOut]
+    services: list[ServiceOut]
+    instances: list[InstanceOut]
+
+
+class SpecOut(_Out):
+    yaml: str
+    revision: int = Field(description="the store revision of the spec (0: none stored yet)")
+
+
+class EventOut(_Out):
+    time: float = Field(description="seconds since the epoch")
+    kind: str
+    subject: str
+    reason: str = ""
+    node: str = ""
+    data: dict[str, Any] = {}
+
+
+# --- changing ---------------------------------------------------------------------
+
+
+class SpecIn(_In):
+    yaml: str
+
+
+class SpecChangeOut(_Out):
+    diff: list[str] = Field(description="unified diff, stored spec to new spec")
+    applied: bool = Field(description="false for a dry run or an unchanged spec")
+    revision: int
+
+
+class ScaleIn(_In):
+    replicas: int = Field(ge=1)
+
+
+class MoveIn(_In):
+    node: str = Field(min_length=1)
+
+
+class SwitchoverIn(_In):
+    to: str | None = Field(
+        default=None, description="node of the standby to promote; none: the best standby"
+    )
+
+
+class Accepted(_Out):
+    accepted: Literal[True] = True
+    message: str
+
+
+# --- key-value --------------------------------------------------------------------
+
+
+class KvItemOut(_Out):
+    key: str
+    value: str
+    revision: int
+
+
+class KvPutIn(_In):
+    value: str
+
+
+class KvWrittenOut(_Out):
+    key: str
+    revision: int

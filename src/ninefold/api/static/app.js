@@ -1,0 +1,521 @@
+// ninefold dashboard: plain JavaScript, no build step, no network beyond the
+// agent that served it. All URLs are relative, so any agent's /ui/ works.
+"use strict";
+
+(() => {
+  const API = "../v1";
+  const METRICS = "../metrics";
+  const POLL_MS = 1000;
+  const WINDOW_MS = 120 * 1000; // chart history
+  const MAX_EVENTS = 200;
+  const FILL_EVENTS = 50;
+
+  const $ = (id) => document.getElementById(id);
+  const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+  const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESCAPES[c]);
+
+  // Replace an element's content only when it changed, so buttons are not
+  // rebuilt under the pointer every second.
+  function setHTML(el, html) {
+    if (el.dataset.rendered !== html) {
+      el.innerHTML = html;
+      el.dataset.rendered = html;
+    }
+  }
+
+  let status = null; // last answer of /v1/status
+  const pending = new Set(); // "action:target" of requests in flight
+
+  // -- connection indicator ---------------------------------------------------------
+  function connection(state, text) {
+    const el = $("conn");
+    el.dataset.conn = state;
+    $("conn-text").textContent = text;
+  }
+
+  const clock = (ms) => {
+    const d = new Date(ms);
+    const pad = (n, w = 2) => String(n).padStart(w, "0");
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  };
+
+  // -- messages (results of actions) ------------------------------------------------
+  function message(kind, text) {
+    const box = $("messages");
+    const div = document.createElement("div");
+    div.className = `message ${kind}`;
+    div.dataset.kind = kind;
+    div.innerHTML = `<span>${esc(text)}</span><button class="close" title="dismiss">×</button>`;
+    div.querySelector(".close").addEventListener("click", () => div.remove());
+    box.prepend(div);
+    while (box.children.length > 4) box.lastElementChild.remove();
+    if (kind === "ok") setTimeout(() => div.remove(), 8000);
+  }
+
+  // -- classes for states -------------------------------------------------------------
+  function stateClass(state) {
+    if (["up", "running", "healthy", "active"].includes(state)) return "ok";
+    if (["drained", "starting", "pending", "stopping", "standby", "draining"].includes(state))
+      return "warn";
+    if (["down", "failed", "lost", "unhealthy", "stopped", "crashed"].includes(state)) return "bad";
+    return "neutral";
+  }
+
+  function button(action, target, label, extra = "") {
+    const busy = pending.has(`${action}:${target}`);
+    return (
+      `<button class="btn ${action}" data-action="${esc(action)}" data-target="${esc(target)}"` +
+      `${busy ? " disabled" : ""} ${extra}>${busy ? "…" : esc(label)}</button>`
+    );
+  }
+
+  // -- nodes ----------------------------------------------------------------------------
+  function renderNodes(s) {
+    const zones = new Map();
+    for (const n of s.nodes) {
+      const zone = n.zone || "(no zone)";
+      if (!zones.has(zone)) zones.set(zone, []);
+      zones.get(zone).push(n);
+    }
+    const on = new Map();
+    for (const i of s.instances) {
+      if (!on.has(i.node)) on.set(i.node, []);
+      on.get(i.node).push(i);
+    }
+    const html = [...zones.keys()]
+      .sort()
+      .map((zone) => {
+        const cards = zones.get(zone).map((n) => nodeCard(n, on.get(n.name) || []));
+        return (
+          `<div class="zone" data-zone="${esc(zone)}"><h3>zone ${esc(zone)}</h3>` +
+          `${cards.join("")}</div>`
+        );
+      })
+      .join("");
+    setHTML($("zones"), html || `<p class="muted">no nodes</p>`);
+  }
+
+  function nodeCard(n, instances) {
+    const drained = n.state === "drained";
+    const tags = [];
+    if (n.leader) tags.push(`<span class="tag leader">leader</span>`);
+    if (n.store_member) tags.push(`<span class="tag">store member</span>`);
+    if (drained) tags.push(`<span class="tag warn">drained</span>`);
+    const chips = instances
+      .map((i) => {
+        const cls = i.state === "running" ? stateClass(i.health === "none" ? "healthy" : i.health) : stateClass(i.state);
+        const role = i.role ? ` ${i.role}` : "";
+        return `<span class="chip ${cls}" title="${esc(`${i.state}, ${i.health}${role}`)}">${esc(i.instance)}</span>`;
+      })
+      .join("");
+    const act = drained
+      ? button("undrain", n.name, "undrain")
+      : button("drain", n.name, "drain", n.state === "down" ? "disabled" : "");
+    return (
+      `<article class="node ${stateClass(n.state)}" data-node="${esc(n.name)}" ` +
+      `data-state="${esc(n.state)}" data-leader="${n.leader ? "true" : "false"}">` +
+      `<header><span class="dot"></span><b class="name">${esc(n.name)}</b>` +
+      `${n.leader ? `<span class="star" title="leader">★</span>` : ""}` +
+      `<span class="state-label">${esc(n.state)}</span></header>` +
+      `<div class="addr">${esc(n.address)}</div>` +
+      `<div class="tags">${tags.join("")}</div>` +
+      `<div class="chips">${chips || `<span class="muted small">no instances</span>`}</div>` +
+      `<div class="actions">${act}</div></article>`
+    );
+  }
+
+  // -- services and instances ---------------------------------------------------------
+  function renderServices(s) {
+    const rows = s.services.map((svc) => {
+      const ap = svc.mode === "active-passive";
+      const health = svc.healthy >= svc.desired ? "ok" : svc.healthy > 0 ? "warn" : "bad";
+      const pct = svc.desired ? Math.min(100, Math.round((100 * svc.healthy) / svc.desired)) : 0;
+      const active = ap
+        ? svc.active
+          ? `<span class="active-node" data-active="${esc(svc.active)}">${esc(svc.active)}</span>`
+          : `<span class="bad-text">none</span>`
+        : `<span class="muted">–</span>`;
+      const token = ap && svc.fencing_token != null ? `<code>${esc(svc.fencing_token)}</code>` : `<span class="muted">–</span>`;
+      const actions = [button("restart", svc.name, "restart")];
+      if (ap) actions.push(button("switchover", svc.name, "switchover"));
+      return (
+        `<tr data-service="${esc(svc.name)}" data-mode="${esc(svc.mode)}" ` +
+        `data-healthy="${esc(svc.healthy)}" data-desired="${esc(svc.desired)}">` +
+        `<td><b>${esc(svc.name)}</b></td><td>${esc(svc.mode)}</td>` +
+        `<td><div class="count ${health}"><span class="bar"><span style="width:${pct}%"></span></span>` +
+        `<span class="num">${esc(svc.healthy)} / ${esc(svc.desired)}</span></div></td>` +
+        `<td>${active}</td><td>${token}</td>` +
+        `<td class="right">${actions.join(" ")}</td></tr>`
+      );
+    });
+    setHTML($("services"), rows.join("") || `<tr><td colspan="6" class="muted">no services</td></tr>`);
+  }
+
+  function endpoint(i) {
+    const ports = Object.entries(i.ports || {});
+    if (!i.address && !ports.length) return "";
+    if (ports.length === 1) return `${i.address}:${ports[0][1]}`;
+    return `${i.address} ${ports.map(([k, v]) => `${k}=${v}`).join(" ")}`.trim();
+  }
+
+  function renderInstances(s) {
+    const rows = s.instances.map((i) => {
+      const health = i.health === "none" ? "neutral" : stateClass(i.health);
+      const role = i.role
+        ? `<span class="pill ${i.role === "active" ? "ok" : "neutral"}">${esc(i.role)}</span>`
+        : `<span class="muted">–</span>`;
+      const draining = i.draining ? ` <span class="pill warn">draining</span>` : "";
+      const token = i.fencing_token != null && i.role === "active" ? ` <code class="small">#${esc(i.fencing_token)}</code>` : "";
+      return (
+        `<tr data-instance="${esc(i.instance)}" data-service="${esc(i.service)}" data-node="${esc(i.node)}" data-state="${esc(i.state)}">` +
+        `<td><b>${esc(i.instance)}</b></td><td>${esc(i.node)}</td>` +
+        `<td><span class="pill ${stateClass(i.state)}">${esc(i.state)}</span>${draining}</td>` +
+        `<td><span class="pill ${health}">${esc(i.health)}</span></td>` +
+        `<td>${role}${token}</td><td><code>${esc(endpoint(i))}</code></td>` +
+        `<td class="right">${esc(i.restarts ?? 0)}</td></tr>`
+      );
+    });
+    setHTML($("instances"), rows.join("") || `<tr><td colspan="7" class="muted">no instances</td></tr>`);
+  }
+
+  // -- VIPs (read from status when the agent reports them) --------------------------
+  function collectVips(s) {
+    const out = [];
+    const add = (address, service, holder) => {
+      if (address) out.push({ address, service: service || "", holder: holder || "" });
+    };
+    if (Array.isArray(s.vips)) {
+      for (const v of s.vips) {
+        if (typeof v === "string") add(v, "", "");
+        else add(v.address || v.vip, v.service, v.holder || v.node);
+      }
+    }
+    for (const svc of s.services || []) {
+      if (!svc.vip) continue;
+      if (typeof svc.vip === "string") add(svc.vip, svc.name, svc.vip_holder);
+      else add(svc.vip.address, svc.name, svc.vip.holder || svc.vip_holder);
+    }
+    return out;
+  }
+
+  function renderVips(s) {
+    const vips = collectVips(s);
+    if (!vips.length) {
+      setHTML($("vips"), `<p class="muted" data-vips="none">none configured</p>`);
+      return;
+    }
+    const rows = vips.map(
+      (v) =>
+        `<tr data-vip="${esc(v.address)}"><td><code>${esc(v.address)}</code></td>` +
+        `<td>${esc(v.service) || `<span class="muted">–</span>`}</td>` +
+        `<td>${v.holder ? `<b>${esc(v.holder)}</b>` : `<span class="bad-text">unheld</span>`}</td></tr>`,
+    );
+    setHTML(
+      $("vips"),
+      `<table class="grid"><thead><tr><th>address</th><th>service</th><th>holder</th></tr></thead>` +
+        `<tbody>${rows.join("")}</tbody></table>`,
+    );
+  }
+
+  function renderStatus(s) {
+    $("cluster-name").textContent = s.cluster ? `· ${s.cluster}` : "";
+    $("leader-name").textContent = s.leader || "none";
+    document.title = s.cluster ? `ninefold · ${s.cluster}` : "ninefold";
+    renderNodes(s);
+    renderServices(s);
+    renderInstances(s);
+    renderVips(s);
+  }
+
+  // -- metrics: Prometheus text -> per-service rates ----------------------------------
+  const LINE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
+  const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+
+  function parseMetrics(text) {
+    const totals = new Map(); // service -> {req, err}
+    for (const line of text.split("\n")) {
+      if (!line || line[0] === "#") continue;
+      const m = LINE.exec(line);
+      if (!m) continue;
+      const name = m[1];
+      if (name !== "ninefold_gateway_requests_total" && name !== "ninefold_gateway_responses_total")
+        continue;
+      const labels = {};
+      for (const l of (m[2] || "").matchAll(LABEL)) labels[l[1]] = l[2].replace(/\\(.)/g, "$1");
+      if ((labels.backend ?? "") !== "" || !labels.service) continue;
+      const value = Number(m[3]);
+      if (!Number.isFinite(value)) continue;
+      if (!totals.has(labels.service)) totals.set(labels.service, { req: 0, err: 0 });
+      const t = totals.get(labels.service);
+      if (name === "ninefold_gateway_requests_total") t.req += value;
+      else if (labels.code === "5xx" || labels.code === "error") t.err += value;
+    }
+    return totals;
+  }
+
+  const series = new Map(); // service -> {points: [{t, req, err}], last: {t, req, err}}
+  let metricsState = "waiting"; // waiting | ok | unavailable
+
+  function recordMetrics(totals, now) {
+    for (const [service, t] of totals) {
+      if (!series.has(service)) series.set(service, { points: [], last: null });
+      const s = series.get(service);
+      if (s.last) {
+        const dt = (now - s.last.t) / 1000;
+        if (dt > 0) {
+          // A counter that went down means the gateway restarted: start over.
+          const req = t.req >= s.last.req ? (t.req - s.last.req) / dt : 0;
+          const err = t.err >= s.last.err ? (t.err - s.last.err) / dt : 0;
+          s.points.push({ t: now, req, err });
+        }
+      }
+      s.last = { t: now, req: t.req, err: t.err };
+      while (s.points.length && s.points[0].t < now - WINDOW_MS) s.points.shift();
+    }
+  }
+
+  const fmt = (r) => (r >= 100 ? r.toFixed(0) : r >= 10 ? r.toFixed(1) : r.toFixed(2));
+
+  function sparkline(points, key, now, cls) {
+    const W = 240;
+    const H = 46;
+    const top = Math.max(1, ...points.map((p) => p[key]));
+    // The time axis grows with the history until it spans the whole window.
+    const span = Math.min(WINDOW_MS, Math.max(10 * 1000, now - (points[0]?.t ?? now)));
+    const x = (t) => (W * (t - (now - span))) / span;
+    const y = (v) => H - 2 - ((H - 6) * v) / top;
+    let line = "";
+    let area = "";
+    if (points.length) {
+      const xy = points.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`);
+      line = `<polyline class="line" points="${xy.join(" ")}"/>`;
+      const first = x(points[0].t).toFixed(1);
+      const last = x(points[points.length - 1].t).toFixed(1);
+      area = `<polygon class="area" points="${first},${H} ${xy.join(" ")} ${last},${H}"/>`;
+    }
+    return (
+      `<svg class="spark ${cls}" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img">` +
+      `<line class="base" x1="0" y1="${H - 1}" x2="${W}" y2="${H - 1}"/>${area}${line}</svg>`
+    );
+  }
+
+  function renderCharts(now) {
+    const names = new Set((status?.services || []).map((s) => s.name));
+    for (const name of series.keys()) names.add(name);
+    if (!names.size) {
+      setHTML($("charts"), `<p class="muted">no services</p>`);
+      return;
+    }
+    const blocks = [...names].sort().map((name) => {
+      const s = series.get(name);
+      if (!s) {
+        const why = metricsState === "unavailable" ? "metrics unavailable" : "no traffic through this gateway (no route?)";
+        return `<div class="chart" data-chart="${esc(name)}"><h4>${esc(name)}</h4><p class="muted small">${why}</p></div>`;
+      }
+      const cur = s.points[s.points.length - 1] || { req: 0, err: 0 };
+      const peak = (key) => fmt(Math.max(0, ...s.points.map((p) => p[key])));
+      return (
+        `<div class="chart" data-chart="${esc(name)}"><h4>${esc(name)}</h4>` +
+        `<div class="metric"><span class="label">requests/s <b data-rate="requests">${fmt(cur.req)}</b></span>` +
+        `<span class="peak">peak ${peak("req")}</span>` +
+        `${sparkline(s.points, "req", now, "req")}</div>` +
+        `<div class="metric"><span class="label">errors/s <b data-rate="errors" class="${cur.err > 0 ? "bad-text" : ""}">${fmt(cur.err)}</b></span>` +
+        `<span class="peak">peak ${peak("err")}</span>` +
+        `${sparkline(s.points, "err", now, "err")}</div></div>`
+      );
+    });
+    setHTML($("charts"), blocks.join(""));
+  }
+
+  // -- polling ---------------------------------------------------------------------------
+  async function getJSON(url) {
+    const r = await fetch(url, { cache: "no-store" });
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (_) {
+      /* not JSON */
+    }
+    if (!r.ok) {
+      const msg = body?.error?.message || `${r.status} ${r.statusText}`;
+      throw new Error(msg);
+    }
+    return body;
+  }
+
+  async function pollStatus() {
+    try {
+      status = await getJSON(`${API}/status`);
+      renderStatus(status);
+      connection("live", `updated ${clock(Date.now())}`);
+    } catch (e) {
+      connection(status ? "stale" : "down", `API: ${e.message}`);
+    }
+  }
+
+  async function pollMetrics() {
+    const now = Date.now();
+    try {
+      const r = await fetch(METRICS, { cache: "no-store" });
+      if (!r.ok) throw new Error(`${r.status}`);
+      recordMetrics(parseMetrics(await r.text()), now);
+      metricsState = "ok";
+    } catch (_) {
+      metricsState = "unavailable";
+    }
+    renderCharts(now);
+  }
+
+  let timer = null;
+  let running = false;
+  let again = false;
+
+  async function tick() {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    clearTimeout(timer);
+    try {
+      await Promise.all([pollStatus(), pollMetrics()]);
+    } finally {
+      running = false;
+      if (again) {
+        again = false;
+        tick();
+      } else {
+        timer = setTimeout(tick, POLL_MS);
+      }
+    }
+  }
+
+  async function whoServes() {
+    try {
+      const h = await getJSON(`${API}/health`);
+      $("served-by").textContent = h.node || "?";
+    } catch (_) {
+      setTimeout(whoServes, 5000);
+    }
+  }
+
+  // -- actions ---------------------------------------------------------------------------
+  const ACTIONS = {
+    drain: (n) => ({ url: `${API}/nodes/${encodeURIComponent(n)}/drain` }),
+    undrain: (n) => ({ url: `${API}/nodes/${encodeURIComponent(n)}/undrain` }),
+    restart: (s) => ({ url: `${API}/services/${encodeURIComponent(s)}/restart` }),
+    switchover: (s) => ({ url: `${API}/services/${encodeURIComponent(s)}/switchover`, body: {} }),
+  };
+
+  async function act(action, target) {
+    const key = `${action}:${target}`;
+    if (pending.has(key) || !ACTIONS[action]) return;
+    const { url, body } = ACTIONS[action](target);
+    pending.add(key);
+    if (status) renderStatus(status);
+    try {
+      const r = await fetch(url, {
+        method: "POST",
+        headers: body ? { "content-type": "application/json" } : {},
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      let answer = null;
+      try {
+        answer = await r.json();
+      } catch (_) {
+        /* empty */
+      }
+      if (r.ok) message("ok", answer?.message || `${action} ${target}: accepted`);
+      else message("error", `${action} ${target} failed: ${answer?.error?.message || `${r.status} ${r.statusText}`}`);
+    } catch (e) {
+      message("error", `${action} ${target} failed: ${e.message}`);
+    } finally {
+      pending.delete(key);
+      if (status) renderStatus(status);
+      tick();
+    }
+  }
+
+  document.addEventListener("click", (ev) => {
+    const btn = ev.target.closest("button[data-action]");
+    if (btn && !btn.disabled) act(btn.dataset.action, btn.dataset.target);
+  });
+
+  // -- events: initial fill, then the live stream ------------------------------------
+  const seen = new Set();
+
+  function eventTone(kind) {
+    if (/failover|switchover/.test(kind)) return "warn";
+    if (/lost|fail|fenc|crash|died|unplaced|kill|error|unhealthy|exit/.test(kind)) return "bad";
+    if (/drain|demot|stop|remov|rolling|switch|restart|moved/.test(kind)) return "warn";
+    if (/join|start|promot|placed|healthy|leader|elected/.test(kind)) return "ok";
+    return "neutral";
+  }
+
+  function addEvent(e) {
+    const key = `${e.time}|${e.node}|${e.kind}|${e.subject}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    const list = $("events");
+    const li = document.createElement("li");
+    li.className = `event ${eventTone(e.kind || "")}`;
+    li.dataset.kind = e.kind || "";
+    li.dataset.time = String(e.time || 0);
+    li.dataset.key = key;
+    const ms = (e.time || 0) * 1000;
+    const data = Object.entries(e.data || {})
+      .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)
+      .join(" ");
+    li.innerHTML =
+      `<time title="${esc(new Date(ms).toISOString())}">${clock(ms)}</time>` +
+      `<span class="kind">${esc(e.kind)}</span> <b class="subject">${esc(e.subject)}</b>` +
+      `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ""}` +
+      `${data ? ` <span class="data">${esc(data)}</span>` : ""}` +
+      `${e.node ? ` <span class="by">by ${esc(e.node)}</span>` : ""}`;
+    // Newest first; an event that arrives late still lands in time order.
+    let before = list.firstElementChild;
+    while (before && Number(before.dataset.time) > (e.time || 0)) before = before.nextElementSibling;
+    list.insertBefore(li, before);
+    while (list.children.length > MAX_EVENTS) {
+      seen.delete(list.lastElementChild.dataset.key);
+      list.lastElementChild.remove();
+    }
+  }
+
+  async function fillEvents() {
+    try {
+      const events = await getJSON(`${API}/events?limit=${FILL_EVENTS}`);
+      for (const e of events || []) addEvent(e);
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  // Every (re)connection fills what may have been missed; the set of seen
+  // events drops the duplicates and addEvent keeps time order.
+  function streamEvents() {
+    fillEvents();
+    if (!window.EventSource) {
+      setInterval(fillEvents, 2000);
+      return;
+    }
+    const source = new EventSource(`${API}/events/stream`);
+    source.onmessage = (msg) => {
+      try {
+        addEvent(JSON.parse(msg.data));
+      } catch (_) {
+        /* not an event */
+      }
+    };
+    source.onopen = () => fillEvents();
+    source.onerror = () => {
+      // A closed stream (an error status) is not retried by the browser.
+      if (source.readyState === EventSource.CLOSED) setTimeout(streamEvents, 5000);
+    };
+  }
+
+  whoServes();
+  tick();
+  streamEvents();
+})();

@@ -1,0 +1,174 @@
+"""The example services of examples/shop.yaml on a real 3-node cluster: the hit
+counter answers through a gateway from both replicas, and the Domain Registry
+(seed 004's API) keeps its data in the cluster's key-value store, so a hyperty
+written through one node's gateway is read, listed and deleted through others."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import yaml
+
+from tests.cluster.harness import LocalCluster, until
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+Factory = Callable[..., LocalCluster]
+
+
+def shop_services() -> str:
+    """The services of examples/shop.yaml, with absolute paths and this Python."""
+    spec = yaml.safe_load((EXAMPLES / "shop.yaml").read_text())
+    for service in spec["services"].values():
+        service["command"] = [
+            sys.executable if word == "python3" else str(EXAMPLES / word) if "/" in word else word
+            for word in service["command"]
+        ]
+    return yaml.safe_dump({"services": spec["services"]}, sort_keys=False)
+
+
+def gateway(c: LocalCluster, node: str) -> str:
+    return f"http://{c.addresses[node]}:{c.base + 3}"
+
+
+def start_shop(local_cluster: Factory) -> LocalCluster:
+    c = local_cluster(shop_services())
+    c.start_all()
+    until("counter healthy", lambda: len(c.serving("counter")) == 2, 90)
+    until("registry healthy", lambda: len(c.serving("registry")) == 2, 30)
+    return c
+
+
+def counters_seen(url: str) -> Callable[[], set[str]]:
+    def probe() -> set[str]:
+        with httpx.Client(timeout=2, trust_env=False) as http:
+            answers = [http.get(url) for _ in range(8)]
+        seen = {r.text.split()[0] for r in answers if r.status_code == 200}
+        return seen if len(seen) == 2 else set()
+
+    return probe
+
+
+def test_counter_answers_from_both_replicas(local_cluster: Factory) -> None:
+    c = start_shop(local_cluster)
+    url = gateway(c, "n1") + "/counter/"
+    assert until("both counters routed", counters_seen(url), 30) == {"counter-0", "counter-1"}
+    counts: dict[str, list[int]] = {}
+    with httpx.Client(timeout=5, trust_env=False) as http:
+        for _ in range(20):
+            r = http.get(url)
+            assert r.status_code == 200, r.text
+            name, count = r.text.split()
+            counts.setdefault(name, []).append(int(count))
+        r = http.get(url, headers={"Accept": "application/json"})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["instance"] in ("counter-0", "counter-1")
+        assert body["node"] in c.addresses
+        assert http.get(gateway(c, "n2") + "/counter/healthz").text == "ok\n"
+    assert sorted(counts) == ["counter-0", "counter-1"]
+    for seq in counts.values():  # each replica counts its own hits, one by one
+        assert seq == list(range(seq[0], seq[0] + len(seq))), counts
+    assert abs(len(counts["counter-0"]) - len(counts["counter-1"])) <= 1, counts
+
+
+USER = quote("user://example.com/alice", safe="")
+H1 = quote("hyperty://example.com/h1", safe="")
+
+
+def hyperty(resources: list[str], schemes: list[str], descriptor: str) -> dict[str, Any]:
+    return {
+        "descriptor": descriptor,
+        "expires": 3600,
+        "resources": resources,
+        "dataSchemes": schemes,
+    }
+
+
+def test_registry_serves_seed_004_api_from_the_kv_store(local_cluster: Factory) -> None:
+    c = start_shop(local_cluster)
+    g1, g2, g3 = (gateway(c, n) for n in ("n1", "n2", "n3"))
+    user = f"/hyperty/user/{USER}"
+    h1, h2 = f"{user}/{H1}", f"{user}/h2"
+    served_by: set[str] = set()
+
+    with httpx.Client(timeout=10, trust_env=False) as http:
+
+        def call(method: str, url: str, body: Any = None) -> httpx.Response:
+            r = http.request(method, url, json=body)
+            assert r.headers["content-type"] == "application/json", r.text
+            served_by.add(r.headers["x-served-by"])
+            return r
+
+        until("registry routed", lambda: http.get(g1 + user).status_code == 404, 30)
+        assert call("GET", g1 + user).json() == {"message": "user not found"}
+        assert call("GET", g1 + h1).status_code == 404
+
+        # create, through n1's gateway
+        r = call("PUT", g1 + h1, hyperty(["chat", "video"], ["comm"], "catalogue/h1"))
+        assert (r.status_code, r.json()) == (200, {"message": "hyperty created"})
+        r = call("PUT", g1 + h2, hyperty(["chat"], ["comm", "connection"], "catalogue/h2"))
+        assert r.status_code == 200
+
+        # read through another node's gateway: the data is in the cluster's KV
+        r = call("GET", g2 + h1)
+        assert r.status_code == 200
+        one = r.json()
+        assert one["descriptor"] == "catalogue/h1"
+        assert one["resources"] == ["chat", "video"]
+        assert one["dataSchemes"] == ["comm"]
+        assert one["expires"] == 3600
+        assert one["startingTime"] and one["lastModified"]
+        key = "registry/user_3A_2F_2Fexample.com_2Falice/h2"
+        stored = http.get(f"http://{c.addresses['n3']}:{c.base + 2}/v1/kv/{key}")
+        assert stored.status_code == 200, stored.text
+        assert json.loads(stored.json()["value"])["descriptor"] == "catalogue/h2"
+
+        # update keeps startingTime
+        r = call("PUT", g3 + h1, hyperty(["chat", "video"], ["comm"], "catalogue/h1-v2"))
+        assert (r.status_code, r.json()) == (200, {"message": "hyperty updated"})
+        again = call("GET", g2 + h1).json()
+        assert again["descriptor"] == "catalogue/h1-v2"
+        assert again["startingTime"] == one["startingTime"]
+
+        # all of a user's hyperties, and the filters of Table I
+        everything = call("GET", g3 + user)
+        assert everything.status_code == 200
+        assert sorted(everything.json()) == ["h2", "hyperty://example.com/h1"]
+        cases = {
+            "resources=chat": ["h2", "hyperty://example.com/h1"],
+            "resources=video": ["hyperty://example.com/h1"],
+            "dataSchemes=connection": ["h2"],
+            "resources=chat&dataSchemes=comm": ["h2", "hyperty://example.com/h1"],
+            "resources=video&dataSchemes=connection": [],
+            "dataSchemes=nothing": [],
+        }
+        for query, expected in cases.items():
+            r = call("GET", f"{g2}{user}/hy?{query}")
+            if expected:
+                assert (r.status_code, sorted(r.json())) == (200, expected), query
+            else:
+                assert r.status_code == 404, (query, r.text)
+
+        # delete through n2: gone everywhere; deleting again is 404
+        r = call("DELETE", g2 + h1)
+        assert (r.status_code, r.json()) == (200, {"message": "hyperty deleted"})
+        assert call("GET", g1 + h1).status_code == 404
+        assert call("GET", g3 + h1).status_code == 404
+        assert call("DELETE", g1 + h1).status_code == 404
+        assert sorted(call("GET", g1 + user).json()) == ["h2"]
+
+        # errors are JSON too
+        assert call("PUT", g1 + h1, ["not", "an", "object"]).status_code == 400
+        assert call("POST", g1 + user).status_code == 405
+
+    # round robin: both replicas answered, each reading what the other wrote
+    assert served_by == {"registry-0", "registry-1"}
