@@ -207,3 +207,36 @@ def _alive(pid: int) -> bool:
 
 def _node_state(c: LocalCluster, node: str) -> str:
     return {n["name"]: n["state"] for n in c.status()["nodes"]}[node]
+
+
+def test_switchover_hands_the_active_to_a_standby_and_it_stays(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    import httpx
+
+    promotions = tmp_path / "promotions"
+    c = local_cluster(WEB.replace("replicas: 2", "replicas: 1") + queue(promotions))
+    c.start_all()
+    until("the queue healthy", lambda: healthy(c, "queue", 2)(), 60)
+
+    def active() -> tuple[str, int] | None:
+        svc = next(s for s in c.status()["services"] if s["name"] == "queue")
+        return (svc["active"], svc["fencing_token"]) if svc["active"] else None
+
+    first, token = until("an active queue", active, 30)
+    api = f"http://{c.addresses['n1']}:{c.base + 2}"
+    answer = until(
+        "the API",
+        lambda: httpx.post(f"{api}/v1/services/queue/switchover", json={}, timeout=5),
+        30,
+    )
+    assert answer.status_code == 202, answer.text
+    second, new_token = until(
+        "another active", lambda: (a := active()) and a[0] != first and a, 15, 0.05
+    )
+    assert new_token > token
+    # It stays there: the old active is a standby again and does not take back.
+    until("the old active back as a healthy standby", healthy(c, "queue", 2), 30)
+    assert active() == (second, new_token)
+    roles = {i["instance"]: i["role"] for i in c.status()["instances"] if i["service"] == "queue"}
+    assert sorted(roles.values()) == ["active", "standby"]
