@@ -94,7 +94,7 @@ def test_a_new_leader_takes_over_and_keeps_reconciling(local_cluster: Factory) -
         f"  extra:\n    command: {HTTP}\n    check: {{http: /, interval: 200ms, rise: 1}}\n"
     )
     new_spec = c.write_spec(extra, c.root / "more.yaml")
-    applied = c.cli("apply", str(new_spec))
+    applied = c.cli("apply", "--yes", str(new_spec))
     assert applied.returncode == 0, applied.stderr
     until("the new service running", healthy(c, "extra", 1), 30)
     elections = [e for e in c.events() if e["kind"] == "leader"]

@@ -464,7 +464,9 @@ def apply(
             say(f"{file}: nothing to change (cluster {new.cluster} already runs it)")
             return
         show_diff(diff)
-        if not yes and sys.stdin.isatty():
+        if not yes and not sys.stdin.isatty():
+            raise fail("not applied: no terminal to ask on (pass --yes)", EXIT_USAGE)
+        if not yes:
             try:
                 agreed = typer.confirm("Apply these changes?", err=True)
             except (typer.Abort, click.Abort):
