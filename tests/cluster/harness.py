@@ -42,9 +42,13 @@ def until(
 
 
 def free_base_port(addresses: list[str], span: int = 4) -> int:
-    """A base port such that base..base+span-1 are free on every address."""
+    """A base port such that base..base+span-1 are free on every address.
+
+    Below the kernel's ephemeral range (32768+), where outgoing connections
+    take their source ports and could grab a port between this check and the
+    agent's bind, and below the instances' port range (20000+)."""
     for _ in range(200):
-        base = random.randrange(30000, 60000, 10)
+        base = random.randrange(10000, 19990, 10)
         if all(_free(a, base + i) for a in addresses for i in range(span)):
             return base
     raise RuntimeError("no free port block found")
