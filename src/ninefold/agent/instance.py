@@ -469,7 +469,8 @@ class InstanceRunner:
                 return
             request = await self._switchover_request()
             if self.role == "active":
-                if request is not None and request.get("to") != self.ctx.node.name:
+                asked = request is not None and request.get("from") == self.holder
+                if asked and request.get("to") != self.ctx.node.name:
                     await self._demote("switchover", release=True)
                     return
                 await self._check_still_active()
