@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import httpx
 import psutil
 
 from ninefold import defaults
+from ninefold.agent.ports import port_is_free
 from ninefold.client import node_url
 from ninefold.spec import ClusterSpec, NodeSpec, load_spec
 
@@ -260,7 +260,7 @@ class LocalCluster:
             if self.spec.gateway.enabled:
                 ports.append(("gateway_http", n.ports.gateway_http))
             for kind, port in ports:
-                if not _free(n.address, port):
+                if not port_is_free(n.address, port):
                     raise StartFailed(
                         f"node {n.name}: {n.host_port(port)} ({kind} port) is already in use "
                         "(another ninefold cluster, or another program?)"
@@ -311,17 +311,6 @@ def _after(argv: list[str], flag: str) -> str | None:
         return argv[argv.index(flag) + 1]
     except (ValueError, IndexError):
         return None
-
-
-def _free(address: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def _last_line(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from ninefold import defaults
 from ninefold.store.base import Store, StoreError
@@ -67,3 +68,20 @@ class ChangeSignal:
                 log.debug("watch %s broke: %s", prefix, exc)
             self._flag.set()
             await asyncio.sleep(0.2)
+
+
+async def run_level_triggered(
+    signal: ChangeSignal, step: Callable[[], Awaitable[None]], name: str
+) -> None:
+    """Run `step` on every change the signal sees and at every resync; a store
+    error only skips a round (the next one reads everything again)."""
+    signal.start()
+    try:
+        while True:
+            await signal.wait(defaults.RESYNC_INTERVAL)
+            try:
+                await step()
+            except StoreError as exc:
+                log.debug("%s: %s", name, exc)
+    finally:
+        await signal.stop()

@@ -11,8 +11,7 @@ import contextlib
 import logging
 import time
 
-from ninefold import defaults
-from ninefold.agent.changes import ChangeSignal
+from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal, prune_events
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.planning import ClusterState, Decision, plan
@@ -99,17 +98,9 @@ class LeaderLoop:
         self._signal.poke()
 
     async def run(self) -> None:
-        signal = self._signal
-        signal.start()
         try:
-            while True:
-                await signal.wait(defaults.RESYNC_INTERVAL)
-                try:
-                    await self._step()
-                except StoreError as exc:
-                    log.debug("leader step: %s", exc)
+            await run_level_triggered(self._signal, self._step, "leader step")
         finally:
-            await signal.stop()
             await self._resign()
 
     async def _step(self) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ninefold import defaults
-from ninefold.agent.changes import ChangeSignal
+from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.instance import InstanceRunner, NodeContext
 from ninefold.agent.leader import read_spec
 from ninefold.agent.records import ASSIGN, SPEC_KEY, STATUS, AssignmentRecord, last_segment
 from ninefold.spec import ClusterSpec, ServiceSpec
-from ninefold.store.base import StoreError
 
 log = logging.getLogger("ninefold.reconciler")
 
@@ -30,17 +28,7 @@ class Reconciler:
         self._signal.poke()
 
     async def run(self) -> None:
-        signal = self._signal
-        signal.start()
-        try:
-            while True:
-                await signal.wait(defaults.RESYNC_INTERVAL)
-                try:
-                    await self.step()
-                except StoreError as exc:
-                    log.debug("reconcile: %s", exc)
-        finally:
-            await signal.stop()
+        await run_level_triggered(self._signal, self.step, "reconcile")
 
     async def step(self) -> None:
         if not self.ctx.lease.valid:
