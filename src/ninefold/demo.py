@@ -55,7 +55,7 @@ REQUEST_TIMEOUT = 5.0
 """A request not answered within this time counts as failed (seed 004's limit)."""
 USER = "user://shop.example/alice"
 """The Domain Registry user whose hyperties the traffic writes and reads."""
-EVENT_KINDS = ("node-lost", "moved", "failover")
+EVENT_KINDS = ("node-lost", "moved", "failover", "switchover")
 
 console = Console(highlight=False)
 

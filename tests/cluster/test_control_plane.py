@@ -240,3 +240,7 @@ def test_switchover_hands_the_active_to_a_standby_and_it_stays(
     assert active() == (second, new_token)
     roles = {i["instance"]: i["role"] for i in c.status()["instances"] if i["service"] == "queue"}
     assert sorted(roles.values()) == ["active", "standby"]
+    handover = [e for e in c.events() if e["kind"] == "switchover"]
+    assert [(e["data"]["old_active"], e["data"]["new_active"]) for e in handover] == [
+        (first, second)
+    ]

@@ -659,3 +659,9 @@ def test_issue_formatting() -> None:
     error = SpecError([SpecIssue("f", 1, "a", "x"), SpecIssue("f", 2, "b", "y")])
     assert str(error) == "f:1 a: x\nf:2 b: y"
     assert isinstance(error, Exception)
+
+
+def test_control_characters_are_a_spec_error_with_a_line() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec("cluster: shop\x1f\n", "bad.yaml")
+    assert str(info.value).startswith("bad.yaml:1: invalid YAML: unacceptable character")

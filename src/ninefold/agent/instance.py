@@ -542,15 +542,19 @@ class InstanceRunner:
         await self._run_hook(self.spec.on_promote, "on_promote", role="active")
         self.role = "active"
         self._poke()
+        asked = self._switchover is not None
         with contextlib.suppress(StoreError):
             await self.ctx.store.delete(f"{SWITCHOVER}{self.service}")
         old = self._last_holder
         self._last_holder = self.holder
-        kind = "failover" if old and old != self.holder else "promoted"
+        if not old or old == self.holder:
+            kind = "promoted"
+        else:
+            kind = "switchover" if asked else "failover"
         await self.ctx.journal.record(
             kind,
             self.service,
-            f"{old} -> {self.holder}" if kind == "failover" else f"{self.holder} is active",
+            f"{old} -> {self.holder}" if kind != "promoted" else f"{self.holder} is active",
             old_active=old,
             new_active=self.holder,
             token=hold.fencing_token,

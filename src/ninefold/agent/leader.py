@@ -192,6 +192,8 @@ class LeaderLoop:
                     reason = f"restart limit reached on {old}"
                 elif state.moves.get(record.instance) == new:
                     reason = "asked to move"
+                elif old in state.drained:
+                    reason = f"{old} drained"
                 else:
                     reason = f"{old} unavailable"
                 await self._journal.record(

@@ -111,7 +111,11 @@ class _Document:
 
 
 def _compose(text: str, filename: str) -> _Document:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader already rejects control characters
+    except yaml.YAMLError as exc:
+        message = " ".join(str(exc).split())
+        raise SpecError([SpecIssue(filename, 1, "", f"invalid YAML: {message}")]) from None
     try:
         root = loader.get_single_node()
         if root is None:
