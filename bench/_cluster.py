@@ -45,12 +45,17 @@ def need_etcd() -> None:
 
 
 @contextlib.contextmanager
-def local_cluster(services_yaml: str, name: str, keep: bool = False) -> Iterator[LocalCluster]:
+def local_cluster(
+    services_yaml: str,
+    name: str,
+    keep: bool = False,
+    labels: dict[str, dict[str, str]] | None = None,
+) -> Iterator[LocalCluster]:
     """A 3-node cluster (agents + embedded etcd) in a temporary directory,
     stopped afterwards. With keep, the directory (logs, data) is left behind."""
     need_etcd()
     root = Path(tempfile.mkdtemp(prefix=f"ninefold-{name}-"))
-    cluster = LocalCluster(root, services_yaml, name=name)
+    cluster = LocalCluster(root, services_yaml, name=name, labels=labels or {})
     ok = False
     try:
         cluster.start_all()

@@ -34,15 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
 
 import httpx
 import psutil
-from _cluster import PY, ROOT, etcd_leader, need_etcd, table, write_result
+from _cluster import PY, ROOT, etcd_leader, local_cluster, table, write_result
 
 from ninefold.gateway.haproxy import haproxy_available
 from tests.cluster.harness import LocalCluster, until
@@ -78,28 +75,10 @@ services:
 """
 
 
-@contextlib.contextmanager
-def backend_cluster(engine: str, keep: bool) -> Iterator[LocalCluster]:
+def backend_cluster(engine: str, keep: bool) -> contextlib.AbstractContextManager[LocalCluster]:
     """The test_gateway cluster: n2 and n3 labelled role=backend; stopped afterwards."""
-    need_etcd()
-    root = Path(tempfile.mkdtemp(prefix=f"ninefold-loss-{engine}-"))
-    cluster = LocalCluster(
-        root,
-        services_yaml(engine),
-        name=f"loss-{engine}",
-        labels={"n2": {"role": "backend"}, "n3": {"role": "backend"}},
-    )
-    ok = False
-    try:
-        cluster.start_all()
-        yield cluster
-        ok = True
-    finally:
-        cluster.stop_all()
-        if keep or not ok:
-            print(f"cluster files (logs, data) left in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    labels = {"n2": {"role": "backend"}, "n3": {"role": "backend"}}
+    return local_cluster(services_yaml(engine), f"loss-{engine}", keep, labels)
 
 
 def gateway_url(c: LocalCluster) -> str:

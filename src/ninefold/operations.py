@@ -28,14 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from ninefold.agent.leader import read_spec
 from ninefold.agent.records import (
     ASSIGN,
+    KV,
+    MOVES,
     RESTARTS,
     SPEC_KEY,
     STATUS,
+    SWITCHOVER,
     AssignmentRecord,
     InstanceStatus,
     active_lock,
@@ -45,9 +46,6 @@ from ninefold.agent.records import (
 from ninefold.spec import ClusterSpec, SpecError, dump_spec, parse_spec
 from ninefold.store.base import Compare, Delete, Put, Store
 
-MOVES = "moves/"
-SWITCHOVER = "switchover/"
-KV = "kv/"
 SWITCHOVER_TTL = 15.0
 """Seconds a switchover request lives: the active acts on it or it lapses."""
 SPEC_RETRIES = 5
@@ -105,9 +103,6 @@ def _parse(text: str) -> ClusterSpec:
         return parse_spec(text, SPEC_FILENAME)
     except SpecError as exc:
         raise _spec_invalid(exc) from None
-    except yaml.YAMLError as exc:  # parse_spec lets PyYAML's reader errors through
-        issue = f"{SPEC_FILENAME}: invalid YAML: {exc}".replace("\n", " ")
-        raise Invalid(f"invalid spec: {issue}", [issue]) from None
 
 
 def _spec_invalid(exc: SpecError) -> Invalid:

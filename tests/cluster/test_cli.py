@@ -286,7 +286,10 @@ def test_events_list_and_follow(cli: Cli) -> None:
         env=cli.env,
     )
     try:
-        time.sleep(0.5)  # let it subscribe; a missed event would only make this slower
+        # Connected once it printed the newest existing event (-n 1); the
+        # stream starts right after, and a restart of 2 instances rolls twice.
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["kind"], follower.stderr
         assert "restart" in cli.ok("restart", "web")
         deadline = time.monotonic() + 30
         seen: list[str] = []

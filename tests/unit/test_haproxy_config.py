@@ -439,3 +439,22 @@ def test_ledger_counts_tcp_sessions() -> None:
     snap = ledger.snapshot()["db"]
     assert snap.total.requests == 5 and snap.backends["a:1"].requests == 5
     assert snap.total.active == 1
+
+
+def test_sockets_move_to_a_private_short_directory_when_the_path_is_too_long(
+    tmp_path: Path,
+) -> None:
+    from ninefold.gateway.haproxy.config import socket_dir
+
+    assert socket_dir(tmp_path) == tmp_path
+    deep = tmp_path / ("d" * 100)
+    short = socket_dir(deep)
+    assert len(str(short / "haproxy-master.sock")) <= 97
+    assert short == socket_dir(deep)  # the same directory every time
+    assert short.stat().st_mode & 0o777 == 0o700
+    short.chmod(0o777)  # someone could have made it for us: refuse it
+    try:
+        with pytest.raises(RuntimeError, match="not a private directory"):
+            socket_dir(deep)
+    finally:
+        short.rmdir()

@@ -8,6 +8,7 @@ token, so a deposed leader that has not noticed yet cannot write anything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -38,12 +39,19 @@ LEADER = "leader"
 PRUNE_EVERY = 30.0
 
 
+@functools.lru_cache(maxsize=4)
+def _parse_stored_spec(raw: bytes) -> ClusterSpec:
+    """The stored spec changes rarely but is read on every round of every
+    loop (leader, reconciler, gateway feed, API): parse each text once."""
+    return parse_spec(raw.decode(), "<store>")
+
+
 async def read_spec(store: Store, fallback: ClusterSpec) -> ClusterSpec:
     item = await store.get(SPEC_KEY)
     if item is None:
         return fallback
     try:
-        return parse_spec(item.value.decode(), "<store>")
+        return _parse_stored_spec(item.value)
     except SpecError as exc:
         log.error("the spec in the store does not load, keeping the last good one: %s", exc)
         return fallback

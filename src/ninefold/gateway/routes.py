@@ -3,6 +3,7 @@ the spec and the instances' status. Every engine consumes this one table."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -48,6 +49,11 @@ class RoutingTable:
     def http(self) -> list[ServiceRoutes]:
         """HTTP routes, most specific first: host routes before host-less ones,
         longer prefixes before shorter."""
+        return self._http_sorted
+
+    @functools.cached_property
+    def _http_sorted(self) -> list[ServiceRoutes]:
+        # Sorted once per table: match() runs for every request.
         routes = [s for s in self.services.values() if s.route.mode == "http"]
         return sorted(
             routes,

@@ -84,22 +84,11 @@ class ServiceState:
         return header
 
 
-class _Table(RoutingTable):
-    """The applied table, its HTTP routes sorted once instead of per request."""
-
-    def __init__(self, services: dict[str, ServiceRoutes]) -> None:
-        super().__init__(services)
-        object.__setattr__(self, "_http", RoutingTable.http(self))
-
-    def http(self) -> list[ServiceRoutes]:
-        return self._http  # type: ignore[attr-defined, no-any-return]
-
-
 @dataclass
 class _Routing:
     """Everything one apply() sets, swapped in at once."""
 
-    table: _Table = field(default_factory=lambda: _Table({}))
+    table: RoutingTable = field(default_factory=RoutingTable)
     services: dict[str, ServiceState] = field(default_factory=dict)
     tcp: dict[int, ServiceState] = field(default_factory=dict)
     live_keys: frozenset[str] = frozenset()
@@ -165,7 +154,7 @@ class BuiltinEngine(Engine):
             services[name] = ServiceState(routes, metrics, balancer)
         tcp = {port: services[routes.service] for port, routes in table.tcp().items()}
         live_keys = frozenset(b.key for s in table.services.values() for b in s.live)
-        self._routing = _Routing(_Table(dict(table.services)), services, tcp, live_keys)
+        self._routing = _Routing(table, services, tcp, live_keys)
 
         # Backends that take no new requests keep no idle connections; the
         # connections of requests in flight to them close when those end.
