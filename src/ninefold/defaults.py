@@ -110,3 +110,22 @@ STICKY_COOKIE = "NINEFOLD_STICKY"
 BACKEND_DOWN_FOR = 1.0
 """After a refused or reset connection, a backend gets no new requests for this
 long (passive check), unless it is the only one left."""
+
+# --- floating addresses (VIPs) ---------------------------------------------------
+VIP_GARP_COUNT = 5
+"""Gratuitous ARPs sent when a node takes a VIP (keepalived sends 5 too)."""
+VIP_GARP_INTERVAL = 0.2
+"""Seconds between them: a switch or client that missed one catches the next."""
+VIP_ADDRESS_LIFETIME = 1
+"""Seconds the kernel keeps a VIP on the interface unless the agent refreshes it.
+The agent refreshes it after each acknowledged lease renewal, so an agent that
+dies or hangs loses the address (about 1.0-1.25 s later, the kernel checks
+lifetimes once a second) before its lease (TTL 2 s) can expire anywhere else."""
+VIP_CHECK_INTERVAL = 0.5
+"""How often a node checks that its own gateway answers (keepalived's track_script)."""
+VIP_CHECK_TIMEOUT = 0.5
+VIP_CHECK_FALL = 2
+VIP_CHECK_RISE = 2
+VIP_PREFER_GRACE = 1.0
+"""Seconds a node waits for a more preferred, eligible node to take a free VIP
+before it campaigns itself."""

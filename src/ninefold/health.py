@@ -97,10 +97,12 @@ def _host(address: str) -> str:
 
 
 class HttpProbe(Probe):
-    """GET the URL; a 2xx or 3xx status is healthy (redirects are not followed)."""
+    """GET the URL; a 2xx or 3xx status is healthy (redirects are not followed).
+    With `any_status`, any HTTP answer is: the server is up, whatever it says."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, any_status: bool = False) -> None:
         self.url = url
+        self.any_status = any_status
         self._client: httpx.AsyncClient | None = None
 
     async def check(self, timeout: float) -> CheckResult:
@@ -115,7 +117,7 @@ class HttpProbe(Probe):
                 status = resp.status_code
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return CheckResult(False, f"GET {self.url}: {type(exc).__name__} {exc}".strip())
-        return CheckResult(200 <= status < 400, f"GET {self.url}: {status}")
+        return CheckResult(self.any_status or 200 <= status < 400, f"GET {self.url}: {status}")
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -10,7 +10,9 @@ import signal
 from pathlib import Path
 
 from ninefold import __version__, defaults
+from ninefold.agent.addresses import FloatingAddresses
 from ninefold.agent.gateway_feed import GatewayFeed, make_engine
+from ninefold.agent.gateway_vip import GatewayVipKeeper
 from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
@@ -110,6 +112,7 @@ class Agent:
 
         journal = EventJournal(store, self.node.name)
         lease = LeaseKeeper(store)
+        addresses = FloatingAddresses(journal)
         ctx = NodeContext(
             store=store,
             node=self.node,
@@ -117,6 +120,7 @@ class Agent:
             journal=journal,
             data_dir=self.data_dir,
             registry=self.registry,
+            addresses=addresses,
         )
         reconciler = Reconciler(ctx, self.spec)
         leader = LeaderLoop(store, self.node.name, lease, journal, self.spec)
@@ -136,8 +140,13 @@ class Agent:
             reconciler.poke()
             leader.poke()
 
+        async def drop_addresses() -> None:
+            await addresses.drop_all("lease at risk")
+
         lease.on_acquired.append(register)
+        lease.on_at_risk.append(drop_addresses)  # first: the cheapest fence there is
         lease.on_at_risk.append(reconciler.fence)
+        lease.on_renewed.append(addresses.renewed)
 
         async def recovered() -> None:
             reconciler.republish()
@@ -174,6 +183,10 @@ class Agent:
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(leader.run(), name="leader"),
         ]
+        gateway_vip = None
+        if self.spec.gateway.enabled:
+            gateway_vip = GatewayVipKeeper(store, self.node, lease, journal, addresses, self.spec)
+            tasks.append(asyncio.create_task(gateway_vip.run(), name="gateway-vip"))
         try:
             stopper = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -182,12 +195,15 @@ class Agent:
                     log.error("%s died: %r", task.get_name(), task.exception())
         finally:
             log.info("agent %s shutting down", self.node.name)
+            if gateway_vip is not None:
+                await gateway_vip.stop()  # another gateway takes the VIP now
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await reconciler.stop_all()  # drains through the gateways, ours included
+            await addresses.drop_all("agent stopping")
             if feed_task is not None:
                 feed_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -208,6 +224,7 @@ class Agent:
             http_port=self.node.ports.gateway_http,
             run_dir=self.data_dir / "gateway",
             log_dir=self.data_dir / "logs",
+            vips=(self.spec.gateway.vip.ip,) if self.spec.gateway.vip else (),
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.spec, settings, self.registry)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ninefold import defaults
+from ninefold.agent.addresses import FloatingAddresses
 from ninefold.agent.changes import wait_event
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
@@ -64,6 +65,8 @@ class NodeContext:
     data_dir: Path
     registry: LeftoverRegistry
     taken_ports: set[int] = field(default_factory=set)
+    addresses: FloatingAddresses | None = None
+    """The node's floating addresses (None where no VIP can be held: tests)."""
 
     @property
     def log_dir(self) -> Path:
@@ -174,6 +177,7 @@ class InstanceRunner:
                 await task
         self._tasks.clear()
         async with self._role_lock:
+            await self._drop_vip(f"{self.instance} stopping")
             if self.role == "active":
                 await self._run_hook(self.spec.on_demote, "on_demote")
             if self._frozen:
@@ -237,6 +241,7 @@ class InstanceRunner:
             if self.role != "active":
                 return
             self._frozen = True
+            await self._drop_vip("lease at risk")
             if self.process is not None:
                 self.process.signal_group(signal.SIGSTOP)
             if self.health is not None:
@@ -267,6 +272,7 @@ class InstanceRunner:
                 await self.health.start()
             self.role = "active"
             self._poke()
+            await self._take_vip()
             await self.ctx.journal.record(
                 "resumed", self.instance, "lease renewed", token=hold.fencing_token
             )
@@ -542,6 +548,7 @@ class InstanceRunner:
         await self._run_hook(self.spec.on_promote, "on_promote", role="active")
         self.role = "active"
         self._poke()
+        await self._take_vip()
         asked = self._switchover is not None
         with contextlib.suppress(StoreError):
             await self.ctx.store.delete(f"{SWITCHOVER}{self.service}")
@@ -573,6 +580,7 @@ class InstanceRunner:
             await self._demote("unhealthy" if unhealthy else "process failed", release=True)
 
     async def _demote(self, reason: str, release: bool) -> None:
+        await self._drop_vip(f"{self.instance} demoted")
         await self._run_hook(self.spec.on_demote, "on_demote")
         await self._stop_process()
         if release:
@@ -581,6 +589,15 @@ class InstanceRunner:
         self.role = "standby"
         self._poke()
         await self.ctx.journal.record("demoted", self.instance, reason, service=self.service)
+
+    async def _take_vip(self) -> None:
+        """The active holds the service's VIP (once its promotion is done)."""
+        if self.spec.vip is not None and self.ctx.addresses is not None:
+            await self.ctx.addresses.take(self.spec.vip, self.instance)
+
+    async def _drop_vip(self, reason: str) -> None:
+        if self.spec.vip is not None and self.ctx.addresses is not None:
+            await self.ctx.addresses.drop(self.spec.vip.ip, reason)
 
     async def _release(self) -> None:
         if self.hold is not None:

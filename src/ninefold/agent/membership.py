@@ -27,6 +27,7 @@ from ninefold.store.base import LeaseExpired, Store, StoreError
 log = logging.getLogger("ninefold.membership")
 
 Callback = Callable[[], Awaitable[None]]
+Listener = Callable[[], None]
 
 
 class LeaseKeeper:
@@ -34,7 +35,9 @@ class LeaseKeeper:
 
     on_acquired runs after each new lease (register, republish status);
     on_at_risk once when renewals have failed for too long (self-fencing);
-    on_recovered when a renewal gets through again after that."""
+    on_recovered when a renewal gets through again after that;
+    on_renewed (plain functions, which must not block) after every
+    acknowledged renewal of a lease we trust."""
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class LeaseKeeper:
         self.on_acquired: list[Callback] = []
         self.on_at_risk: list[Callback] = []
         self.on_recovered: list[Callback] = []
+        self.on_renewed: list[Listener] = []
 
     @property
     def lease(self) -> int:
@@ -144,6 +148,12 @@ class LeaseKeeper:
             log.warning("lease %x renewed again: resuming", lease)
             self._valid.set()
             await self._run(self.on_recovered, "on recovery")
+            return
+        for listener in self.on_renewed:
+            try:
+                listener()
+            except Exception:
+                log.exception("renewal listener failed")
 
     async def _watch_deadline(self) -> None:
         while True:

@@ -37,6 +37,9 @@ GATEWAYS = "gateways/"
 STATUS = "status/"
 EVENTS = "events/"
 LEADER_LOCK = "leader"
+GATEWAY_VIP_LOCK = "vip/gateway"
+VIP_CANDIDATES = "vipcand/gateway/"
+"""Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
 
 
 def node_key(node: str) -> str:

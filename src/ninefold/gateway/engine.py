@@ -9,6 +9,7 @@ gateway has a request in flight to it (or the drain timeout passed).
 from __future__ import annotations
 
 import abc
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,27 @@ class GatewaySettings:
     run_dir: Path
     """Sockets, pid files, rendered configuration."""
     log_dir: Path
+    vips: tuple[str, ...] = ()
+    """Floating addresses to listen on as well, whether or not this node holds
+    them now (IP_FREEBIND): traffic arrives once the VIP does."""
+
+
+def freebind_socket(address: str, port: int) -> socket.socket:
+    """A listening TCP socket bound to `address` even while no interface has it."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 class Engine(abc.ABC):

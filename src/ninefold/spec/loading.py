@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from .duration import HUMAN_DURATIONS
 from .errors import Loc, Problem, SpecError, SpecIssue, describe, format_loc
 from .models import DEFER_CONTEXT, ClusterSpec, NodeSpec, ServiceSpec, StoreSpec, cluster_problems
+from .routing import GatewaySpec
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -290,7 +291,8 @@ def _problems_of_valid_parts(data: dict[str, Any], errors: list[ErrorDetails]) -
             service, dropped[name] = _valid_service_part(raw, bad)
             if service is not None:
                 services[name] = service
-    problems = cluster_problems(store, nodes, services)
+    gateway = None if ("gateway",) in tops else _valid(GatewaySpec, data.get("gateway", {}))
+    problems = cluster_problems(store, nodes, services, gateway)
     return [p for p in problems if not _under_dropped(p.loc, dropped)]
 
 

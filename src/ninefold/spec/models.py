@@ -34,6 +34,7 @@ from ninefold import defaults
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
+from .vip import VipSpec
 
 DEFER_CHECKS = "ninefold.spec.defer_checks"
 """Validation context key: when true, cross checks are left to `problems()`."""
@@ -219,20 +220,31 @@ def render(template: str, values: Mapping[str, str]) -> str:
 
 
 def _placeholder_problems(
-    template: str, ports: list[str], volumes: Mapping[str, str | None]
+    template: str, ports: list[str], volumes: Mapping[str, str | None], has_vip: bool = False
 ) -> list[str]:
     try:
         names = placeholder_names(template)
     except ValueError as exc:
         return [str(exc)]
-    known = [*SIMPLE_PLACEHOLDERS, *(f"port.{p}" for p in ports), *(f"volume.{v}" for v in volumes)]
+    known = [
+        *SIMPLE_PLACEHOLDERS,
+        "vip",
+        *(f"port.{p}" for p in ports),
+        *(f"volume.{v}" for v in volumes),
+    ]
     out = []
     for name in sorted(names):
-        if name in known and not (name == "port" and not ports):
+        if (
+            name in known
+            and not (name == "port" and not ports)
+            and not (name == "vip" and not has_vip)
+        ):
             continue
         kind, dot, _ = name.partition(".")
         if name == "port":
             out.append("'{port}' but the service declares no ports")
+        elif name == "vip":
+            out.append("'{vip}' but the service has no vip")
         elif dot and kind == "port":
             out.append(f"'{{{name}}}' names no declared port ({_declared(ports, 'ports')})")
         elif dot and kind == "volume":
@@ -405,6 +417,8 @@ class ServiceSpec(_Model):
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     route: RouteSpec | None = None
     balance: BalanceSpec = Field(default_factory=BalanceSpec)
+    vip: VipSpec | None = None
+    """A floating address held by the node running the active instance."""
 
     @model_validator(mode="before")
     @classmethod
@@ -436,6 +450,23 @@ class ServiceSpec(_Model):
     ) -> list[str] | None:
         if value is not None and info.data.get("mode") == "replicated":
             raise ValueError(f"{info.field_name} needs mode: active-passive")
+        return value
+
+    @field_validator("vip")
+    @classmethod
+    def _vip_follows_the_active(cls, value: VipSpec | None, info: ValidationInfo) -> VipSpec | None:
+        if value is None:
+            return value
+        if info.data.get("mode") != "active-passive":
+            raise ValueError(
+                "a service vip needs mode: active-passive (for replicas behind one "
+                "address, put the vip on the gateway: gateway: {vip: ...})"
+            )
+        if value.prefer or value.preempt:
+            raise ValueError(
+                "prefer and preempt apply to gateway.vip; a service vip follows the "
+                "active instance (move it with `ninefold switchover`)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -478,7 +509,10 @@ class ServiceSpec(_Model):
             out += self._route_problems(self.route)
         for loc, template in self.templates():
             out += [
-                Problem(loc, m) for m in _placeholder_problems(template, self.ports, self.volumes)
+                Problem(loc, m)
+                for m in _placeholder_problems(
+                    template, self.ports, self.volumes, self.vip is not None
+                )
             ]
         return out
 
@@ -522,7 +556,7 @@ class ClusterSpec(_Model):
 
     def problems(self) -> list[Problem]:
         """Every rule spanning nodes, store and services."""
-        return cluster_problems(self.store, self.nodes, self.services)
+        return cluster_problems(self.store, self.nodes, self.services, self.gateway)
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -550,6 +584,7 @@ def cluster_problems(
     store: StoreSpec | None,
     nodes: list[NodeSpec] | None,
     services: Mapping[str, ServiceSpec],
+    gateway: GatewaySpec | None = None,
 ) -> list[Problem]:
     """Cross checks over whichever parts validated; None skips the checks needing a part."""
     out: list[Problem] = []
@@ -563,6 +598,39 @@ def cluster_problems(
         if nodes is not None:
             out += placement_problems(name, service, nodes)
     out += route_problems(services, nodes or [])
+    out += vip_problems(services, nodes, gateway)
+    return out
+
+
+def vip_problems(
+    services: Mapping[str, ServiceSpec], nodes: list[NodeSpec] | None, gateway: GatewaySpec | None
+) -> list[Problem]:
+    """A VIP used twice or equal to a node's address; preferred nodes that do not exist."""
+    out: list[Problem] = []
+    vips: list[tuple[Loc, VipSpec]] = [
+        (("services", name, "vip"), s.vip) for name, s in services.items() if s.vip is not None
+    ]
+    if gateway is not None and gateway.vip is not None:
+        vips.insert(0, (("gateway", "vip"), gateway.vip))
+        if not gateway.enabled:
+            out.append(Problem(("gateway", "vip"), "a gateway vip needs gateway.enabled: true"))
+    seen: dict[str, Loc] = {}
+    addresses = {n.address: n.name for n in nodes or []}
+    names = [n.name for n in nodes or []]
+    for loc, vip in vips:
+        if vip.ip in seen:
+            where = format_loc(seen[vip.ip])
+            out.append(Problem((*loc, "address"), f"{vip.ip} is also the vip of {where}"))
+        seen.setdefault(vip.ip, loc)
+        if vip.ip in addresses:
+            msg = f"{vip.ip} is node '{addresses[vip.ip]}'s own address"
+            out.append(Problem((*loc, "address"), msg))
+        if nodes is None:
+            continue
+        for i, node in enumerate(vip.prefer):
+            if node not in names:
+                msg = f"no node named '{node}' (nodes: {', '.join(names)})"
+                out.append(Problem((*loc, "prefer", i), msg))
     return out
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ninefold import defaults
 
 from .duration import Duration
+from .vip import VipSpec
 
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 
@@ -80,3 +81,6 @@ class GatewaySpec(_Model):
     enabled: bool = True
     engine: Literal["builtin", "haproxy", "auto"] = "builtin"
     """auto: haproxy when the binary exists, else builtin."""
+    vip: VipSpec | None = None
+    """A floating address held by one node whose gateway answers (seeds 003/004's
+    keepalived pair); clients use it to reach the gateway on any node."""

@@ -20,6 +20,7 @@ from ninefold.gateway.engine import (
     GatewaySettings,
     MetricsSnapshot,
     ServiceMetrics,
+    freebind_socket,
 )
 from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
 
@@ -112,8 +113,8 @@ class BuiltinEngine(Engine):
         self.inflight_counts: dict[str, int] = {}
         self._down: dict[str, float] = {}
         self.pools: dict[str, Pool] = {}
-        self._server: asyncio.AbstractServer | None = None
-        self._listeners: dict[int, asyncio.AbstractServer] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: dict[int, list[asyncio.AbstractServer]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.clients: set[ClientConnection] = set()
         self.tunnels: set[TcpClient] = set()
@@ -125,16 +126,23 @@ class BuiltinEngine(Engine):
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
+        main = await self.loop.create_server(
             lambda: ClientConnection(self),
             self.settings.address,
             self.settings.http_port,
             reuse_address=True,
             backlog=LISTEN_BACKLOG,
         )
-        sockets = self._server.sockets
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._servers = [main]
+        if main.sockets:
+            self.port = main.sockets[0].getsockname()[1]
+        for vip in self.settings.vips:
+            sock = freebind_socket(vip, self.port)
+            self._servers.append(
+                await self.loop.create_server(
+                    lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG
+                )
+            )
         self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
         for port in self._routing.tcp:
             await self._listen_tcp(port)
@@ -163,7 +171,8 @@ class BuiltinEngine(Engine):
 
         for port in [p for p in self._listeners if p not in tcp]:
             # Stops accepting; connections already spliced stay up.
-            self._listeners.pop(port).close()
+            for server in self._listeners.pop(port):
+                server.close()
         for port in tcp:
             if port not in self._listeners and self.loop is not None:
                 await self._listen_tcp(port)
@@ -183,8 +192,8 @@ class BuiltinEngine(Engine):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        servers = [s for s in (self._server, *self._listeners.values()) if s is not None]
-        self._server = None
+        servers = [*self._servers, *(s for group in self._listeners.values() for s in group)]
+        self._servers = []
         self._listeners.clear()
         for server in servers:
             server.close()
@@ -277,14 +286,25 @@ class BuiltinEngine(Engine):
     # --- internals --------------------------------------------------------------------------
 
     async def _listen_tcp(self, port: int) -> None:
+        servers = self._listeners.setdefault(port, [])
         try:
-            self._listeners[port] = await self.loop.create_server(
-                lambda: TcpClient(self, port),
-                self.settings.address,
-                port,
-                reuse_address=True,
-                backlog=LISTEN_BACKLOG,
+            servers.append(
+                await self.loop.create_server(
+                    lambda: TcpClient(self, port),
+                    self.settings.address,
+                    port,
+                    reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
+                )
             )
+            for vip in self.settings.vips:
+                servers.append(
+                    await self.loop.create_server(
+                        lambda: TcpClient(self, port),
+                        sock=freebind_socket(vip, port),
+                        backlog=LISTEN_BACKLOG,
+                    )
+                )
         except OSError as exc:
             log.error("gateway cannot listen on %s:%s: %s", self.settings.address, port, exc)
 

@@ -227,6 +227,13 @@ def _quoted(value: str, what: str) -> str:
     return f"'{value}'"
 
 
+def _binds(settings: GatewaySettings, port: int) -> list[str]:
+    """The node's own address, and each VIP (freebind: before this node holds it)."""
+    out = [f"    bind {_address(settings.address, port)}"]
+    out += [f"    bind {_address(vip, port)} freebind" for vip in settings.vips]
+    return out
+
+
 def _address(address: str, port: int) -> str:
     host = f"[{address}]" if ":" in address and not address.startswith("[") else address
     return f"{host}:{port}"
@@ -286,7 +293,7 @@ def render(
         "",
         "frontend http",
         "    mode http",
-        f"    bind {_address(settings.address, settings.http_port)}",
+        *_binds(settings, settings.http_port),
         f"    timeout client {_ms(client_timeout)}",
         "    option forwardfor",
         "    http-request set-header X-Forwarded-Proto http",
@@ -310,7 +317,7 @@ def render(
             "",
             f"frontend tcp_{port}",
             "    mode tcp",
-            f"    bind {_address(settings.address, port)}",
+            *_binds(settings, port),
             f"    timeout client {_ms(routes.balance.timeouts.client)}",
             f"    default_backend {backend_name(routes.service)}",
         ]
