@@ -185,7 +185,8 @@ async def remove_address(address: str, interface: str) -> bool:
     try:
         await _ip("addr", "del", address, "dev", interface)
     except VipError as exc:
-        if "Cannot assign requested address" in str(exc) or "No such device" in str(exc):
+        gone = ("Cannot assign requested address", "Address not found", "No such device")
+        if any(text in str(exc) for text in gone):
             return False
         raise
     return True

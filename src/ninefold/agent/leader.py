@@ -19,6 +19,7 @@ from ninefold.agent.planning import ClusterState, Decision, plan
 from ninefold.agent.records import (
     ASSIGN,
     DRAIN,
+    GATEWAY_VIP_LOCK,
     MOVES,
     NODES,
     RESTARTS,
@@ -95,7 +96,16 @@ class LeaderLoop:
         self._unplaced: tuple[str, ...] = ()
         self._raft = RaftLeaderPlacement(store, journal)
         self._signal = ChangeSignal(
-            store, NODES, DRAIN, ASSIGN, STATUS, RESTARTS, MOVES, SPEC_KEY, lock_key(LEADER)
+            store,
+            NODES,
+            DRAIN,
+            ASSIGN,
+            STATUS,
+            RESTARTS,
+            MOVES,
+            SPEC_KEY,
+            lock_key(LEADER),
+            lock_key(GATEWAY_VIP_LOCK),
         )
 
     @property
@@ -148,7 +158,8 @@ class LeaderLoop:
             for instance in sorted(set(decision.unplaced) - set(self._unplaced)):
                 await self._journal.record("unplaced", instance, "no eligible node")
             self._unplaced = decision.unplaced
-        await self._raft.step(state.alive, state.statuses)
+        vip = await self._store.lock_holder(GATEWAY_VIP_LOCK)
+        await self._raft.step(state.alive, state.statuses, [vip.holder] if vip else [])
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()
             await prune_events(self._store)

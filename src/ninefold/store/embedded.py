@@ -66,6 +66,10 @@ def member_argv(spec: ClusterSpec, node: NodeSpec, data_dir: Path, binary: str) 
         "--initial-cluster-token", f"ninefold-{spec.cluster}",
         "--heartbeat-interval", str(defaults.STORE_HEARTBEAT_MS),
         "--election-timeout", str(defaults.STORE_ELECTION_TIMEOUT_MS),
+        # A member cut off by a partition must not depose the leader when it
+        # comes back with a higher term: that costs every lease a store
+        # election (the default from etcd 3.5 on).
+        "--pre-vote",
         "--snapshot-count", "5000",
         "--auto-compaction-mode", "revision",
         "--auto-compaction-retention", "10000",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import math
 import os
-import socket
-from collections.abc import AsyncGenerator, Iterator, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,13 @@ from ninefold.store.base import (
     WatchEvent,
 )
 
+log = logging.getLogger("ninefold.store")
+
 _METADATA = (("hasleader", "true"),)
 """etcd then refuses requests and ends watches on a member that lost its
 leader (a minority partition) instead of hanging until the deadline."""
 
 _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # Spread requests over every member that is up; a dead one is skipped.
-    ("grpc.lb_policy_name", "round_robin"),
     # Reconnect to a restarted member within a second (gRPC's default backs off to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -91,6 +92,19 @@ class _Stubs:
     kv: Any
     lease: Any
     watch: Any
+    channel: grpc.aio.Channel
+    index: int
+    """Which endpoint these stubs talk to."""
+
+
+@dataclass
+class _Attempt:
+    index: int | None = None
+
+
+FAILBACK_AFTER = 10.0  # TODO(defaults)
+"""Seconds after failing over to another member before trying the first
+(this node's own) member again."""
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -181,15 +195,15 @@ class EtcdStore(Store):
         self._prefix = namespace.encode()
         self._timeout = timeout
         self._tls = tls
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: _Stubs | None = None
+        self._stubs: list[_Stubs | None] = [None] * len(self._addresses)
+        self._current = 0
+        self._failed_over_at = 0.0
         self._closed = False
 
     # -- key/value
     async def get(self, key: str) -> KeyValue | None:
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.kv.Range(rpc.RangeRequest(key=self._key(key)), **self._call())
+        request = rpc.RangeRequest(key=self._key(key))
+        resp = await self._rpc(lambda stubs: stubs.kv.Range(request, **self._call()))
         return self._kv(resp.kvs[0]) if resp.kvs else None
 
     async def list(self, prefix: str) -> Listing:
@@ -200,24 +214,17 @@ class EtcdStore(Store):
             sort_order=rpc.RangeRequest.ASCEND,
             sort_target=rpc.RangeRequest.KEY,
         )
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.kv.Range(request, **self._call())
+        resp = await self._rpc(lambda stubs: stubs.kv.Range(request, **self._call()))
         return Listing([self._kv(kv) for kv in resp.kvs], resp.header.revision)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         request = rpc.PutRequest(key=self._key(key), value=value, lease=lease)
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.kv.Put(request, **self._call())
+        resp = await self._rpc(lambda stubs: stubs.kv.Put(request, **self._call()))
         return int(resp.header.revision)
 
     async def delete(self, key: str, prefix: bool = False) -> int:
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.kv.DeleteRange(
-                self._delete_request(Delete(key, prefix)), **self._call()
-            )
+        request = self._delete_request(Delete(key, prefix))
+        resp = await self._rpc(lambda stubs: stubs.kv.DeleteRange(request, **self._call()))
         return int(resp.deleted)
 
     async def txn(
@@ -231,9 +238,7 @@ class EtcdStore(Store):
             success=[self._request_op(op) for op in success],
             failure=[self._request_op(op) for op in failure],
         )
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.kv.Txn(request, **self._call())
+        resp = await self._rpc(lambda stubs: stubs.kv.Txn(request, **self._call()))
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 
     # -- watches
@@ -244,11 +249,11 @@ class EtcdStore(Store):
     async def _watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         start, end = self._range(prefix)
         create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
-        with self._errors():
-            stubs = await self._connect()
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
             call = stubs.watch.Watch(metadata=_METADATA, wait_for_ready=True)
         try:
-            with self._errors():
+            with self._errors(attempt):
                 # The stream has no deadline; its creation must not hang though.
                 await asyncio.wait_for(
                     call.write(rpc.WatchRequest(create_request=create)), self._timeout
@@ -266,7 +271,7 @@ class EtcdStore(Store):
                     )
                 for event in resp.events:
                     yield self._event(event)
-                with self._errors():
+                with self._errors(attempt):
                     resp = await call.read()
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -279,22 +284,21 @@ class EtcdStore(Store):
     # -- leases
     async def grant_lease(self, ttl: float) -> int:
         request = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
-        with self._errors():
-            stubs = await self._connect()
-            resp = await stubs.lease.LeaseGrant(request, **self._call())
+        resp = await self._rpc(lambda stubs: stubs.lease.LeaseGrant(request, **self._call()))
         if resp.error:
             raise StoreError(f"etcd refused a lease: {resp.error}")
         return int(resp.ID)
 
     async def keep_alive(self, lease: int) -> float:
-        with self._errors():
-            stubs = await self._connect()
+        async def renew(stubs: _Stubs) -> Any:
             call = stubs.lease.LeaseKeepAlive(**self._call())
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
-                resp = await call.read()
+                return await call.read()
             finally:
                 call.cancel()
+
+        resp = await self._rpc(renew)
         if resp is grpc.aio.EOF:
             raise StoreError("etcd closed the lease keepalive stream without an answer")
         if resp.TTL <= 0:
@@ -303,33 +307,32 @@ class EtcdStore(Store):
 
     async def revoke_lease(self, lease: int) -> None:
         """Revoke; a lease that is already gone is not an error."""
-        with contextlib.suppress(LeaseExpired), self._errors():
-            stubs = await self._connect()
-            await stubs.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), **self._call())
+        request = rpc.LeaseRevokeRequest(ID=lease)
+        with contextlib.suppress(LeaseExpired):
+            await self._rpc(lambda stubs: stubs.lease.LeaseRevoke(request, **self._call()))
 
     # -- lifecycle
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        channel, self._channel, self._stubs = self._channel, None, None
-        if channel is not None:
-            await channel.close()
+        stubs, self._stubs = self._stubs, [None] * len(self._addresses)
+        for each in stubs:
+            if each is not None:
+                await each.channel.close()
 
     # -- store membership (etcd only: the leader agent keeps etcd's raft leader
     #    off nodes whose loss would also cost a failover, see agent/store_leadership.py)
     async def raft_leader(self) -> tuple[str, dict[str, str]] | None:
         """(name of etcd's raft leader, member name -> client endpoint), or None
         when no member says who leads."""
-        with self._errors():
-            stubs = await self._connect()
-            assert self._channel is not None
-            cluster = rpc.ClusterStub(self._channel)
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
+            cluster = rpc.ClusterStub(stubs.channel)
             members = await cluster.MemberList(rpc.MemberListRequest(), **self._call())
-            status = await rpc.MaintenanceStub(self._channel).Status(
+            status = await rpc.MaintenanceStub(stubs.channel).Status(
                 rpc.StatusRequest(), **self._call()
             )
-        del stubs
         names = {m.ID: m.name for m in members.members}
         urls = {
             m.name: m.clientURLs[0].split("://", 1)[-1] for m in members.members if m.clientURLs
@@ -340,9 +343,9 @@ class EtcdStore(Store):
     async def move_raft_leader(self, leader_endpoint: str, target: str) -> None:
         """Ask etcd's raft leader (reached at leader_endpoint) to hand
         leadership to member `target`."""
-        with self._errors():
-            assert self._channel is not None
-            cluster = rpc.ClusterStub(self._channel)
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
+            cluster = rpc.ClusterStub(stubs.channel)
             members = await cluster.MemberList(rpc.MemberListRequest(), **self._call())
             ids = {m.name: m.ID for m in members.members}
             if target not in ids:
@@ -358,45 +361,71 @@ class EtcdStore(Store):
                 await channel.close()
 
     # -- connection and errors
-    async def _connect(self) -> _Stubs:
+    async def _connect(self, attempt: _Attempt) -> _Stubs:
+        """Stubs for the member requests go to now: the first endpoint (the
+        node's own member) unless it failed lately, then the next one.
+
+        One member at a time rather than round robin: a member cut off by a
+        partition drops packets without a word, and round robin would keep
+        sending a share of every request to it until gRPC's keepalive notices
+        (15 s), each of them waiting out its deadline."""
         if self._closed:
             raise StoreError("store is closed")
-        if self._stubs is None:
-            target = await self._target()
+        if self._current and time.monotonic() - self._failed_over_at > FAILBACK_AFTER:
+            self._current = 0
+        index = self._current
+        attempt.index = index
+        stubs = self._stubs[index]
+        if stubs is None:
+            target = await self._target(index)
             if self._closed:
                 raise StoreError("store is closed")
-            if self._stubs is None:  # another task may have connected meanwhile
-                self._channel = self._open(target)
-                self._stubs = _Stubs(
-                    rpc.KVStub(self._channel),
-                    rpc.LeaseStub(self._channel),
-                    rpc.WatchStub(self._channel),
+            stubs = self._stubs[index]
+            if stubs is None:  # another task may have connected meanwhile
+                channel = self._open(target)
+                stubs = _Stubs(
+                    rpc.KVStub(channel),
+                    rpc.LeaseStub(channel),
+                    rpc.WatchStub(channel),
+                    channel,
+                    index,
                 )
-        return self._stubs
+                self._stubs[index] = stubs
+        return stubs
 
-    async def _target(self) -> str:
-        addresses = self._addresses
-        if all(_is_ip(host) for host, _ in addresses):
-            return channel_target(addresses)
-        if len(addresses) == 1:
-            host, port = addresses[0]
-            return f"dns:///{host}:{port}"
-        # Several members by name: one target needs IP literals.
-        loop = asyncio.get_running_loop()
-        resolved: list[tuple[str, int]] = []
-        for host, port in addresses:
-            if _is_ip(host):
-                resolved.append((host, port))
-                continue
+    async def _rpc(self, call: Callable[[_Stubs], Awaitable[Any]]) -> Any:
+        """One request; when its member does not answer, once more on the next
+        member (every request here may be repeated: a retried lock txn finds
+        the lock held by the same holder and lease, which try_lock accepts)."""
+        tries = min(2, len(self._addresses))
+        for i in range(tries):
             try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot resolve store endpoint {host}: {exc}") from None
-            for info in infos:
-                address = (str(info[4][0]), port)
-                if address not in resolved:
-                    resolved.append(address)
-        return channel_target(resolved)
+                with self._errors() as attempt:
+                    stubs = await self._connect(attempt)
+                    return await call(stubs)
+            except StoreUnavailable:
+                if i == tries - 1 or self._closed:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _fail_over(self, attempt: _Attempt | None) -> None:
+        """The member at attempt.index did not answer: use the next one."""
+        if attempt is None or attempt.index is None or len(self._addresses) < 2:
+            return
+        if attempt.index == self._current:
+            self._current = (attempt.index + 1) % len(self._addresses)
+            self._failed_over_at = time.monotonic()
+            log.info(
+                "store member %s did not answer: using %s",
+                self.endpoints[attempt.index],
+                self.endpoints[self._current],
+            )
+
+    async def _target(self, index: int) -> str:
+        host, port = self._addresses[index]
+        if _is_ip(host):
+            return channel_target([(host, port)])
+        return f"dns:///{host}:{port}"
 
     def _open(self, target: str) -> grpc.aio.Channel:
         if self._tls is None:
@@ -404,17 +433,25 @@ class EtcdStore(Store):
         return grpc.aio.secure_channel(target, _credentials(self._tls), options=_CHANNEL_OPTIONS)
 
     def _call(self) -> dict[str, Any]:
-        return {"timeout": self._timeout, "metadata": _METADATA, "wait_for_ready": True}
+        # Not wait_for_ready: a member that refuses connections fails the
+        # request at once, and the next member gets it.
+        return {"timeout": self._timeout, "metadata": _METADATA}
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn every gRPC failure into a one-line StoreError."""
+    def _errors(self, attempt: _Attempt | None = None) -> Iterator[_Attempt]:
+        """Turn every gRPC failure into a one-line StoreError; fail over to the
+        next member when this one did not answer."""
+        attempt = attempt or _Attempt()
         where = ", ".join(self.endpoints)
         try:
-            yield
+            yield attempt
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, where) from None
+            error = self._translate(exc, where)
+            if isinstance(error, StoreUnavailable):
+                self._fail_over(attempt)
+            raise error from None
         except TimeoutError:
+            self._fail_over(attempt)
             raise StoreUnavailable(
                 f"etcd unavailable at {where}: no answer within {self._timeout:g}s"
             ) from None
