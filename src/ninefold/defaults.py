@@ -111,6 +111,10 @@ BACKEND_DOWN_FOR = 1.0
 """After a refused or reset connection, a backend gets no new requests for this
 long (passive check), unless it is the only one left."""
 
+EVENTS_WRITE_WAIT = 0.3
+"""Seconds a decision waits for its journal line to be written before going on
+(the write goes on in the background)."""
+
 # --- floating addresses (VIPs) ---------------------------------------------------
 VIP_GARP_COUNT = 5
 """Gratuitous ARPs sent when a node takes a VIP (keepalived sends 5 too)."""

@@ -237,6 +237,12 @@ class InstanceRunner:
         the lease is gone instead, the frozen process is killed."""
         if not self.active_passive:
             return
+        if self.role == "active" and not self._frozen:
+            # The fence itself at once, even while a step holds the role lock.
+            await self._drop_vip("lease at risk")
+            if self.process is not None:
+                self.process.signal_group(signal.SIGSTOP)
+            self._frozen = True
         async with self._role_lock:
             if self.role != "active":
                 return
@@ -462,6 +468,14 @@ class InstanceRunner:
             await asyncio.sleep(0.2)
 
     async def _campaign_step(self) -> None:
+        # Read the store before taking the role lock: a fence must never wait
+        # behind a request to a store that has stopped answering.
+        read_as_active = self.role == "active" and not self._frozen
+        request: dict[str, str | None] | None = None
+        current: LockHold | None = None
+        if read_as_active:
+            request = await self._switchover_request()
+            current = await self.ctx.store.lock_holder(active_lock(self.service))
         async with self._role_lock:
             lease = self.ctx.lease.lease
             if self._frozen:
@@ -473,14 +487,16 @@ class InstanceRunner:
                 if lease:  # restart a fenced hot standby once the lease is back
                     await self._start_process()
                 return
-            request = await self._switchover_request()
             if self.role == "active":
+                if not read_as_active:
+                    return  # became active meanwhile: the next step checks
                 asked = request is not None and request.get("from") == self.holder
                 if asked and request.get("to") != self.ctx.node.name:
                     await self._demote("switchover", release=True)
                     return
-                await self._check_still_active()
+                await self._check_still_active(current)
                 return
+            request = await self._switchover_request()
             if not lease or not self._eligible():
                 return
             if request is not None and not self._switchover_target(request):
@@ -567,9 +583,8 @@ class InstanceRunner:
             token=hold.fencing_token,
         )
 
-    async def _check_still_active(self) -> None:
+    async def _check_still_active(self, current: LockHold | None) -> None:
         assert self.hold is not None
-        current = await self.ctx.store.lock_holder(active_lock(self.service))
         if current is None or current.fencing_token != self.hold.fencing_token:
             # Our lock is gone (lease replaced): stop acting as active.
             await self._demote("lost the active lock", release=False)

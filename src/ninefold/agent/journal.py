@@ -29,13 +29,30 @@ class EventJournal:
         event = Event(kind=kind, subject=subject, reason=reason, node=self._node, data=data)
         log.info("event %s", event.line())
         try:
-            await self._store.put(event_key(event, self._node), event.encode())
+            # Bounded: a journal line must not hold up a failover behind a
+            # store that stopped answering; a late write goes on by itself.
+            write = asyncio.ensure_future(
+                self._store.put(event_key(event, self._node), event.encode())
+            )
+            await asyncio.wait_for(asyncio.shield(write), defaults.EVENTS_WRITE_WAIT)
+        except TimeoutError:
+            write.add_done_callback(lambda done: self._failed(done, event))
+            return event
         except StoreError as exc:
             log.debug("journal %s %s later: %s", kind, subject, exc)
             task = asyncio.create_task(self._retry(event))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
         return event
+
+    def _failed(self, write: asyncio.Future[int], event: Event) -> None:
+        if write.cancelled() or write.exception() is not None:
+            self._later(event)
+
+    def _later(self, event: Event) -> None:
+        task = asyncio.create_task(self._retry(event))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _retry(self, event: Event) -> None:
         deadline = time.monotonic() + defaults.EVENTS_RETRY_FOR
