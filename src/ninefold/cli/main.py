@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ninefold import __version__
+from ninefold.cli.lab import lab_app
 from ninefold.client import (
     ApiError,
     ClusterClient,
@@ -66,6 +67,7 @@ kv_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kv_app, name="kv")
+app.add_typer(lab_app, name="lab")
 
 out = Console()
 err = Console(stderr=True)
