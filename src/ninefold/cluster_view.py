@@ -12,6 +12,7 @@ from ninefold.agent.leader import read_spec
 from ninefold.agent.records import (
     ASSIGN,
     DRAIN,
+    GATEWAY_VIP_LOCK,
     NODES,
     STATUS,
     AssignmentRecord,
@@ -61,12 +62,23 @@ class InstanceView:
 
 
 @dataclass
+class VipView:
+    address: str
+    """With its prefix length, as in the spec."""
+    service: str
+    """The service it belongs to, or `gateway`."""
+    holder: str | None
+    """The node holding it (by its lock), None while nobody does."""
+
+
+@dataclass
 class ClusterView:
     cluster: str
     leader: str | None
     nodes: list[NodeView]
     services: list[ServiceView]
     instances: list[InstanceView]
+    vips: list[VipView] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,4 +138,13 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
             if hold:
                 view.active, view.fencing_token = hold.holder, hold.fencing_token
         services.append(view)
-    return ClusterView(spec.cluster, leader, nodes, services, instances)
+    vips = []
+    if spec.gateway.enabled and spec.gateway.vip is not None:
+        hold = await store.lock_holder(GATEWAY_VIP_LOCK)
+        vips.append(VipView(spec.gateway.vip.address, "gateway", hold.holder if hold else None))
+    for view in services:
+        vip = spec.services[view.name].vip
+        if vip is not None:
+            node = view.active.split("/", 1)[0] if view.active else None
+            vips.append(VipView(vip.address, view.name, node))
+    return ClusterView(spec.cluster, leader, nodes, services, instances, vips)

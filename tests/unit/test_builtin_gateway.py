@@ -801,3 +801,20 @@ def test_under_uvloop() -> None:
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(_uvloop_scenario(), 20))
+
+
+async def test_the_gateway_listens_on_its_vips_too_even_before_holding_them() -> None:
+    port = free_port()
+    # 127.0.0.5: a second local address, like a VIP this node holds;
+    # 10.255.255.77: one it does not hold (bound with IP_FREEBIND all the same).
+    vips = ("127.0.0.5", "10.255.255.77")
+    eng = BuiltinEngine(GatewaySettings("n1", HOST, port, Path("/x"), Path("/x"), vips=vips))
+    await eng.start()
+    a = await Upstream("a").start()
+    try:
+        await eng.apply(table(service("web", [a.backend()])))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.5:{port}") as c:
+            assert (await c.get("/")).json()["name"] == "a"
+    finally:
+        await eng.stop()
+        a.kill()

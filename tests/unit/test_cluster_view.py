@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ninefold.agent.records import (
+    GATEWAY_VIP_LOCK,
     SPEC_KEY,
     AssignmentRecord,
     InstanceStatus,
@@ -175,3 +176,21 @@ async def test_to_json_is_plain_data() -> None:
     assert data["leader"] == "n1"
     assert {n["name"]: n["state"] for n in data["nodes"]}["n3"] == "drained"
     assert {i["instance"]: i["state"] for i in data["instances"]}["web-1"] == "lost"
+
+
+async def test_vips_show_their_holders_and_unheld_ones_none() -> None:
+    store, _ = await populated()
+    with_vips = SPEC.replace("services:", "gateway: {vip: 10.0.0.10/24}\nservices:").replace(
+        "    mode: active-passive\n", "    mode: active-passive\n    vip: 10.0.0.20/24\n"
+    )
+    await store.put(SPEC_KEY, with_vips.encode())
+    v = await read_view(store, parse_spec(FALLBACK))
+    assert [(x.address, x.service, x.holder) for x in v.vips] == [
+        ("10.0.0.10/24", "gateway", None),
+        ("10.0.0.20/24", "db", "n1"),
+    ]
+    lease = await store.grant_lease(10)
+    assert await store.try_lock(GATEWAY_VIP_LOCK, "n4", lease) is not None
+    v = await read_view(store, parse_spec(FALLBACK))
+    assert v.vips[0].holder == "n4"
+    assert v.to_json()["vips"][1] == {"address": "10.0.0.20/24", "service": "db", "holder": "n1"}

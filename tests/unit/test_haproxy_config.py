@@ -458,3 +458,14 @@ def test_sockets_move_to_a_private_short_directory_when_the_path_is_too_long(
             socket_dir(deep)
     finally:
         short.rmdir()
+
+
+def test_render_binds_the_vips_with_transparent() -> None:
+    settings = GatewaySettings(
+        "n1", "10.99.0.11", 8080, Path("/r"), Path("/l"), vips=("10.99.0.10",)
+    )
+    cfg = render(SHOP, settings, CHECKS)
+    front = section(cfg, "frontend http")
+    assert "bind 10.99.0.11:8080" in front
+    assert "bind 10.99.0.10:8080 transparent" in front
+    assert "bind 10.99.0.10:5432 transparent" in section(cfg, "frontend tcp_5432")

@@ -230,7 +230,7 @@ class Agent:
         engine = make_engine(self.spec, settings, self.registry)
         try:
             await engine.start()
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, ValueError) as exc:
             # The control plane goes on without this node's gateway: the
             # cluster's other gateways still route to its instances.
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

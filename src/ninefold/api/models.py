@@ -91,12 +91,19 @@ class ServiceDetailOut(ServiceOut):
     instances: list[InstanceOut]
 
 
+class VipOut(_Out):
+    address: str = Field(description="the floating address with its prefix, as in the spec")
+    service: str = Field(description="the service it follows, or `gateway`")
+    holder: str | None = Field(description="the node holding it now (None: nobody)")
+
+
 class StatusOut(_Out):
     cluster: str
     leader: str | None
     nodes: list[NodeOut]
     services: list[ServiceOut]
     instances: list[InstanceOut]
+    vips: list[VipOut] = []
 
 
 class SpecOut(_Out):

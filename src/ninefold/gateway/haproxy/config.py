@@ -228,9 +228,10 @@ def _quoted(value: str, what: str) -> str:
 
 
 def _binds(settings: GatewaySettings, port: int) -> list[str]:
-    """The node's own address, and each VIP (freebind: before this node holds it)."""
+    """The node's own address, and each VIP (`transparent`: even before this
+    node holds it; HAProxy 2.6 has no `freebind`, and needs CAP_NET_ADMIN)."""
     out = [f"    bind {_address(settings.address, port)}"]
-    out += [f"    bind {_address(vip, port)} freebind" for vip in settings.vips]
+    out += [f"    bind {_address(vip, port)} transparent" for vip in settings.vips]
     return out
 
 
