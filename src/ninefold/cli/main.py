@@ -421,6 +421,14 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
             str(i.get("restarts", 0)),
         )
     out.print(instances)
+    if view.get("vips"):
+        vips = Table(title="vips", title_justify="left")
+        for col in ("VIP", "FOR", "HOLDER"):
+            vips.add_column(col)
+        for v in view["vips"]:
+            held = v.get("holder")
+            vips.add_row(v.get("address", ""), v.get("service", ""), held or "[red]unheld[/red]")
+        out.print(vips)
 
 
 # --- apply --------------------------------------------------------------------------------
