@@ -325,3 +325,18 @@ async def test_stopping_releases_the_lock_for_the_next_node() -> None:
     assert await store.lock_holder(GATEWAY_VIP_LOCK) is None
     await settle(ks)
     assert holders(world) == ["n2"]
+
+
+def test_the_gateway_vip_address_is_the_one_the_agent_started_with() -> None:
+    from ninefold.agent.gateway_vip import effective_vip
+
+    started = parse_spec(spec_text(gateway="gateway:\n  vip: 10.99.0.10/24\n"))
+    same = parse_spec(
+        spec_text(gateway="gateway:\n  vip: {address: 10.99.0.10/24, preempt: true}\n")
+    )
+    moved = parse_spec(spec_text(gateway="gateway:\n  vip: 10.99.0.30/24\n"))
+    none = parse_spec(spec_text())
+    assert effective_vip(started, same) == same.gateway.vip  # new rules apply at once
+    assert effective_vip(started, moved) == started.gateway.vip  # new address: at restart
+    assert effective_vip(started, none) == started.gateway.vip
+    assert effective_vip(none, started) is None

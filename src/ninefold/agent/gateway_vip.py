@@ -39,6 +39,18 @@ log = logging.getLogger("ninefold.vip")
 OWNER = "gateway"
 
 
+def effective_vip(started: ClusterSpec, stored: ClusterSpec) -> VipSpec | None:
+    """The gateway VIP this agent holds: the one it started with (its gateway
+    listens on that address), under the stored spec's rules (prefer, preempt,
+    GARP) while the stored spec keeps the same address. A new address takes
+    effect when the agent restarts, like the rest of `gateway`."""
+    first = started.gateway.vip if started.gateway.enabled else None
+    now = stored.gateway.vip if stored.gateway.enabled else None
+    if first is not None and now is not None and now.address == first.address:
+        return now
+    return first
+
+
 class GatewayVipKeeper:
     def __init__(
         self,
@@ -109,7 +121,7 @@ class GatewayVipKeeper:
 
     async def step(self) -> None:
         spec = await read_spec(self._store, self._spec)
-        vip = spec.gateway.vip if spec.gateway.enabled else None
+        vip = effective_vip(self._spec, spec)
         if vip != self.vip:
             if self.vip is not None:
                 await self._release("vip changed in the spec")
