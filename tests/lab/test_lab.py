@@ -308,6 +308,7 @@ def test_freeze_and_thaw(whole: Lab) -> None:
     assert lab.agent_state("n2") == "frozen"
     assert not health_answers(lab, "client", "n2")  # a hung machine answers nothing
     assert lab.reaches("client", "n2")  # ...though its kernel still accepts connections
+    wait_for(lambda: node_state(lab, "n1", "n2") == "down", DETECT, "n1 to see n2 down")
     lab.thaw("n2")
     assert not any(netns.stopped(pid) for pid in lab.processes("n2"))
     assert lab.agent_state("n2") == "running"
