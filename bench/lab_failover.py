@@ -427,6 +427,7 @@ def main() -> None:
         "planned_failed": sum(r.failed for r in planned),
         "planned_goal_s": 0.5,
         "doubles": sum(r.doubles for r in rounds),
+        "samples": len(sampler.samples),
         "rounds": [asdict(r) for r in rounds],
     }
     path = write_result("lab_failover", summary)
@@ -434,7 +435,7 @@ def main() -> None:
         f"VIP move (longest gap, median of {len(moves)}): {summary['vip_move_gap_median_s']} s "
         f"(goal < 2.5 s); planned switchover: gap {summary['planned_gap_max_s']} s, "
         f"{summary['planned_failed']} failed (goal < 0.5 s, 0 failed); "
-        f"two holders seen: {summary['doubles']} samples (goal 0) -> {path}"
+        f"two holders seen: {summary['doubles']} of {summary['samples']} samples (goal 0) -> {path}"
     )
 
 
