@@ -21,6 +21,7 @@ from ninefold import __version__, defaults, operations
 from ninefold.agent.journal import read_events
 from ninefold.agent.leader import read_spec
 from ninefold.agent.records import EVENTS, SPEC_KEY, Event, status_key
+from ninefold.api.auth import document_roles, install_auth, needs
 from ninefold.api.errors import documented, install
 from ninefold.api.models import (
     Accepted,
@@ -40,8 +41,12 @@ from ninefold.api.models import (
     SpecOut,
     StatusOut,
     SwitchoverIn,
+    TokenCreatedOut,
+    TokenIn,
+    TokenOut,
 )
 from ninefold.cluster_view import read_view
+from ninefold.security import tokens
 from ninefold.spec import ClusterSpec, dump_spec
 from ninefold.store.base import Store, StoreError
 from ninefold.supervisor.logs import tail
@@ -127,6 +132,7 @@ def create_app(
         redoc_url=None,
     )
     install(app)
+    install_auth(app, store)
     streams = EventStreams()
     app.state.event_streams = streams
 
@@ -147,17 +153,30 @@ def create_app(
             return Response(body.model_dump_json(), 503, media_type="application/json")
         return HealthOut(node=node, store="ok", version=__version__)
 
-    @app.get("/v1/status", response_model=StatusOut, tags=["reading"], responses=documented(503))
+    @app.get(
+        "/v1/status",
+        dependencies=[needs("read")],
+        response_model=StatusOut,
+        tags=["reading"],
+        responses=documented(503),
+    )
     async def status() -> StatusOut:
         """The whole picture, as `ninefold status -o json`."""
         return StatusOut.model_validate((await read_view(store, spec)).to_json())
 
-    @app.get("/v1/nodes", response_model=list[NodeOut], tags=["reading"], responses=documented(503))
+    @app.get(
+        "/v1/nodes",
+        dependencies=[needs("read")],
+        response_model=list[NodeOut],
+        tags=["reading"],
+        responses=documented(503),
+    )
     async def nodes() -> list[NodeOut]:
         return (await status()).nodes
 
     @app.get(
         "/v1/nodes/{name}",
+        dependencies=[needs("read")],
         response_model=NodeOut,
         tags=["reading"],
         responses=documented(404, 503),
@@ -170,6 +189,7 @@ def create_app(
 
     @app.get(
         "/v1/services",
+        dependencies=[needs("read")],
         response_model=list[ServiceOut],
         tags=["reading"],
         responses=documented(503),
@@ -179,6 +199,7 @@ def create_app(
 
     @app.get(
         "/v1/services/{name}",
+        dependencies=[needs("read")],
         response_model=ServiceDetailOut,
         tags=["reading"],
         responses=documented(404, 503),
@@ -193,6 +214,7 @@ def create_app(
 
     @app.get(
         "/v1/instances",
+        dependencies=[needs("read")],
         response_model=list[InstanceOut],
         tags=["reading"],
         responses=documented(503),
@@ -202,6 +224,7 @@ def create_app(
 
     @app.get(
         "/v1/instances/{instance}",
+        dependencies=[needs("read")],
         response_model=InstanceOut,
         tags=["reading"],
         responses=documented(404, 503),
@@ -214,6 +237,7 @@ def create_app(
 
     @app.get(
         "/v1/instances/{instance}/log",
+        dependencies=[needs("read")],
         response_class=PlainTextResponse,
         tags=["reading"],
         responses={
@@ -248,7 +272,13 @@ def create_app(
         text = await asyncio.to_thread(tail, path, lines, backups=defaults.LOG_BACKUPS)
         return PlainTextResponse("".join(f"{line}\n" for line in text))
 
-    @app.get("/v1/spec", response_model=SpecOut, tags=["reading"], responses=documented(503))
+    @app.get(
+        "/v1/spec",
+        dependencies=[needs("read")],
+        response_model=SpecOut,
+        tags=["reading"],
+        responses=documented(503),
+    )
     async def get_spec() -> SpecOut:
         item = await store.get(SPEC_KEY)
         if item is None:
@@ -257,6 +287,7 @@ def create_app(
 
     @app.get(
         "/v1/events",
+        dependencies=[needs("read")],
         response_model=list[EventOut],
         tags=["reading"],
         responses=documented(422, 503),
@@ -274,6 +305,7 @@ def create_app(
 
     @app.get(
         "/v1/events/stream",
+        dependencies=[needs("read")],
         response_class=EventSourceResponse,
         tags=["reading"],
         responses=documented(503, json_route=False),
@@ -298,6 +330,7 @@ def create_app(
 
     @app.put(
         "/v1/spec",
+        dependencies=[needs("admin")],
         response_model=SpecChangeOut,
         tags=["changing"],
         responses=documented(409, 422, 503),
@@ -309,6 +342,7 @@ def create_app(
 
     @app.post(
         "/v1/services/{name}/scale",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -320,6 +354,7 @@ def create_app(
 
     @app.post(
         "/v1/services/{name}/restart",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -332,6 +367,7 @@ def create_app(
 
     @app.post(
         "/v1/instances/{instance}/move",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -343,6 +379,7 @@ def create_app(
 
     @app.post(
         "/v1/services/{name}/switchover",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -359,6 +396,7 @@ def create_app(
 
     @app.post(
         "/v1/nodes/{name}/drain",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -370,6 +408,7 @@ def create_app(
 
     @app.post(
         "/v1/nodes/{name}/undrain",
+        dependencies=[needs("operate")],
         status_code=202,
         response_model=Accepted,
         tags=["changing"],
@@ -383,6 +422,7 @@ def create_app(
 
     @app.get(
         "/v1/kv",
+        dependencies=[needs("read")],
         response_model=list[KvItemOut],
         tags=["key-value"],
         responses=documented(503),
@@ -393,6 +433,7 @@ def create_app(
 
     @app.get(
         "/v1/kv/{key:path}",
+        dependencies=[needs("read")],
         response_model=KvItemOut,
         tags=["key-value"],
         responses=documented(404, 422, 503),
@@ -403,6 +444,7 @@ def create_app(
 
     @app.put(
         "/v1/kv/{key:path}",
+        dependencies=[needs("operate")],
         response_model=KvWrittenOut,
         tags=["key-value"],
         responses=documented(409, 422, 503),
@@ -417,6 +459,7 @@ def create_app(
 
     @app.delete(
         "/v1/kv/{key:path}",
+        dependencies=[needs("operate")],
         response_model=KvWrittenOut,
         tags=["key-value"],
         responses=documented(404, 409, 422, 503),
@@ -430,15 +473,75 @@ def create_app(
 
     # --- metrics and dashboard ----------------------------------------------------
 
+    # --- tokens ---------------------------------------------------------------------
+
+    @app.post(
+        "/v1/bootstrap",
+        response_model=TokenCreatedOut,
+        status_code=201,
+        tags=["tokens"],
+        responses=documented(409, 503),
+    )
+    async def token_bootstrap() -> TokenCreatedOut:
+        """The cluster's first admin token; refused (409) once it exists. From
+        then on every route but /v1/health needs a token."""
+        token = await tokens.bootstrap(store)
+        if token is None:
+            raise operations.Conflict("this cluster was bootstrapped already: ask an admin")
+        record = await tokens.authenticate(store, token)
+        return TokenCreatedOut(token=token, **record.public())
+
+    @app.post(
+        "/v1/tokens",
+        dependencies=[needs("admin")],
+        response_model=TokenCreatedOut,
+        status_code=201,
+        tags=["tokens"],
+        responses=documented(422, 503),
+    )
+    async def token_create(body: Annotated[TokenIn, Body()]) -> TokenCreatedOut:
+        """A new API token with a role, or a join token with a number of uses."""
+        if body.kind == "api" and body.uses is not None:
+            raise operations.Invalid("uses applies to join tokens (kind: join)")
+        token, record = tokens.new_token(body.kind, body.role, body.name, body.ttl, body.uses)
+        await tokens.store_token(store, record)
+        return TokenCreatedOut(token=token, **record.public())
+
+    @app.get(
+        "/v1/tokens",
+        dependencies=[needs("admin")],
+        response_model=list[TokenOut],
+        tags=["tokens"],
+        responses=documented(503),
+    )
+    async def token_list() -> list[TokenOut]:
+        """Every token's record; never a token or its hash."""
+        return [TokenOut(**r.public()) for r in await tokens.list_records(store)]
+
+    @app.delete(
+        "/v1/tokens/{ident}",
+        dependencies=[needs("admin")],
+        status_code=204,
+        tags=["tokens"],
+        responses=documented(404, 503),
+    )
+    async def token_revoke(ident: str) -> Response:
+        """Revoke a token: it stops working at once."""
+        if not await tokens.revoke(store, ident):
+            raise operations.NotFound(f"no token with id {ident!r}")
+        return Response(status_code=204)
+
     @app.get(
         "/metrics",
+        dependencies=[needs("read")],
         response_class=Response,
         tags=["metrics"],
         responses={
             200: {
                 "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                 "description": "this node's gateway metrics, in Prometheus' text format",
-            }
+            },
+            **documented(503, json_route=False),
         },
     )
     async def prometheus() -> Response:
@@ -452,4 +555,5 @@ def create_app(
         async def root() -> RedirectResponse:
             return RedirectResponse("/ui/")
 
+    document_roles(app)
     return app

@@ -168,3 +168,27 @@ class KvPutIn(_In):
 class KvWrittenOut(_Out):
     key: str
     revision: int
+
+
+class TokenIn(_In):
+    role: Literal["read", "operate", "admin"] = "read"
+    name: str = Field(
+        "", max_length=200, description="what the token is for (shown by `token list`)"
+    )
+    kind: Literal["api", "join"] = "api"
+    ttl: float | None = Field(None, gt=0, description="seconds until it expires (none: never)")
+    uses: int | None = Field(None, ge=1, description="join tokens: how many joins it allows")
+
+
+class TokenOut(_Out):
+    id: str
+    kind: str
+    role: str
+    name: str
+    created: float
+    expires: float | None
+    uses: int | None
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="the token itself: shown once, never stored")

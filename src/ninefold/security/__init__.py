@@ -1,0 +1,1 @@
+"""Security: the cluster CA and certificates, bearer tokens."""
