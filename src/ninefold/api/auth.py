@@ -13,7 +13,6 @@ role. No message repeats a token.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -29,8 +28,6 @@ from ninefold.security.tokens import (
 )
 from ninefold.store.base import Store
 
-ACTIVE_CACHE = 1.0
-"""Seconds the answer to "does this cluster use tokens?" is kept."""
 REALM = "ninefold"
 
 
@@ -49,19 +46,16 @@ class Forbidden(Exception):
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._active: tuple[bool, float] | None = None
+        self._active = False
 
     async def active(self) -> bool:
         """Whether the cluster was bootstrapped (then every route checks, even
         if every token was revoked since)."""
-        now = time.monotonic()
-        if self._active is not None and self._active[0]:
+        if self._active:
             return True  # once on, tokens stay on: no need to look again
-        if self._active is not None and now - self._active[1] < ACTIVE_CACHE:
-            return False
-        on = await self._store.get(BOOTSTRAPPED) is not None
-        self._active = (on, now)
-        return on
+        # Not cached while off: a bootstrap on any node must count at once.
+        self._active = await self._store.get(BOOTSTRAPPED) is not None
+        return self._active
 
     async def authorize(self, request: Request, need: Role) -> TokenRecord | None:
         if not await self.active():

@@ -1,0 +1,145 @@
+"""`ninefold token ...`: API tokens with a role, join tokens with a number of uses.
+
+Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ninefold.cli.main import (
+    DEFAULT_SPEC,
+    EXIT_USAGE,
+    SpecOption,
+    TableOutput,
+    calling,
+    check_output,
+    connect,
+    fail,
+    out,
+    print_json,
+    say,
+)
+from ninefold.spec import SpecError, parse_duration
+
+token_app = typer.Typer(
+    name="token",
+    help="Tokens: API tokens with a role (read, operate, admin), join tokens for new nodes.",
+    no_args_is_help=True,
+)
+
+OutFile = Annotated[
+    Path | None,
+    typer.Option("--out", help="Write the token to this file (mode 0600) instead of printing it."),
+]
+
+
+def _deliver(token: str, out_file: Path | None) -> None:
+    """Print the token (once), or write it to a file only its owner can read."""
+    if out_file is None:
+        print(token, flush=True)
+        return
+    try:
+        fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise fail(f"{out_file} exists already: not overwriting a token file", EXIT_USAGE) from None
+    except OSError as exc:
+        raise fail(f"cannot write {out_file}: {exc.strerror}", EXIT_USAGE) from None
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    say(f"token written to {out_file}; use it with: export NINEFOLD_TOKEN_FILE={out_file}")
+
+
+@token_app.command("bootstrap")
+def bootstrap(spec: SpecOption = DEFAULT_SPEC, out_file: OutFile = None) -> None:
+    """Create the cluster's first admin token. From then on every API request
+    but /v1/health needs a token; this works once per cluster."""
+    with connect(spec) as client, calling():
+        made = client.bootstrap_token()
+    _deliver(made["token"], out_file)
+
+
+@token_app.command("create")
+def create(
+    role: Annotated[
+        str, typer.Option("--role", help="read, operate or admin (API tokens).")
+    ] = "read",
+    name: Annotated[str, typer.Option("--name", help="What the token is for.")] = "",
+    join: Annotated[
+        bool, typer.Option("--join", help="A join token, for `ninefold join` on a new node.")
+    ] = False,
+    uses: Annotated[
+        int | None, typer.Option("--uses", help="Join tokens: how many joins it allows.")
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Lifetime, e.g. 1h or 30m (default: none).")
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    out_file: OutFile = None,
+) -> None:
+    """Create a token (needs an admin token). It is shown once and stored only as a hash."""
+    if role not in ("read", "operate", "admin"):
+        raise fail(f"--role must be read, operate or admin, not {role!r}", EXIT_USAGE)
+    if uses is not None and not join:
+        raise fail("--uses applies to join tokens (--join)", EXIT_USAGE)
+    if uses is not None and uses < 1:
+        raise fail("--uses must be at least 1", EXIT_USAGE)
+    seconds = None
+    if ttl is not None:
+        try:
+            seconds = parse_duration(ttl)
+        except (SpecError, ValueError) as exc:
+            raise fail(f"--ttl: {exc}", EXIT_USAGE) from None
+        if seconds <= 0:
+            raise fail("--ttl must be positive", EXIT_USAGE)
+    with connect(spec) as client, calling():
+        made = client.create_token(role, name, "join" if join else "api", seconds, uses)
+    _deliver(made["token"], out_file)
+
+
+@token_app.command("list")
+def list_tokens(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> None:
+    """Every token: id, kind, role, name, expiry, uses left. Never the tokens themselves."""
+    check_output(output, "table", "json")
+    with connect(spec) as client, calling():
+        records: list[dict[str, Any]] = client.tokens()
+    if output == "json":
+        print_json(records)
+        return
+    table = Table(title="tokens", title_justify="left")
+    for col in ("ID", "KIND", "ROLE", "NAME", "EXPIRES", "USES LEFT"):
+        table.add_column(col)
+    import time
+
+    for r in sorted(records, key=lambda r: r.get("created", 0)):
+        expires = r.get("expires")
+        when = "never"
+        if expires:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+            if expires <= time.time():
+                when += " (expired)"
+        uses = r.get("uses")
+        table.add_row(
+            r["id"],
+            r.get("kind", ""),
+            r.get("role", "") if r.get("kind") == "api" else "",
+            r.get("name", ""),
+            when,
+            "" if uses is None else str(uses),
+        )
+    out.print(table)
+
+
+@token_app.command("revoke")
+def revoke(
+    ident: Annotated[str, typer.Argument(help="The token's id (see `token list`).")],
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    with connect(spec) as client, calling():
+        client.revoke_token(ident)
+    say(f"token {ident} revoked")
