@@ -4,16 +4,20 @@ and throwaway etcd members."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from ninefold.store.memory import MemoryStore
 
 T = TypeVar("T")
 
@@ -142,3 +146,40 @@ def start_etcd(binary: str, workdir: Path, timeout: float = ETCD_START_TIMEOUT) 
         server.kill()
         raise
     return server
+
+
+@contextlib.contextmanager
+def api_in_thread(spec_text: str, port: int) -> Iterator[MemoryStore]:
+    """The agent API of a spec's first node on 127.0.0.1:`port`, over the
+    in-memory store seeded like tests/unit/test_api.py, served from a thread
+    (so synchronous code, a CLI runner or a browser, can call it)."""
+    from ninefold.api import ApiServer, create_app
+    from ninefold.spec import parse_spec
+    from tests.unit.test_api import seed
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    holder: list[MemoryStore] = []
+
+    async def serve() -> None:
+        store = await seed(MemoryStore())
+        holder.append(store)
+        server = ApiServer(create_app(store, parse_spec(spec_text), "n1"), "127.0.0.1", port)
+        assert await server.start()
+        ready.set()
+        await stop.wait()
+        await server.stop()
+        await store.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError(f"the API did not start on 127.0.0.1:{port}")
+    try:
+        yield holder[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        with contextlib.suppress(Exception):
+            loop.close()

@@ -17,8 +17,11 @@ answered. Errors come back typed:
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -78,9 +81,40 @@ _BY_CODE: dict[str, type[ApiError]] = {
 }
 
 
-def node_url(node: NodeSpec) -> str:
+def node_url(node: NodeSpec, scheme: str = "http") -> str:
     """Base URL of a node's API, e.g. `http://127.0.0.1:7070`."""
-    return f"http://{node.host_port(node.ports.api)}"
+    return f"{scheme}://{node.host_port(node.ports.api)}"
+
+
+# --- TLS (docs/security.md) ---------------------------------------------------------
+
+CLIENT_CERT_ENV = "NINEFOLD_CLIENT_CERT"
+CLIENT_KEY_ENV = "NINEFOLD_CLIENT_KEY"
+
+
+def api_scheme(spec: ClusterSpec) -> str:
+    """`https` when the spec has `security.tls`, else `http`."""
+    return "https" if spec.security.tls is not None else "http"
+
+
+def api_verify(spec: ClusterSpec, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext | bool:
+    """What httpx verifies the agents' API with: with `security.tls`, a context
+    trusting only the cluster CA (presenting `cert`, else the certificate in
+    $NINEFOLD_CLIENT_CERT and $NINEFOLD_CLIENT_KEY if set); True otherwise.
+    ApiError when the files cannot be read."""
+    tls = spec.security.tls
+    if tls is None:
+        return True
+    if cert is None and os.environ.get(CLIENT_CERT_ENV):
+        cert_file = Path(os.environ[CLIENT_CERT_ENV])
+        cert = (cert_file, Path(os.environ.get(CLIENT_KEY_ENV) or cert_file))
+    from ninefold.security.files import TlsError
+    from ninefold.security.tls import client_context
+
+    try:
+        return client_context(tls.ca_path(), *(cert or (None, None)))
+    except TlsError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def error_of(response: httpx.Response) -> ApiError:
@@ -125,15 +159,18 @@ class ClusterClient:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         transport: httpx.BaseTransport | None = None,
+        cert: tuple[Path, Path] | None = None,
     ) -> None:
         self.spec = spec
-        self.urls = [node_url(n) for n in spec.nodes]
+        self.scheme = api_scheme(spec)
+        self.urls = [node_url(n, self.scheme) for n in spec.nodes]
         self.timeout = timeout
         self._current: str | None = None
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
             transport=transport,
             trust_env=False,
+            verify=api_verify(spec, cert),
         )
 
     def close(self) -> None:
@@ -152,7 +189,7 @@ class ClusterClient:
 
     def node_url(self, node: str) -> str:
         """Base URL of the named node's API (KeyError if the spec has no such node)."""
-        return node_url(self.spec.node(node))
+        return node_url(self.spec.node(node), self.scheme)
 
     def _order(self) -> list[str]:
         if self._current is None:
@@ -160,7 +197,7 @@ class ClusterClient:
         return [self._current] + [u for u in self.urls if u != self._current]
 
     def _addresses(self, urls: list[str]) -> str:
-        return ", ".join(u.removeprefix("http://") for u in urls)
+        return ", ".join(u.split("://", 1)[-1] for u in urls)
 
     # -- transport ----------------------------------------------------------------
     def request(

@@ -3,21 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from ninefold.api import ApiServer, create_app
 from ninefold.cli.main import EXIT_USAGE, app
-from ninefold.spec import parse_spec
-from ninefold.store.memory import MemoryStore
-from tests.helpers import free_port
-from tests.unit.test_api import seed
+from tests.helpers import api_in_thread, free_port
 
 EXIT_DENIED = 4
 runner = CliRunner()
@@ -37,28 +30,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     )
     path = tmp_path / "ninefold.yaml"
     path.write_text(text)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        store = await seed(MemoryStore())
-        server = ApiServer(create_app(store, parse_spec(text), "n1"), "127.0.0.1", port)
-        assert await server.start()
-        ready.set()
-        await stop.wait()
-        await server.stop()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with api_in_thread(text, port):
         yield path
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        with contextlib.suppress(Exception):
-            loop.close()
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -72,6 +72,12 @@ app.add_typer(lab_app, name="lab")
 out = Console()
 err = Console(stderr=True)
 
+cert_app = typer.Typer(
+    name="cert",
+    help="Node certificates from the cluster CA: issue, rotate (docs/security.md).",
+    no_args_is_help=True,
+)
+app.add_typer(cert_app, name="cert")
 SpecOption = Annotated[
     Path,
     typer.Option(
@@ -118,7 +124,7 @@ def exit_code(exc: ApiError) -> int:
 def load(path: Path) -> ClusterSpec:
     """The spec at `path`; every problem on its own line and exit 2 if it is bad."""
     try:
-        return load_spec(path)
+        spec = load_spec(path)
     except SpecError as exc:
         for issue in exc.issues:
             line = str(issue)
@@ -131,10 +137,21 @@ def load(path: Path) -> ClusterSpec:
 def check_output(output: str, *choices: str) -> None:
     if output not in choices:
         raise fail(f"--output must be {' or '.join(choices)}, not {output!r}", EXIT_USAGE)
+    if spec.security.tls is not None:  # a relative CA path is relative to the spec file
+        spec.security.tls.ca = str(spec.security.tls.ca_path(path.parent).absolute())
+    return spec
 
 
 def connect(spec_path: Path) -> ClusterClient:
-    return ClusterClient(load(spec_path))
+    return client_for(load(spec_path))
+
+
+def client_for(spec: ClusterSpec) -> ClusterClient:
+    """A client of the spec's cluster; one line and exit 2 when its TLS files are unusable."""
+    try:
+        return ClusterClient(spec)
+    except ApiError as exc:
+        raise fail(exc.message, EXIT_USAGE) from None
 
 
 @contextlib.contextmanager
@@ -244,9 +261,54 @@ services:
 def init(
     file: Annotated[Path, typer.Argument(help="Where to write the spec.")] = DEFAULT_SPEC,
     cluster: Annotated[str, typer.Option("--cluster", help="The cluster's name.")] = "hello",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite an existing spec file (an existing CA key is kept and used, "
+            "never overwritten).",
+        ),
+    ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Create a cluster CA and turn on mutual TLS (security.tls), or not.",
+        ),
+    ] = True,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-key",
+            help="Where to write the cluster CA's key (mode 0600; its certificate goes "
+            "next to it, as .crt). Default: ca.key in the cluster's config directory "
+            "($NINEFOLD_CONFIG_ROOT, /etc/ninefold or ~/.config/ninefold, then the cluster).",
+            show_default=False,
+        ),
+    ] = None,
+TLS_SPEC = """
+# Mutual TLS between the nodes and to etcd, with certificates from the cluster
+# CA below (its key: {key}; keep it safe). `ninefold up` issues each node's
+# certificate; see docs/security.md.
+security:
+  tls: {{ca: {ca}}}
+"""
+
+CaKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-key",
+        envvar="NINEFOLD_CA_KEY",
+        help="The cluster CA's private key. Default: the spec's security.tls.ca with "
+        "the suffix .key. Also NINEFOLD_CA_KEY.",
+        show_default=False,
+    ),
+]
+
+
 ) -> None:
-    """Write a starter spec: three nodes on 127.0.0.1-3 and a replicated web service."""
+    """Write a starter spec (three nodes on 127.0.0.1-3, a replicated web service)
+    and a cluster CA for mutual TLS."""
     text = STARTER_SPEC.format(cluster=cluster)
     try:
         parse_spec(text, str(file))
@@ -259,7 +321,153 @@ def init(
     except OSError as exc:
         raise fail(f"cannot write {file}: {exc.strerror or exc}") from None
     hint = "ninefold up" if file == DEFAULT_SPEC else f"ninefold up --spec {file}"
-    say(f"wrote {file}; start its nodes on this machine with: {hint}")
+    made = ""
+    if tls:
+        from ninefold.security.files import config_dir
+
+        key_path = (ca_key or config_dir(cluster) / "ca.key").absolute()
+        cert_path, made = _cluster_ca(cluster, key_path, force)
+        text += TLS_SPEC.format(key=key_path, ca=json.dumps(str(cert_path)))
+    say(f"wrote {file}{made}; start its nodes on this machine with: {hint}")
+
+
+def _cluster_ca(cluster: str, key_path: Path, reuse: bool) -> tuple[Path, str]:
+    """Create the CA at key_path (or, with `reuse`, keep the one there): its
+    certificate's path and a few words for the summary line."""
+    from ninefold.security.ca import ca_cert_path, create_ca, load_ca, write_ca
+    from ninefold.security.files import TlsError
+
+    cert_path = ca_cert_path(key_path)
+    try:
+        if key_path.exists():
+            if not reuse:
+                raise fail(
+                    f"{key_path} exists (the CA of an earlier init?); not overwriting it "
+                    "(--force keeps and uses it, or give another --ca-key)"
+                )
+            load_ca(cert_path, key_path)
+            return cert_path, f" (keeping the cluster CA {cert_path})"
+        write_ca(create_ca(cluster), key_path, cert_path)
+    except TlsError as exc:
+        raise fail(str(exc)) from None
+    return cert_path, f" and the cluster CA {cert_path} (key {key_path}, mode 0600)"
+
+
+# --- cert ------------------------------------------------------------------------------
+
+DaysOption = Annotated[
+    int, typer.Option("--days", min=1, help="How long the certificate is valid, in days.")
+]
+KeepKeyOption = Annotated[
+    bool, typer.Option("--keep-key", help="Keep the node's key; only renew its certificate.")
+]
+
+
+def tls_spec(path: Path) -> tuple[ClusterSpec, Path]:
+    """The spec and its CA certificate's path; exit 2 if it has no security.tls."""
+    cluster = load(path)
+    if cluster.security.tls is None:
+        raise fail(f"{path}: no security.tls section (see docs/security.md)", EXIT_USAGE)
+    return cluster, Path(cluster.security.tls.ca)
+
+
+def load_cluster_ca(ca_cert: Path, ca_key: Path | None) -> Any:
+    from ninefold.security.ca import ca_key_path, load_ca
+    from ninefold.security.files import TlsError
+
+    try:
+        return load_ca(ca_cert, ca_key or ca_key_path(ca_cert))
+    except TlsError as exc:
+        raise fail(f"{exc} (issuing certificates needs the CA key: --ca-key)") from None
+
+
+def node_data_dir(cluster: ClusterSpec, node: str) -> Path | None:
+    """The data directory of `node` on this machine: the one `ninefold up` uses if
+    it exists, else the agent's default one if it exists, else None."""
+    from ninefold import defaults
+
+    local = defaults.data_root() / "local" / cluster.cluster / node
+    for candidate in (local, defaults.data_dir(cluster.cluster, node)):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def issue_for(
+    cluster: ClusterSpec, ca: Any, node: str, data_dir: Path, days: int, keep: bool
+) -> None:
+    import datetime as dt
+
+    from ninefold.security.certs import issue_node_files
+    from ninefold.security.files import TlsError
+
+    try:
+        files = issue_node_files(
+            ca, cluster.node(node), data_dir, dt.timedelta(days=days), keep_key=keep
+        )
+    except TlsError as exc:
+        raise fail(str(exc)) from None
+    say(f"{node}: certificate issued in {files.directory} (valid {days} days)")
+
+
+def known_node(cluster: ClusterSpec, spec: Path, node: str) -> None:
+    if not any(n.name == node for n in cluster.nodes):
+        names = ", ".join(n.name for n in cluster.nodes)
+        raise fail(f"{spec}: no node named {node!r} (nodes: {names})", EXIT_USAGE)
+
+
+@cert_app.command("issue")
+def cert_issue(
+    node: Annotated[str, typer.Argument(help="The node (its name in the spec).")],
+    spec: SpecOption = DEFAULT_SPEC,
+    ca_key: CaKeyOption = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="The node's data directory. Default: that of `ninefold up` if it "
+            "exists, else the agent's default one.",
+        ),
+    ] = None,
+    days: DaysOption = 365,
+    keep_key: KeepKeyOption = False,
+) -> None:
+    """Issue a node its certificate (into <data dir>/tls/); needs the CA key."""
+    cluster, ca_cert = tls_spec(spec)
+    known_node(cluster, spec, node)
+    from ninefold import defaults
+
+    target = data_dir or node_data_dir(cluster, node) or defaults.data_dir(cluster.cluster, node)
+    issue_for(cluster, load_cluster_ca(ca_cert, ca_key), node, target, days, keep_key)
+
+
+@cert_app.command("rotate")
+def cert_rotate(
+    nodes: Annotated[
+        list[str] | None,
+        typer.Argument(help="The nodes. Default: every node with a data directory here."),
+    ] = None,
+    spec: SpecOption = DEFAULT_SPEC,
+    ca_key: CaKeyOption = None,
+    days: DaysOption = 365,
+    keep_key: KeepKeyOption = False,
+) -> None:
+    """Re-issue node certificates from the same CA; running agents and etcd pick
+    the new files up without a restart."""
+    cluster, ca_cert = tls_spec(spec)
+    for node in nodes or []:
+        known_node(cluster, spec, node)
+    names = nodes or [n.name for n in cluster.nodes]
+    found = {name: node_data_dir(cluster, name) for name in names}
+    missing = [name for name, where in found.items() if where is None]
+    if nodes and missing:
+        raise fail(f"no data directory of {', '.join(missing)} on this machine")
+    if not any(found.values()):
+        raise fail(f"no node of cluster {cluster.cluster} has a data directory on this machine")
+    ca = load_cluster_ca(ca_cert, ca_key)
+    for name, where in found.items():
+        if where is not None:
+            issue_for(cluster, ca, name, where, days, keep_key)
 
 
 # --- agent ----------------------------------------------------------------------------
@@ -295,7 +503,8 @@ def agent(
 
     try:
         run_agent(cluster, node, data_dir)
-    except EtcdNotFound as exc:
+    except (EtcdNotFound, TlsError) as exc:
+    from ninefold.security.files import TlsError
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
@@ -318,14 +527,16 @@ def up(
         typer.Option("--wait", min=0, help="Seconds to wait for every node to be up (0: none)."),
     ] = 90.0,
 ) -> None:
-    """Start every node of the spec on this machine, each agent in the background."""
+    """Start every node of the spec on this machine, each agent in the background
+    (with security.tls, first issuing each node a certificate it lacks)."""
     from ninefold.local import LocalClusterError, NotLocal
 
     cluster = local_cluster(spec)
+    ca_key: CaKeyOption = None,
     try:
         cluster.check_local()
         with progress(f"starting cluster {cluster.spec.cluster}") as report:
-            pids = cluster.up(wait=wait, progress=report)
+            pids = cluster.up(wait=wait, progress=report, ca_key=ca_key)
     except NotLocal as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except LocalClusterError as exc:
@@ -467,7 +678,7 @@ def apply(
     new = load(file)
     target = load(spec) if spec is not None else new
     text = file.read_text(encoding="utf-8")
-    with ClusterClient(target) as client, calling():
+    with client_for(target) as client, calling():
         plan = client.put_spec(text, dry_run=True)
         diff = [str(line) for line in plan.get("diff") or []]
         if not diff:

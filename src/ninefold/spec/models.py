@@ -34,6 +34,7 @@ from ninefold import defaults
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
+from .security import SecuritySpec
 from .vip import VipSpec
 
 DEFER_CHECKS = "ninefold.spec.defer_checks"
@@ -546,6 +547,7 @@ class ClusterSpec(_Model):
     store: StoreSpec = Field(default_factory=StoreSpec)
     nodes: list[NodeSpec] = Field(min_length=1)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
     services: dict[ServiceName, ServiceSpec] = {}
 
     @model_validator(mode="after")

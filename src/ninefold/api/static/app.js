@@ -23,6 +23,33 @@
     }
   }
 
+  // -- token: kept for this tab only; a `#token=...` link sets it -------------------
+  let token = sessionStorage.getItem("ninefold-token") || "";
+  if (location.hash.startsWith("#token=")) {
+    token = decodeURIComponent(location.hash.slice(7));
+    sessionStorage.setItem("ninefold-token", token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {});
+
+  function askForToken() {
+    const form = $("token-form");
+    if (!form.hidden) return;
+    form.hidden = false;
+    connection("down", "needs a token");
+    $("token-input").focus();
+  }
+
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("token-input").value.trim();
+    sessionStorage.setItem("ninefold-token", token);
+    $("token-input").value = "";
+    $("token-form").hidden = true;
+    tick();
+    streamEvents();
+  });
+
   let status = null; // last answer of /v1/status
   const pending = new Set(); // "action:target" of requests in flight
 
@@ -329,7 +356,8 @@
 
   // -- polling ---------------------------------------------------------------------------
   async function getJSON(url) {
-    const r = await fetch(url, { cache: "no-store" });
+    const r = await fetch(url, { cache: "no-store", headers: authHeaders() });
+    if (r.status === 401) askForToken();
     let body = null;
     try {
       body = await r.json();
@@ -356,7 +384,7 @@
   async function pollMetrics() {
     const now = Date.now();
     try {
-      const r = await fetch(METRICS, { cache: "no-store" });
+      const r = await fetch(METRICS, { cache: "no-store", headers: authHeaders() });
       if (!r.ok) throw new Error(`${r.status}`);
       recordMetrics(parseMetrics(await r.text()), now);
       metricsState = "ok";
@@ -416,7 +444,7 @@
     try {
       const r = await fetch(url, {
         method: "POST",
-        headers: body ? { "content-type": "application/json" } : {},
+        headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
         body: body ? JSON.stringify(body) : undefined,
       });
       let answer = null;
@@ -500,7 +528,9 @@
       setInterval(fillEvents, 2000);
       return;
     }
-    const source = new EventSource(`${API}/events/stream`);
+    // EventSource cannot send headers: the token goes in the query (RFC 6750).
+    const query = token ? `?access_token=${encodeURIComponent(token)}` : "";
+    const source = new EventSource(`${API}/events/stream${query}`);
     source.onmessage = (msg) => {
       try {
         addEvent(JSON.parse(msg.data));
