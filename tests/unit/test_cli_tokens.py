@@ -44,7 +44,7 @@ def test_tokens_from_bootstrap_to_revoke(cluster: Path, tmp_path: Path) -> None:
     code, _, _ = cli("status", *spec)
     assert code == 0  # not bootstrapped: open
 
-    admin_file = tmp_path / "admin.token"
+    admin_file = tmp_path / "config" / "ninefold" / "token"  # its directory is made
     code, out, err = cli("token", "bootstrap", *spec, "--out", str(admin_file))
     assert code == 0, err
     assert admin_file.stat().st_mode & 0o777 == 0o600

@@ -44,6 +44,7 @@ def _deliver(token: str, out_file: Path | None) -> None:
         print(token, flush=True)
         return
     try:
+        out_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise fail(f"{out_file} exists already: not overwriting a token file", EXIT_USAGE) from None
