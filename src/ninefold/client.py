@@ -11,6 +11,8 @@ answered. Errors come back typed:
 | `NotFound` | unknown service, instance, node or key (404) |
 | `Conflict` | compare-and-swap lost, target node not usable, ... (409) |
 | `Invalid` | malformed body or spec (422); spec problems are in `issues` |
+| `Unauthorized` | no valid token (401) |
+| `Forbidden` | the token lacks the role the request needs (403) |
 | `ApiError` | anything else the API refused, and the base of all the above |
 """
 
@@ -73,12 +75,48 @@ class Invalid(ApiError):
     """The request or the spec it carries is malformed; `issues` lists spec problems."""
 
 
+class Unauthorized(ApiError):
+    """No token, or one the cluster does not accept."""
+
+
+class Forbidden(ApiError):
+    """The token's role does not allow the request."""
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     "not_found": NotFound,
     "conflict": Conflict,
     "invalid": Invalid,
     "store_unavailable": StoreUnavailable,
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
 }
+
+TOKEN_FILE = Path("~/.config/ninefold/token")
+"""Where the CLI looks for its token when neither NINEFOLD_TOKEN nor
+NINEFOLD_TOKEN_FILE says otherwise."""
+
+
+def configured_token() -> str | None:
+    """The API token: NINEFOLD_TOKEN, else the file NINEFOLD_TOKEN_FILE names,
+    else ~/.config/ninefold/token if it exists; None without one."""
+    text = os.environ.get("NINEFOLD_TOKEN", "").strip()
+    if text:
+        return text
+    named = os.environ.get("NINEFOLD_TOKEN_FILE", "").strip()
+    path = Path(named).expanduser() if named else TOKEN_FILE.expanduser()
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if named:
+            raise ApiError(f"NINEFOLD_TOKEN_FILE names {named}, which does not exist") from None
+        return None
+    except OSError as exc:
+        raise ApiError(f"cannot read the token file {path}: {exc.strerror}") from None
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def node_url(node: NodeSpec, scheme: str = "http") -> str:
@@ -160,7 +198,9 @@ class ClusterClient:
         *,
         transport: httpx.BaseTransport | None = None,
         cert: tuple[Path, Path] | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token`: the API token to send; by default `configured_token()`."""
         self.spec = spec
         self.scheme = api_scheme(spec)
         self.urls = [node_url(n, self.scheme) for n in spec.nodes]
@@ -171,6 +211,7 @@ class ClusterClient:
             transport=transport,
             trust_env=False,
             verify=api_verify(spec, cert),
+            headers=_auth_headers(token if token is not None else configured_token()),
         )
 
     def close(self) -> None:
@@ -405,6 +446,27 @@ class ClusterClient:
             return response.json()
         except ValueError:
             return None
+
+    # -- tokens
+    def bootstrap_token(self) -> dict[str, Any]:
+        return self._json("POST", "/v1/bootstrap")
+
+    def create_token(
+        self,
+        role: str = "read",
+        name: str = "",
+        kind: str = "api",
+        ttl: float | None = None,
+        uses: int | None = None,
+    ) -> dict[str, Any]:
+        body = {"role": role, "name": name, "kind": kind, "ttl": ttl, "uses": uses}
+        return self._json("POST", "/v1/tokens", body=body)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/tokens")
+
+    def revoke_token(self, ident: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{_seg(ident)}")
 
 
 def _seg(name: str) -> str:

@@ -26,10 +26,13 @@ import psutil
 
 from ninefold import defaults
 from ninefold.agent.ports import port_is_free
-from ninefold.client import node_url
+from ninefold.client import ApiError, api_scheme, api_verify, node_url
 from ninefold.spec import ClusterSpec, NodeSpec, load_spec
 
 Progress = Callable[[str], None]
+
+CERT_RENEW_MARGIN = 30.0
+"""Days before its expiry `up` renews a node's certificate."""
 
 HEALTH_TIMEOUT = 1.0
 """Seconds one `/v1/health` probe may take while waiting for the agents."""
@@ -80,10 +83,10 @@ class LocalCluster:
     def api_url(self, node: str | None = None) -> str:
         """The API of `node`, or of the first running node (else the first node)."""
         if node is not None:
-            return node_url(self.node(node))
+            return node_url(self.node(node), api_scheme(self.spec))
         running = self.running()
         first = next((n for n in self.spec.nodes if n.name in running), self.spec.nodes[0])
-        return node_url(first)
+        return node_url(first, api_scheme(self.spec))
 
     def check_local(self) -> None:
         for n in self.spec.nodes:
@@ -172,13 +175,18 @@ class LocalCluster:
         self.pid_path(node).unlink(missing_ok=True)
         return pid
 
-    def up(self, wait: float = 90.0, progress: Progress | None = None) -> dict[str, int]:
+    def up(
+        self, wait: float = 90.0, progress: Progress | None = None, ca_key: Path | None = None
+    ) -> dict[str, int]:
         """Start every node's agent that is not running, then wait until every node
-        answers and the cluster sees them all up. Returns node -> pid of all agents."""
+        answers and the cluster sees them all up. Returns node -> pid of all agents.
+        With `security.tls`, nodes lacking a good certificate get one first (from
+        the CA key at `ca_key`, by default next to the CA certificate)."""
         say = progress or _quiet
         self.check_local()
         already = self.running()
         self._check_ports([n for n in self.spec.nodes if n.name not in already])
+        self.issue_certs(ca_key, say)
         started: dict[str, int] = {}
         for n in self.spec.nodes:
             if n.name in already:
@@ -190,6 +198,44 @@ class LocalCluster:
             self.wait_up(wait, say, started)
         return {**already, **started}
 
+    def issue_certs(
+        self, ca_key: Path | None = None, progress: Progress | None = None
+    ) -> list[str]:
+        """With `security.tls`: issue a certificate to every node that has none, one
+        from another CA, for other names, or expiring within CERT_RENEW_MARGIN days.
+        The nodes issued."""
+        tls = self.spec.security.tls
+        if tls is None:
+            return []
+        import datetime as dt
+
+        from ninefold.security.ca import ca_key_path, load_ca, load_ca_cert
+        from ninefold.security.certs import issue_node_files, needs_issuing
+        from ninefold.security.files import NodeTlsFiles, TlsError
+
+        say = progress or _quiet
+        ca_path = tls.ca_path(self.spec_path.parent)
+        margin = dt.timedelta(days=CERT_RENEW_MARGIN)
+        try:
+            ca_cert = load_ca_cert(ca_path)
+            due = {}
+            for n in self.spec.nodes:
+                files = NodeTlsFiles.of_data_dir(self.data_dir(n.name))
+                why = needs_issuing(files, ca_cert, n, margin)
+                if why is not None:
+                    due[n.name] = why
+            if not due:
+                return []
+            ca = load_ca(ca_path, ca_key or ca_key_path(ca_path))
+            for name, why in due.items():
+                issue_node_files(ca, self.node(name), self.data_dir(name))
+                say(f"{name}: certificate issued ({why})")
+        except TlsError as exc:
+            raise LocalClusterError(
+                f"{exc} (node certificates are issued with the CA key)"
+            ) from None
+        return list(due)
+
     def wait_up(
         self, wait: float, progress: Progress | None = None, watch: dict[str, int] | None = None
     ) -> None:
@@ -199,7 +245,11 @@ class LocalCluster:
         deadline = time.monotonic() + wait
         names = [n.name for n in self.spec.nodes]
         state = "waiting for the agents"
-        with httpx.Client(timeout=HEALTH_TIMEOUT, trust_env=False) as http:
+        try:
+            verify = api_verify(self.spec)
+        except ApiError as exc:
+            raise StartFailed(exc.message) from None
+        with httpx.Client(timeout=HEALTH_TIMEOUT, trust_env=False, verify=verify) as http:
             while True:
                 for name, pid in watch.items():
                     if not self._is_agent(pid, name):

@@ -100,7 +100,10 @@ def test_unreachable_cluster_exits_3_in_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_init_writes_a_valid_spec_and_keeps_an_existing_one(tmp_path: Path) -> None:
+def test_init_writes_a_valid_spec_and_keeps_an_existing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NINEFOLD_CONFIG_ROOT", str(tmp_path / "config"))  # the CA goes there
     path = tmp_path / "ninefold.yaml"
     result = runner.invoke(app, ["init", str(path)])
     assert result.exit_code == 0, result.output

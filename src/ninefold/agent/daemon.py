@@ -20,11 +20,12 @@ from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
 from ninefold.gateway.engine import Engine, GatewaySettings
+from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.spec.loading import dump_spec
 from ninefold.store.base import Compare, Put, Store, StoreError
 from ninefold.store.embedded import find_etcd, member_argv, wait_for_quorum
-from ninefold.store.etcd import EtcdStore
+from ninefold.store.etcd import EtcdStore, TlsFiles
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 
 log = logging.getLogger("ninefold.agent")
@@ -43,9 +44,13 @@ def store_endpoints(spec: ClusterSpec, node: NodeSpec) -> list[str]:
     return endpoints
 
 
-def open_store(spec: ClusterSpec, node: NodeSpec | None = None) -> Store:
+def open_store(
+    spec: ClusterSpec, node: NodeSpec | None = None, tls: NodeTlsFiles | None = None
+) -> Store:
+    """The cluster's store; over mutual TLS with `tls` (a node's files)."""
     endpoints = store_endpoints(spec, node) if node else spec.store_endpoints()
-    return EtcdStore(endpoints, namespace(spec.cluster))
+    files = TlsFiles(tls.ca, tls.cert, tls.key) if tls is not None else None
+    return EtcdStore(endpoints, namespace(spec.cluster), tls=files)
 
 
 class Agent:
@@ -54,11 +59,17 @@ class Agent:
         self.node = spec.node(node)
         self.data_dir = data_dir or defaults.data_dir(spec.cluster, node)
         self.registry = LeftoverRegistry(self.data_dir / "run")
+        self.tls = NodeTlsFiles.of_data_dir(self.data_dir) if spec.security.tls else None
+        """This node's certificate files when the spec asks for mutual TLS."""
         self.etcd: SupervisedProcess | None = None
         self.store: Store | None = None
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
+        """Run until SIGTERM/SIGINT; TlsError (before anything starts) when the
+        spec asks for TLS and this node has no certificate files."""
+        if self.tls is not None:
+            self.tls.check(self.node.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         loop = asyncio.get_running_loop()
@@ -71,7 +82,7 @@ class Agent:
             log.info("leftovers: none")
         if self.spec.store.mode == "embedded" and self.node.store:
             await self._start_etcd()
-        self.store = open_store(self.spec, self.node)
+        self.store = open_store(self.spec, self.node, self.tls)
         try:
             await self._serve(self.store)
         finally:
@@ -80,7 +91,7 @@ class Agent:
                 await self.etcd.stop()
 
     async def _start_etcd(self) -> None:
-        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", find_etcd())
+        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", find_etcd(), self.tls)
         spec = ProcessSpec(
             name="etcd",
             argv=argv,
@@ -171,9 +182,11 @@ class Agent:
             create_app(store, self.spec, self.node.name, metrics, self.data_dir / "logs"),
             self.node.address,
             self.node.ports.api,
+            tls=self.tls,
         )
         if await api.start():
-            log.info("API on http://%s/v1/", self.node.host_port(self.node.ports.api))
+            scheme = "https" if self.tls is not None else "http"
+            log.info("API on %s://%s/v1/", scheme, self.node.host_port(self.node.ports.api))
         try:
             engine, feed_task = await self._start_gateway(store, lease)
         except BaseException:

@@ -15,6 +15,9 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
+from ninefold.security.files import NodeTlsFiles, TlsError
+from ninefold.security.tls import ReloadingServerContext
+
 log = logging.getLogger("ninefold.api")
 
 STOP_TIMEOUT = 5.0
@@ -44,10 +47,14 @@ def _listen(host: str, port: int) -> socket.socket:
 class ApiServer:
     """Serves `app` on host:port until stop()."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, tls: NodeTlsFiles | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.tls = tls
+        """With the node's TLS files: HTTPS, verifying a client certificate when
+        one is presented, reloading the files when they change."""
+        self.tls_context: ReloadingServerContext | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +71,14 @@ class ApiServer:
             )
             return False
         self.port = sock.getsockname()[1]
+        if self.tls is not None:
+            try:
+                self.tls_context = ReloadingServerContext(self.tls)
+            except TlsError as exc:
+                sock.close()
+                log.error("API on %s:%s not started: %s", self.host, self.port, exc)
+                return False
+        context = self.tls_context.context if self.tls_context is not None else None
         config = uvicorn.Config(
             self.app,
             host=self.host,
@@ -72,6 +87,7 @@ class ApiServer:
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=STOP_TIMEOUT,
+            ssl_context_factory=(lambda _c, _d: context) if context is not None else None,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._serve(self._server, sock), name="api")

@@ -34,9 +34,11 @@ from ninefold.client import (
     ApiError,
     ClusterClient,
     Conflict,
+    Forbidden,
     Invalid,
     NotFound,
     StoreUnavailable,
+    Unauthorized,
     Unreachable,
 )
 from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
@@ -44,10 +46,13 @@ from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
 
 EXIT_CODES: list[tuple[type[ApiError], int]] = [
     (Unreachable, EXIT_UNREACHABLE),
     (StoreUnavailable, EXIT_UNREACHABLE),
+    (Unauthorized, EXIT_DENIED),
+    (Forbidden, EXIT_DENIED),
     (NotFound, EXIT_USAGE),
     (Invalid, EXIT_USAGE),
     (Conflict, EXIT_FAILED),
@@ -67,17 +72,17 @@ kv_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kv_app, name="kv")
-app.add_typer(lab_app, name="lab")
-
-out = Console()
-err = Console(stderr=True)
-
 cert_app = typer.Typer(
     name="cert",
     help="Node certificates from the cluster CA: issue, rotate (docs/security.md).",
     no_args_is_help=True,
 )
 app.add_typer(cert_app, name="cert")
+app.add_typer(lab_app, name="lab")
+
+out = Console()
+err = Console(stderr=True)
+
 SpecOption = Annotated[
     Path,
     typer.Option(
@@ -132,14 +137,14 @@ def load(path: Path) -> ClusterSpec:
                 line += " (give one with --spec or NINEFOLD_SPEC, or write one: ninefold init)"
             err.print(line, highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(EXIT_USAGE) from None
+    if spec.security.tls is not None:  # a relative CA path is relative to the spec file
+        spec.security.tls.ca = str(spec.security.tls.ca_path(path.parent).absolute())
+    return spec
 
 
 def check_output(output: str, *choices: str) -> None:
     if output not in choices:
         raise fail(f"--output must be {' or '.join(choices)}, not {output!r}", EXIT_USAGE)
-    if spec.security.tls is not None:  # a relative CA path is relative to the spec file
-        spec.security.tls.ca = str(spec.security.tls.ca_path(path.parent).absolute())
-    return spec
 
 
 def connect(spec_path: Path) -> ClusterClient:
@@ -257,6 +262,26 @@ services:
 """
 
 
+TLS_SPEC = """
+# Mutual TLS between the nodes and to etcd, with certificates from the cluster
+# CA below (its key: {key}; keep it safe). `ninefold up` issues each node's
+# certificate; see docs/security.md.
+security:
+  tls: {{ca: {ca}}}
+"""
+
+CaKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-key",
+        envvar="NINEFOLD_CA_KEY",
+        help="The cluster CA's private key. Default: the spec's security.tls.ca with "
+        "the suffix .key. Also NINEFOLD_CA_KEY.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def init(
     file: Annotated[Path, typer.Argument(help="Where to write the spec.")] = DEFAULT_SPEC,
@@ -286,26 +311,6 @@ def init(
             show_default=False,
         ),
     ] = None,
-TLS_SPEC = """
-# Mutual TLS between the nodes and to etcd, with certificates from the cluster
-# CA below (its key: {key}; keep it safe). `ninefold up` issues each node's
-# certificate; see docs/security.md.
-security:
-  tls: {{ca: {ca}}}
-"""
-
-CaKeyOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-key",
-        envvar="NINEFOLD_CA_KEY",
-        help="The cluster CA's private key. Default: the spec's security.tls.ca with "
-        "the suffix .key. Also NINEFOLD_CA_KEY.",
-        show_default=False,
-    ),
-]
-
-
 ) -> None:
     """Write a starter spec (three nodes on 127.0.0.1-3, a replicated web service)
     and a cluster CA for mutual TLS."""
@@ -316,11 +321,6 @@ CaKeyOption = Annotated[
         raise fail(str(exc).splitlines()[0], EXIT_USAGE) from None
     if file.exists() and not force:
         raise fail(f"{file} exists; not overwriting it (--force to replace it)")
-    try:
-        file.write_text(text)
-    except OSError as exc:
-        raise fail(f"cannot write {file}: {exc.strerror or exc}") from None
-    hint = "ninefold up" if file == DEFAULT_SPEC else f"ninefold up --spec {file}"
     made = ""
     if tls:
         from ninefold.security.files import config_dir
@@ -328,6 +328,11 @@ CaKeyOption = Annotated[
         key_path = (ca_key or config_dir(cluster) / "ca.key").absolute()
         cert_path, made = _cluster_ca(cluster, key_path, force)
         text += TLS_SPEC.format(key=key_path, ca=json.dumps(str(cert_path)))
+    try:
+        file.write_text(text)
+    except OSError as exc:
+        raise fail(f"cannot write {file}: {exc.strerror or exc}") from None
+    hint = "ninefold up" if file == DEFAULT_SPEC else f"ninefold up --spec {file}"
     say(f"wrote {file}{made}; start its nodes on this machine with: {hint}")
 
 
@@ -499,12 +504,12 @@ def agent(
     for noisy in ("grpc", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ninefold.agent.daemon import run_agent
+    from ninefold.security.files import TlsError
     from ninefold.store.embedded import EtcdNotFound
 
     try:
         run_agent(cluster, node, data_dir)
     except (EtcdNotFound, TlsError) as exc:
-    from ninefold.security.files import TlsError
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
@@ -526,13 +531,13 @@ def up(
         float,
         typer.Option("--wait", min=0, help="Seconds to wait for every node to be up (0: none)."),
     ] = 90.0,
+    ca_key: CaKeyOption = None,
 ) -> None:
     """Start every node of the spec on this machine, each agent in the background
     (with security.tls, first issuing each node a certificate it lacks)."""
     from ninefold.local import LocalClusterError, NotLocal
 
     cluster = local_cluster(spec)
-    ca_key: CaKeyOption = None,
     try:
         cluster.check_local()
         with progress(f"starting cluster {cluster.spec.cluster}") as report:
@@ -1037,3 +1042,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# The token commands use this module's helpers, so they come last.
+from ninefold.cli.token import token_app  # noqa: E402
+
+app.add_typer(token_app, name="token")

@@ -102,6 +102,14 @@ class _Attempt:
     index: int | None = None
 
 
+TLS_CHECK_EVERY = 1.0
+"""Seconds between two looks at the TLS files' modification times: when they
+change (`ninefold cert rotate`), new requests go over new channels built with
+the new files."""
+RETIRED_CHANNEL_GRACE = 30.0
+"""Seconds a channel replaced by one with new TLS files stays open for the
+calls and watches still on it (a closed watch is simply made again)."""
+
 FAILBACK_AFTER = 10.0  # TODO(defaults)
 """Seconds after failing over to another member before trying the first
 (this node's own) member again."""
@@ -159,6 +167,18 @@ def _range_end(start: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
+def _tls_stamp(tls: TlsFiles) -> tuple[int, ...]:
+    """Modification time and inode of each TLS file (0s for a missing one)."""
+    out: list[int] = []
+    for path in (tls.ca, tls.cert, tls.key):
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        out += [st.st_mtime_ns, st.st_ino] if st is not None else [0, 0]
+    return tuple(out)
+
+
 def _credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     def read(path: Path | str | None) -> bytes | None:
         if path is None:
@@ -195,6 +215,9 @@ class EtcdStore(Store):
         self._prefix = namespace.encode()
         self._timeout = timeout
         self._tls = tls
+        self._tls_stamp = _tls_stamp(tls) if tls is not None else ()
+        self._tls_checked = time.monotonic()
+        self._retired: list[tuple[float, grpc.aio.Channel]] = []
         self._stubs: list[_Stubs | None] = [None] * len(self._addresses)
         self._current = 0
         self._failed_over_at = 0.0
@@ -317,9 +340,31 @@ class EtcdStore(Store):
             return
         self._closed = True
         stubs, self._stubs = self._stubs, [None] * len(self._addresses)
+        retired, self._retired = self._retired, []
         for each in stubs:
             if each is not None:
                 await each.channel.close()
+        for _, channel in retired:
+            await channel.close()
+
+    async def _follow_tls_files(self) -> None:
+        """New channels (with the files' new contents) once the TLS files changed;
+        close channels retired long enough ago."""
+        now = time.monotonic()
+        if self._tls is None or now - self._tls_checked < TLS_CHECK_EVERY:
+            return
+        self._tls_checked = now
+        stamp = _tls_stamp(self._tls)
+        if stamp != self._tls_stamp:
+            self._tls_stamp = stamp
+            log.info("store TLS files changed: new connections use them")
+            for i, stubs in enumerate(self._stubs):
+                if stubs is not None:
+                    self._retired.append((now, stubs.channel))
+                    self._stubs[i] = None
+        while self._retired and now - self._retired[0][0] > RETIRED_CHANNEL_GRACE:
+            _, channel = self._retired.pop(0)
+            await channel.close()
 
     # -- store membership (etcd only: the leader agent keeps etcd's raft leader
     #    off nodes whose loss would also cost a failover, see agent/store_leadership.py)
@@ -371,6 +416,7 @@ class EtcdStore(Store):
         (15 s), each of them waiting out its deadline."""
         if self._closed:
             raise StoreError("store is closed")
+        await self._follow_tls_files()
         if self._current and time.monotonic() - self._failed_over_at > FAILBACK_AFTER:
             self._current = 0
         index = self._current

@@ -1,0 +1,109 @@
+"""SSL contexts for the agent's API and for clients of it.
+
+The API's context follows its files: `ReloadingServerContext` checks the
+node's certificate and key files at most every `RELOAD_CHECK_EVERY` seconds
+(on a TLS handshake, from the event loop: a stat and a few KB read) and moves
+new handshakes to a fresh context when they changed. Connections already open
+keep the certificate they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from pathlib import Path
+
+from ninefold.security.files import NodeTlsFiles, TlsError
+
+log = logging.getLogger("ninefold.security")
+
+RELOAD_CHECK_EVERY = 1.0
+"""Seconds between two looks at a node's certificate files."""
+
+
+def server_context(files: NodeTlsFiles) -> ssl.SSLContext:
+    """TLS 1.2+ server context with the node's certificate that verifies a client
+    certificate when one is presented (CERT_OPTIONAL): a certificate from
+    another CA, or an expired one, fails the handshake; no certificate passes
+    (people and the CLI authenticate with bearer tokens instead)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+        ctx.load_verify_locations(cafile=files.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load TLS files in {files.directory}: {_reason(exc)}") from None
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """Client context trusting only the cluster CA, presenting `cert` if given."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load TLS files ({ca}): {_reason(exc)}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    return str(exc)
+
+
+class ReloadingServerContext:
+    """A server context whose certificate follows the files on disk."""
+
+    def __init__(self, files: NodeTlsFiles) -> None:
+        self.files = files
+        self._stamp = self._stat()
+        self._current = server_context(files)
+        self._checked = time.monotonic()
+        self.context = server_context(files)
+        """The context to give the server: it hands each handshake to the current one."""
+        self.context.sni_callback = self._choose
+        self.reloads = 0
+
+    def _stat(self) -> tuple[int, ...]:
+        out: list[int] = []
+        for path in (self.files.ca, self.files.cert, self.files.key):
+            try:
+                st = path.stat()
+            except OSError:
+                out += [0, 0]
+            else:
+                out += [st.st_mtime_ns, st.st_ino]
+        return tuple(out)
+
+    def current(self) -> ssl.SSLContext:
+        now = time.monotonic()
+        if now - self._checked >= RELOAD_CHECK_EVERY:
+            self._checked = now
+            self.reload()
+        return self._current
+
+    def reload(self) -> bool:
+        """Load the files again if they changed; False if they did not or cannot
+        be loaded now (mid-rotation: the next look tries again)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        try:
+            fresh = server_context(self.files)
+        except TlsError as exc:
+            log.warning("keeping the current certificate: %s", exc)
+            return False
+        self._current, self._stamp = fresh, stamp
+        self.reloads += 1
+        log.info("API certificate reloaded from %s", self.files.cert)
+        return True
+
+    def _choose(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        sock.context = self.current()
