@@ -133,3 +133,21 @@ VIP_CHECK_RISE = 2
 VIP_PREFER_GRACE = 1.0
 """Seconds a node waits for a more preferred, eligible node to take a free VIP
 before it campaigns itself."""
+
+# --- gateway TLS and access policy -------------------------------------------------
+GATEWAY_HTTPS_PORT = 8443
+"""The gateway's TLS listener when `gateway.tls` is set (same port on every node)."""
+GATEWAY_TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Longest TLS handshake a client may take (builtin engine)."""
+GATEWAY_TLS_CHECK_INTERVAL = 5.0
+"""How often the gateway looks whether its certificate files changed (a rotated
+node certificate is served from the next connection on, without a restart)."""
+ACCESS_JWT_LEEWAY = 30.0
+"""Clock skew allowed when checking a token's exp, nbf and iat."""
+ACCESS_ROLES_CLAIM = "authorities"
+"""The claim holding a token's roles (seed 000's layout, Spring Security's)."""
+ACCESS_SUBJECT_HEADER = "X-Subject"
+"""The request header that passes a verified token's `sub` on to the instance."""
+ACCESS_HAPROXY_ARRAY_MAX = 16
+"""The haproxy engine reads at most this many entries of the roles claim and
+of `aud` (HAProxy 2.6's json_query cannot iterate an array)."""

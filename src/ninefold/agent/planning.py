@@ -93,7 +93,7 @@ def generation(state: ClusterState, service: str) -> str:
     spec = state.spec.services[service]
     # How many run and where is the scheduler's business, how traffic reaches
     # them the gateways': neither changes what an instance runs.
-    runs = spec.model_dump_json(exclude={"replicas", "placement", "route", "balance"})
+    runs = spec.model_dump_json(exclude={"replicas", "placement", "route", "balance", "access"})
     text = runs + "\0" + state.restart_nonces.get(service, "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

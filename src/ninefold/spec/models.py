@@ -31,6 +31,7 @@ from pydantic import (
 
 from ninefold import defaults
 
+from .access import AccessSpec
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
@@ -420,6 +421,8 @@ class ServiceSpec(_Model):
     balance: BalanceSpec = Field(default_factory=BalanceSpec)
     vip: VipSpec | None = None
     """A floating address held by the node running the active instance."""
+    access: AccessSpec | None = None
+    """A JWT required on requests through the gateways, roles per path."""
 
     @model_validator(mode="before")
     @classmethod
@@ -508,6 +511,8 @@ class ServiceSpec(_Model):
             out += self._check_problems(self.check)
         if self.route is not None:
             out += self._route_problems(self.route)
+        if self.access is not None:
+            out += self.access.problems(self.route)
         for loc, template in self.templates():
             out += [
                 Problem(loc, m)
@@ -601,6 +606,8 @@ def cluster_problems(
             out += placement_problems(name, service, nodes)
     out += route_problems(services, nodes or [])
     out += vip_problems(services, nodes, gateway)
+    if gateway is not None:
+        out += gateway.port_problems(nodes, services)
     return out
 
 

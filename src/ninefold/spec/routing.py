@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ninefold import defaults
 
+from .access import AbsolutePath
 from .duration import Duration
+from .errors import Problem
 from .vip import VipSpec
+
+if TYPE_CHECKING:
+    from .models import NodeSpec, ServiceSpec
 
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 
@@ -75,6 +81,29 @@ class BalanceSpec(_Model):
     drain_timeout: Duration = defaults.DRAIN_TIMEOUT
 
 
+class GatewayTlsSpec(_Model):
+    """TLS termination at every node's gateway, for HTTP routes."""
+
+    cert: AbsolutePath | None = None
+    """PEM certificate (chain) to present; None with `key` None: the node's
+    certificate from the cluster CA (`<data-dir>/tls/node.crt`)."""
+    key: AbsolutePath | None = None
+    """PEM private key of `cert`."""
+    port: Annotated[int, Field(ge=1, le=65535)] = defaults.GATEWAY_HTTPS_PORT
+    """The TLS listener, on every node's address (and the gateway VIP)."""
+    redirect_http: bool = False
+    """Answer every plain-HTTP request with a redirect to https (301 for GET
+    and HEAD, 308 otherwise) instead of serving it."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "give both cert and key, or neither (the node's certificate from the cluster CA)"
+            )
+        return self
+
+
 class GatewaySpec(_Model):
     """The gateway every node runs."""
 
@@ -84,3 +113,22 @@ class GatewaySpec(_Model):
     vip: VipSpec | None = None
     """A floating address held by one node whose gateway answers (seeds 003/004's
     keepalived pair); clients use it to reach the gateway on any node."""
+    tls: GatewayTlsSpec | None = None
+    """TLS termination for HTTP routes, on a port of its own."""
+
+    def port_problems(
+        self, nodes: list[NodeSpec] | None, services: Mapping[str, ServiceSpec]
+    ) -> list[Problem]:
+        """The TLS port must be none of an agent's ports nor a TCP route's."""
+        if self.tls is None:
+            return []
+        port = self.tls.port
+        loc = ("gateway", "tls", "port")
+        for node in nodes or []:
+            for kind, bound in node.bound_ports(node.store):
+                if bound == port:
+                    return [Problem(loc, f"port {port} is node '{node.name}'s {kind} port")]
+        for name, service in services.items():
+            if service.route is not None and service.route.tcp == port:
+                return [Problem(loc, f"port {port} is also the tcp route of '{name}'")]
+        return []
