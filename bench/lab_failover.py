@@ -109,7 +109,7 @@ class Sampler:
             began = time.monotonic()
             try:
                 held = {n: self.lab.addresses(n) for n in self.lab.nodes}
-            except (OSError, RuntimeError, ValueError):
+            except Exception:  # e.g. an `ip` killed with a node (lab.kill)
                 self._stop.wait(0.1)
                 continue
             holders = {v: [n for n, a in held.items() if v in a] for v in (VIP, DB_VIP)}

@@ -79,7 +79,7 @@ class HolderSampler:
             began = time.monotonic()
             try:
                 held = {n: self.lab.addresses(n) for n in self.lab.nodes}
-            except (OSError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # e.g. an `ip` killed with a node (lab.kill)
                 self.errors.append(repr(exc))
                 self._stop.wait(0.1)
                 continue
