@@ -4,11 +4,13 @@ instances being drained what it still has in flight to them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 
 from ninefold import defaults
 from ninefold.agent.changes import ChangeSignal
+from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import read_spec
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.records import (
@@ -19,6 +21,7 @@ from ninefold.agent.records import (
     gateway_key,
 )
 from ninefold.gateway.engine import Engine, GatewaySettings
+from ninefold.gateway.policies import AccessPolicies
 from ninefold.gateway.routes import RoutingTable, build_table
 from ninefold.spec import ClusterSpec
 from ninefold.store.base import Store, StoreError
@@ -32,9 +35,17 @@ DRAIN_POLL = 0.05
 
 class GatewayFeed:
     def __init__(
-        self, store: Store, node: str, lease: LeaseKeeper, engine: Engine, spec: ClusterSpec
+        self,
+        store: Store,
+        node: str,
+        lease: LeaseKeeper,
+        engine: Engine,
+        spec: ClusterSpec,
+        journal: EventJournal | None = None,
     ) -> None:
         self._store = store
+        self._journal = journal or EventJournal(store, node)
+        self._policies = AccessPolicies()
         self._node = node
         self._lease = lease
         self.engine = engine
@@ -65,7 +76,8 @@ class GatewayFeed:
         self._spec = await read_spec(self._store, self._spec)
         listing = await self._store.list(STATUS)
         statuses = [InstanceStatus.decode(i.value) for i in listing.items]
-        table = build_table(self._spec, statuses)
+        policies = await self._policies.update(self._spec, self._journal)
+        table = build_table(self._spec, statuses, policies)
         set_checks = getattr(self.engine, "set_checks", None)
         if set_checks is not None and self._spec is not self._configured:
             from ninefold.gateway.haproxy import checks_for
@@ -107,6 +119,8 @@ def engine_name(name: str) -> str:
 
 def make_engine(spec: ClusterSpec, settings: GatewaySettings, registry: LeftoverRegistry) -> Engine:
     """The node's gateway engine, configured from the spec."""
+    if settings.tls is None and spec.gateway.tls is not None:
+        settings = dataclasses.replace(settings, tls=spec.gateway.tls)
     if engine_name(spec.gateway.engine) == "haproxy":
         from ninefold.gateway.haproxy import HaproxyEngine, checks_for
 

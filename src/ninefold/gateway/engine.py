@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ninefold.gateway.routes import RoutingTable
+from ninefold.spec.routing import GatewayTlsSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the latency histogram every engine reports."""
@@ -71,6 +72,13 @@ class GatewaySettings:
     vips: tuple[str, ...] = ()
     """Floating addresses to listen on as well, whether or not this node holds
     them now (IP_FREEBIND): traffic arrives once the VIP does."""
+    node_cert: Path | None = None
+    node_key: Path | None = None
+    """This node's certificate and key from the cluster CA: what `gateway.tls`
+    without cert and key serves."""
+    tls: GatewayTlsSpec | None = None
+    """`gateway.tls` (make_engine takes it from the spec); the engine resolves
+    its files when it starts (gateway/tls.py)."""
 
 
 def freebind_socket(address: str, port: int) -> socket.socket:

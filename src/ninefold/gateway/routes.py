@@ -8,7 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ninefold.agent.records import InstanceStatus
+from ninefold.gateway.access import AccessPolicy
 from ninefold.spec import ClusterSpec
+from ninefold.spec.access import AccessSpec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
 
 DEFAULT_WEIGHT = 100
@@ -35,6 +37,8 @@ class ServiceRoutes:
     route: RouteSpec
     balance: BalanceSpec
     backends: tuple[Backend, ...] = ()
+    access: AccessPolicy | None = None
+    """The service's access policy, keys loaded (None: no policy)."""
 
     @property
     def live(self) -> tuple[Backend, ...]:
@@ -110,7 +114,14 @@ def routable(status: InstanceStatus, mode: str) -> bool:
     return mode != "active-passive" or status.role == "active"
 
 
-def build_table(spec: ClusterSpec, statuses: Iterable[InstanceStatus]) -> RoutingTable:
+def build_table(
+    spec: ClusterSpec,
+    statuses: Iterable[InstanceStatus],
+    policies: Mapping[str, AccessPolicy] | None = None,
+) -> RoutingTable:
+    """The table for `spec` and the instances' status. `policies`: the loaded
+    access policies by service; a service whose policy is missing from it gets
+    one that refuses every request (never routed unprotected)."""
     by_service: dict[str, list[Backend]] = {}
     for status in statuses:
         service = spec.services.get(status.service)
@@ -135,8 +146,20 @@ def build_table(spec: ClusterSpec, statuses: Iterable[InstanceStatus]) -> Routin
             route=svc.route,
             balance=svc.balance,
             backends=tuple(sorted(by_service.get(name, []), key=lambda b: b.instance)),
+            access=_policy(name, svc.access, policies or {}),
         )
         for name, svc in sorted(spec.services.items())
         if svc.route is not None
     }
     return RoutingTable(services)
+
+
+def _policy(
+    name: str, spec: AccessSpec | None, policies: Mapping[str, AccessPolicy]
+) -> AccessPolicy | None:
+    if spec is None:
+        return None
+    policy = policies.get(name)
+    if policy is not None and policy.spec == spec:
+        return policy
+    return AccessPolicy(name, spec, (), "keys not loaded yet")

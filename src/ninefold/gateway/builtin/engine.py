@@ -5,7 +5,9 @@ connections to backends, TCP routes spliced byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +25,14 @@ from ninefold.gateway.engine import (
     freebind_socket,
 )
 from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+from ninefold.gateway.tls import (
+    CertificateWatch,
+    GatewayTlsError,
+    TlsSettings,
+    load_chain,
+    resolve_tls,
+    server_context,
+)
 
 log = logging.getLogger("ninefold.gateway")
 
@@ -37,6 +47,7 @@ class ServiceState:
     """What the engine keeps per service of the applied table."""
 
     __slots__ = (
+        "access",
         "balancer",
         "client_timeout",
         "connect_timeout",
@@ -48,6 +59,7 @@ class ServiceState:
         "routes",
         "server_timeout",
         "sticky",
+        "subject_header",
         "total",
     )
 
@@ -67,6 +79,10 @@ class ServiceState:
         self.client_timeout = spec.timeouts.client
         self.sticky = balance.Sticky(spec.sticky.cookie, self.live) if spec.sticky else None
         self.cookie_headers: dict[str, bytes] = {}
+        self.access = routes.access
+        self.subject_header = (
+            routes.access.spec.jwt.subject_header.encode() if routes.access is not None else b""
+        )
         for backend in routes.backends:
             metrics.backends.setdefault(backend.key, Counters())
 
@@ -121,28 +137,33 @@ class BuiltinEngine(Engine):
         self.tasks: set[asyncio.Task[object]] = set()
         self.port = settings.http_port
         """The HTTP port listened on (the one chosen when settings ask for 0)."""
+        self.tls: TlsSettings | None = None
+        self.tls_port: int | None = None
+        """The TLS port listened on, when gateway.tls is set."""
+        self._tls_context: ssl.SSLContext | None = None
+        self._tls_watcher: asyncio.Task[None] | None = None
 
     # --- Engine -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        main = await self.loop.create_server(
-            lambda: ClientConnection(self),
-            self.settings.address,
-            self.settings.http_port,
-            reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
-        self._servers = [main]
-        if main.sockets:
-            self.port = main.sockets[0].getsockname()[1]
-        for vip in self.settings.vips:
-            sock = freebind_socket(vip, self.port)
-            self._servers.append(
-                await self.loop.create_server(
-                    lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG
-                )
-            )
+        settings = self.settings
+        tls = resolve_tls(settings.tls, settings.node_cert, settings.node_key)
+        if tls is not None:
+            self._tls_context = await asyncio.to_thread(server_context, tls)
+        self.tls = tls
+        redirect = tls.port if tls is not None and tls.redirect_http else None
+        try:
+            await self._listen_http(redirect)
+            if tls is not None:
+                await self._listen_https(tls)
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
+        if tls is not None:
+            self._tls_watcher = self.loop.create_task(self._watch_certificate(tls))
         self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
         for port in self._routing.tcp:
             await self._listen_tcp(port)
@@ -189,6 +210,11 @@ class BuiltinEngine(Engine):
         }
 
     async def stop(self) -> None:
+        if self._tls_watcher is not None:
+            self._tls_watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watcher
+            self._tls_watcher = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -284,6 +310,63 @@ class BuiltinEngine(Engine):
         return pool
 
     # --- internals --------------------------------------------------------------------------
+
+    async def _listen_http(self, redirect: int | None) -> None:
+        """The plain HTTP listener (redirecting to https on port `redirect` if set)."""
+
+        def factory() -> ClientConnection:
+            return ClientConnection(self, redirect=redirect)
+
+        main = await self.loop.create_server(
+            factory,
+            self.settings.address,
+            self.settings.http_port,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        self._servers.append(main)
+        if main.sockets:
+            self.port = main.sockets[0].getsockname()[1]
+        for vip in self.settings.vips:
+            sock = freebind_socket(vip, self.port)
+            self._servers.append(
+                await self.loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
+            )
+
+    async def _listen_https(self, tls: TlsSettings) -> None:
+        def factory() -> ClientConnection:
+            return ClientConnection(self, scheme=b"https")
+
+        options = {
+            "ssl": self._tls_context,
+            "ssl_handshake_timeout": defaults.GATEWAY_TLS_HANDSHAKE_TIMEOUT,
+            "backlog": LISTEN_BACKLOG,
+        }
+        server = await self.loop.create_server(
+            factory, self.settings.address, tls.port, reuse_address=True, **options
+        )
+        self._servers.append(server)
+        self.tls_port = server.sockets[0].getsockname()[1] if server.sockets else tls.port
+        for vip in self.settings.vips:
+            sock = freebind_socket(vip, self.tls_port)
+            self._servers.append(await self.loop.create_server(factory, sock=sock, **options))
+
+    async def _watch_certificate(self, tls: TlsSettings) -> None:
+        """Serve a rotated certificate from the next connection on."""
+        watch = CertificateWatch(tls)
+        while True:
+            await asyncio.sleep(defaults.GATEWAY_TLS_CHECK_INTERVAL)
+            if not await asyncio.to_thread(watch.changed):
+                continue
+            assert self._tls_context is not None
+            try:
+                # In the loop's thread: handshakes use the context meanwhile
+                # (two small files, once per rotation).
+                load_chain(self._tls_context, tls)
+            except GatewayTlsError as exc:
+                log.error("gateway keeps its old certificate: %s", exc)
+            else:
+                log.info("gateway certificate reloaded from %s", tls.cert)
 
     async def _listen_tcp(self, port: int) -> None:
         servers = self._listeners.setdefault(port, [])

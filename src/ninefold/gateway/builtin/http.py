@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from bisect import bisect_left
 from collections import deque
 from http import HTTPStatus
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
 
 from ninefold import defaults
+from ninefold.gateway import access
 from ninefold.gateway.balance import NOTHING
 from ninefold.gateway.builtin.pool import (
     BODY_CHUNKED,
@@ -56,7 +58,14 @@ _REQ_DROP = frozenset(
         b"x-forwarded-host",
     }
 )
-_REQ_WATCH = _REQ_DROP | {b"host", b"content-length", b"transfer-encoding", b"cookie"}
+_REQ_WATCH = _REQ_DROP | {
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"cookie",
+    b"authorization",
+}
+_REDIRECT_HOST = re.compile(rb"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
 _RESP_DROP = frozenset(
     {
         b"connection",
@@ -80,16 +89,24 @@ def answered(counters: Counters, cls: str) -> None:
 
 
 def error_response(
-    status: int, body: dict[str, Any], keep_alive: bool, head_only: bool = False
+    status: int,
+    body: dict[str, Any],
+    keep_alive: bool,
+    head_only: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """A short JSON answer from the gateway itself."""
+    """A short JSON answer from the gateway itself; `extra`: more header lines."""
     payload = json.dumps(body, separators=(", ", ": ")).encode() + b"\n"
-    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        status,
-        HTTPStatus(status).phrase.encode(),
-        len(payload),
-        b"" if keep_alive else b"Connection: close\r\n",
-        b"" if head_only else payload,
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
+        % (
+            status,
+            HTTPStatus(status).phrase.encode(),
+            len(payload),
+            extra,
+            b"" if keep_alive else b"Connection: close\r\n",
+            b"" if head_only else payload,
+        )
     )
 
 
@@ -119,6 +136,8 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "paused",
         "queue",
+        "redirect",
+        "scheme",
         "timeout",
         "timer",
         "timer_due",
@@ -127,8 +146,14 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, engine: BuiltinEngine) -> None:
+    def __init__(
+        self, engine: BuiltinEngine, scheme: bytes = b"http", redirect: int | None = None
+    ) -> None:
+        """`scheme`: what X-Forwarded-Proto says (https on the TLS listener);
+        `redirect`: answer every request with a redirect to https on that port."""
         self.engine = engine
+        self.scheme = scheme
+        self.redirect = redirect
         self.loop = engine.loop
         self.parser = HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -429,6 +454,7 @@ class Exchange:
         cl = None
         te = False
         options = None
+        authorization: list[bytes] = []
         parts = [self.method, b" ", b"", b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             lname = name.lower()
@@ -447,6 +473,8 @@ class Exchange:
                     te = True
                 elif lname == b"cookie":
                     self.cookie = value if self.cookie is None else self.cookie + b"; " + value
+                elif lname == b"authorization":
+                    authorization.append(value)
             parts += (name, b": ", value, b"\r\n")
         if options:
             parts = parts[:4]
@@ -475,6 +503,8 @@ class Exchange:
             if parsed.host:
                 host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
             url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        if client.redirect is not None:
+            return self.redirect(host, url, client.redirect)
         match = engine.match(host, url)
         if match is None:
             host_text = host.decode("latin-1") if host is not None else None
@@ -486,11 +516,19 @@ class Exchange:
         total = svc.total
         total.requests += 1
         total.active += 1
+        if svc.access is not None:
+            decision = access.authorize(svc.access, authorization, path_out.decode("latin-1"))
+            if type(decision) is access.Deny:
+                return self.refuse(decision)
+            parts = _without_header(parts, svc.subject_header.lower())
+            subject = decision.subject  # type: ignore[union-attr]
+            if subject is not None:
+                parts += (svc.subject_header, b": ", subject.encode(), b"\r\n")
 
         parts[2] = path_out
         ip = client.ip_bytes
         parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff else ip, b"\r\n")
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        parts += (b"X-Forwarded-Proto: ", client.scheme, b"\r\n")
         if host is not None:
             parts += (b"X-Forwarded-Host: ", host, b"\r\n\r\n")
             self.head = b"".join(parts)
@@ -827,16 +865,50 @@ class Exchange:
             self.client.abort()
         self.client.exchange_done(self, keep_alive, now)
 
-    def fail(self, status: int, body: dict[str, Any]) -> None:
-        """Answer the client from the gateway: nothing could serve the request."""
+    def fail(
+        self, status: int, body: dict[str, Any], extra: bytes = b"", cls: str = "error"
+    ) -> None:
+        """Answer the client from the gateway: nothing could serve the request
+        (or the access policy refused it, counted as `cls`); `extra`: more header lines."""
         if self.finished:
             return
         if self.response_started:
             self._finish("error", keep_alive=False, abort=True)
             return
         keep_alive = self.keep_alive and self.req_done
-        self.client.write(error_response(status, body, keep_alive, self.is_head))
-        self._finish("error", keep_alive)
+        self.client.write(error_response(status, body, keep_alive, self.is_head, extra))
+        self._finish(cls, keep_alive)
+
+    def refuse(self, deny: access.Deny) -> None:
+        """Answer a request the service's access policy refuses: no backend sees it."""
+        svc = self.svc
+        assert svc is not None
+        challenge = access.challenge(svc.name, deny)
+        extra = b"WWW-Authenticate: %s\r\n" % challenge.encode() if challenge else b""
+        # a refusal is the client's doing (4xx); an unloadable policy is ours
+        cls = "error" if deny.status >= 500 else _CLASS[deny.status // 100]
+        self.fail(deny.status, access.body(svc.name, deny), extra, cls)
+
+    def redirect(self, host: bytes | None, url: bytes, port: int) -> None:
+        """The plain-HTTP listener with redirect_http: send the client to https."""
+        name = host.rsplit(b":", 1)[0] if host and not host.endswith(b"]") else host
+        if not name or not _REDIRECT_HOST.fullmatch(name):
+            address = self.engine.settings.address
+            name = (f"[{address}]" if ":" in address else address).encode()
+        target = url if url.startswith(b"/") else b"/"
+        location = b"https://%s%s%s" % (name, b"" if port == 443 else b":%d" % port, target)
+        status = 301 if self.method in (b"GET", b"HEAD") else 308
+        keep_alive = self.keep_alive and self.req_done
+        self.client.write(
+            b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\n%s\r\n"
+            % (
+                status,
+                HTTPStatus(status).phrase.encode(),
+                location,
+                b"" if keep_alive else b"Connection: close\r\n",
+            )
+        )
+        self._finish(None, keep_alive)
 
     def abort(self) -> None:
         """The client went away (or timed out): give up the exchange."""
@@ -848,3 +920,13 @@ class Exchange:
         svc = self.svc
         if svc is not None:
             svc.total.active -= 1
+
+
+def _without_header(parts: list[bytes], lname: bytes) -> list[bytes]:
+    """The request head parts (method line, then name/": "/value/CRLF groups)
+    without the header `lname` (lower case): a client must not set it itself."""
+    kept = parts[:4]
+    for i in range(4, len(parts), 4):
+        if parts[i].lower() != lname:
+            kept += parts[i : i + 4]
+    return kept

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ninefold import defaults
 from ninefold.gateway.engine import GatewaySettings
+from ninefold.gateway.haproxy.access import access_rules
 from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
 from ninefold.spec import ClusterSpec
 from ninefold.spec.models import CheckSpec
@@ -73,6 +74,8 @@ class Paths:
     config: str
     master_socket: str
     stats_socket: str
+    tls_pem: str
+    """Certificate and key in one file (mode 0600), for `bind ... ssl crt`."""
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> Paths:
@@ -82,6 +85,7 @@ class Paths:
             config=str(run / "haproxy.cfg"),
             master_socket=str(sockets / "haproxy-master.sock"),
             stats_socket=str(sockets / "haproxy-stats.sock"),
+            tls_pem=str(run / "gateway-tls.pem"),
         )
 
 
@@ -227,12 +231,53 @@ def _quoted(value: str, what: str) -> str:
     return f"'{value}'"
 
 
-def _binds(settings: GatewaySettings, port: int) -> list[str]:
+def _binds(settings: GatewaySettings, port: int, ssl: str = "") -> list[str]:
     """The node's own address, and each VIP (`transparent`: even before this
-    node holds it; HAProxy 2.6 has no `freebind`, and needs CAP_NET_ADMIN)."""
-    out = [f"    bind {_address(settings.address, port)}"]
-    out += [f"    bind {_address(vip, port)} transparent" for vip in settings.vips]
+    node holds it; HAProxy 2.6 has no `freebind`, and needs CAP_NET_ADMIN);
+    `ssl`: the TLS options of the bind, if any."""
+    out = [f"    bind {_address(settings.address, port)}{ssl}"]
+    out += [f"    bind {_address(vip, port)} transparent{ssl}" for vip in settings.vips]
     return out
+
+
+REDIRECT_HOST = r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$"
+"""A Host (without its port) a redirect may name; else the node's address."""
+
+
+def _tls_lines(settings: GatewaySettings, paths: Paths) -> list[str]:
+    """TLS binds, X-Forwarded-Proto, and the redirect of plain HTTP if asked."""
+    tls = settings.tls
+    if tls is None:
+        return ["    http-request set-header X-Forwarded-Proto http"]
+    ssl = f" ssl crt {_quoted(paths.tls_pem, 'run_dir')} ssl-min-ver TLSv1.2 alpn http/1.1"
+    out = _binds(settings, tls.port, ssl)
+    out += [
+        "    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+        "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
+    ]
+    if tls.redirect_http:
+        port = "" if tls.port == 443 else f":{tls.port}"
+        host = "%[req.hdr(host),regsub(:[0-9]+$,)]"
+        address = f"[{settings.address}]" if ":" in settings.address else settings.address
+        out.append(
+            "    acl nf_redirect_host req.hdr(host),regsub(:[0-9]+$,) -m reg "
+            + _quoted_pattern(REDIRECT_HOST)
+        )
+        for where, condition in ((host, " nf_redirect_host"), (address, "")):
+            location = f"https://{where}{port}%[pathq]"
+            out += [
+                f"    http-request redirect location {location} code 301"
+                f" if !{{ ssl_fc }}{condition} {{ method GET HEAD }}",
+                f"    http-request redirect location {location} code 308"
+                f" if !{{ ssl_fc }}{condition}",
+            ]
+    return out
+
+
+def _quoted_pattern(pattern: str) -> str:
+    """A regex in single quotes (HAProxy takes backslashes literally there)."""
+    assert "'" not in pattern
+    return f"'{pattern}'"
 
 
 def _address(address: str, port: int) -> str:
@@ -297,7 +342,7 @@ def render(
         *_binds(settings, settings.http_port),
         f"    timeout client {_ms(client_timeout)}",
         "    option forwardfor",
-        "    http-request set-header X-Forwarded-Proto http",
+        *_tls_lines(settings, paths),
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"
         " if { req.hdr(host) -m found }",
     ]
@@ -312,7 +357,7 @@ def render(
         f" lf-string '{NO_ROUTE_BODY}'",
     ]
     for routes in http:
-        out += _backend(routes, checks.get(routes.service), slots, cookie_key)
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings.run_dir)
     for port, routes in sorted(table.tcp().items()):
         out += [
             "",
@@ -322,7 +367,7 @@ def render(
             f"    timeout client {_ms(routes.balance.timeouts.client)}",
             f"    default_backend {backend_name(routes.service)}",
         ]
-        out += _backend(routes, checks.get(routes.service), slots, cookie_key)
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings.run_dir)
     return "\n".join(out) + "\n"
 
 
@@ -347,7 +392,11 @@ def _http_rules(routes: ServiceRoutes) -> list[str]:
 
 
 def _backend(
-    routes: ServiceRoutes, check: CheckSpec | None, slots: SlotMap, cookie_key: str
+    routes: ServiceRoutes,
+    check: CheckSpec | None,
+    slots: SlotMap,
+    cookie_key: str,
+    run_dir: Path,
 ) -> list[str]:
     name, route, balance = routes.service, routes.route, routes.balance
     is_http = route.mode == "http"
@@ -381,6 +430,8 @@ def _backend(
         bare = re.escape(prefix.rstrip("/"))
         pattern = _quoted(f"^{bare}(/|$)(.*)", f"service {name}: path")
         lines.append(f"    http-request replace-path {pattern} '/\\2'")
+    if is_http and routes.access is not None:
+        lines += access_rules(routes.access, run_dir, _quoted)
     if is_http and balance.sticky is not None:
         cookie = _quoted(balance.sticky.cookie, f"service {name}: cookie")
         lines += [
@@ -423,7 +474,7 @@ def _weight(backend: Backend) -> int:
 
 
 def _shape(routes: ServiceRoutes) -> tuple[object, ...]:
-    return (routes.route, routes.balance)
+    return (routes.route, routes.balance, routes.access)
 
 
 def plan_runtime(
@@ -446,7 +497,7 @@ def plan_runtime(
         return Reload(f"services changed: {' '.join(what)}")
     for name, routes in new.services.items():
         if _shape(routes) != _shape(old.services[name]):
-            return Reload(f"service {name}: route or balance changed")
+            return Reload(f"service {name}: route, balance or access policy changed")
     commands: list[str] = []
     assigned: dict[str, dict[str, int]] = {}
     for name, routes in sorted(new.services.items()):

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ninefold import defaults
 from ninefold.gateway.engine import Engine, GatewaySettings, MetricsSnapshot
+from ninefold.gateway.haproxy.access import key_path
 from ninefold.gateway.haproxy.config import (
     Paths,
     Reload,
@@ -47,6 +48,14 @@ from ninefold.gateway.haproxy.config import (
 from ninefold.gateway.haproxy.metrics import TrafficLedger
 from ninefold.gateway.haproxy.runtime import HaproxyCli, HaproxyCliError, Processes
 from ninefold.gateway.routes import RoutingTable
+from ninefold.gateway.tls import (
+    CertificateWatch,
+    GatewayTlsError,
+    TlsSettings,
+    combined_pem,
+    resolve_tls,
+    write_private,
+)
 from ninefold.spec.models import CheckSpec
 from ninefold.supervisor import (
     LeftoverRegistry,
@@ -117,6 +126,8 @@ class HaproxyEngine(Engine):
         self._ledger = TrafficLedger()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._tls: TlsSettings | None = None
+        self._tls_watcher: asyncio.Task[None] | None = None
         self.reloads = 0
         """Reloads done by apply/set_checks since start."""
 
@@ -143,10 +154,14 @@ class HaproxyEngine(Engine):
             await self._registry.cleanup()
         if self._cookie_key is None:
             self._cookie_key = await asyncio.to_thread(_cookie_key, run_dir / "haproxy-cookie.key")
+        settings = self.settings
+        self._tls = resolve_tls(settings.tls, settings.node_cert, settings.node_key)
+        if self._tls is not None:
+            await asyncio.to_thread(self._write_tls_pem, self._tls)
         async with self._lock:
             table = self._table or RoutingTable()
             slots = allocate_slots(table, self._slots)
-            await self._install(self._render(table, slots), binary)
+            await self._install_table(table, slots, binary)
             self._table, self._slots = table, slots
             master = f"{self.paths.master_socket},mode,600"
             self._process = SupervisedProcess(
@@ -172,6 +187,10 @@ class HaproxyEngine(Engine):
                 raise
             await self._refresh()
         self._poller = asyncio.create_task(self._poll(), name="haproxy stats")
+        if self._tls is not None:
+            self._tls_watcher = asyncio.create_task(
+                self._watch_certificate(self._tls), name="haproxy certificate"
+            )
 
     async def apply(self, table: RoutingTable) -> None:
         async with self._lock:
@@ -191,7 +210,7 @@ class HaproxyEngine(Engine):
                     log.debug("haproxy runtime: %s", "; ".join(plan.commands))
                     failures = await self._cli.run(worker, plan.commands)
                 self._table, self._slots = table, plan.slots
-                await self._install(self._render(table, plan.slots))
+                await self._install_table(table, plan.slots)
                 if failures:
                     await self._reload(table, f"runtime API refused: {'; '.join(failures)}")
             try:  # so that a drain shows in inflight() at once
@@ -221,6 +240,11 @@ class HaproxyEngine(Engine):
         return self._ledger.snapshot()
 
     async def stop(self) -> None:
+        if self._tls_watcher is not None:
+            self._tls_watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watcher
+            self._tls_watcher = None
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -246,6 +270,13 @@ class HaproxyEngine(Engine):
     def _render(self, table: RoutingTable, slots: SlotMap) -> str:
         return render(table, self.settings, self._checks, slots, cookie_key=self._cookie_key or "")
 
+    async def _install_table(
+        self, table: RoutingTable, slots: SlotMap, binary: str | None = None
+    ) -> None:
+        """The access policies' key files, then the configuration for `table`."""
+        await asyncio.to_thread(_write_keys, self.settings.run_dir, table)
+        await self._install(self._render(table, slots), binary)
+
     async def _install(self, text: str, binary: str | None = None) -> None:
         """Write the configuration; with ``binary``, only once ``haproxy -c`` accepts it."""
         path = Path(self.paths.config)
@@ -263,7 +294,7 @@ class HaproxyEngine(Engine):
         slots = allocate_slots(table, self._slots)
         path = Path(self.paths.config)
         previous = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        await self._install(self._render(table, slots), binary)
+        await self._install_table(table, slots, binary)
         await self._refresh()  # the old worker's last counters
         before = await self._cli.processes(retry_for=RELOAD_TIMEOUT)
         try:
@@ -337,6 +368,25 @@ class HaproxyEngine(Engine):
             except Exception:
                 log.exception("haproxy stats")
 
+    def _write_tls_pem(self, tls: TlsSettings) -> None:
+        """Certificate and key in one file, mode 0600 (GatewayTlsError if unusable)."""
+        write_private(Path(self.paths.tls_pem), combined_pem(tls))
+
+    async def _watch_certificate(self, tls: TlsSettings) -> None:
+        """A rotated certificate: a new combined file and a seamless reload."""
+        watch = CertificateWatch(tls)
+        while True:
+            await asyncio.sleep(defaults.GATEWAY_TLS_CHECK_INTERVAL)
+            if not await asyncio.to_thread(watch.changed):
+                continue
+            try:
+                async with self._lock:
+                    await asyncio.to_thread(self._write_tls_pem, tls)
+                    if self._process is not None and self._table is not None:
+                        await self._reload(self._table, "certificate changed")
+            except (GatewayTlsError, HaproxyReloadError, HaproxyCliError) as exc:
+                log.error("haproxy keeps its old certificate: %s", str(exc).splitlines()[0])
+
     def _log_tail(self) -> str:
         path = self.settings.log_dir / "haproxy.log"
         try:
@@ -364,6 +414,16 @@ async def _validate(binary: str, path: Path) -> None:
             await proc.wait()
     if proc.returncode != 0:
         raise ValueError(f"haproxy rejects {path}:\n{out.decode(errors='replace').strip()}")
+
+
+def _write_keys(run_dir: Path, table: RoutingTable) -> None:
+    """Each access policy key as a PEM file for jwt_verify (public keys: 0644)."""
+    for routes in table.services.values():
+        for key in routes.access.keys if routes.access is not None else ():
+            path = key_path(run_dir, key)
+            if not path.exists():
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                _write_atomically(path, key.pem.decode())
 
 
 def _write_atomically(path: Path, text: str) -> None:
