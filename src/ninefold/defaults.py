@@ -139,7 +139,7 @@ GATEWAY_HTTPS_PORT = 8443
 """The gateway's TLS listener when `gateway.tls` is set (same port on every node)."""
 GATEWAY_TLS_HANDSHAKE_TIMEOUT = 10.0
 """Longest TLS handshake a client may take (builtin engine)."""
-GATEWAY_TLS_CHECK_INTERVAL = 5.0
+GATEWAY_TLS_CHECK_INTERVAL = 1.0
 """How often the gateway looks whether its certificate files changed (a rotated
 node certificate is served from the next connection on, without a restart)."""
 ACCESS_JWT_LEEWAY = 30.0
@@ -151,3 +151,6 @@ ACCESS_SUBJECT_HEADER = "X-Subject"
 ACCESS_HAPROXY_ARRAY_MAX = 16
 """The haproxy engine reads at most this many entries of the roles claim and
 of `aud` (HAProxy 2.6's json_query cannot iterate an array)."""
+ACCESS_TOKEN_CACHE = 4096
+"""Tokens a gateway remembers as verified, per access policy: a token seen
+again skips the signature check (its exp, nbf and iat are checked again)."""

@@ -482,3 +482,38 @@ def test_ambiguous_paths_are_refused(issuer: Issuer, policy: AccessPolicy, path:
 @pytest.mark.parametrize("path", ["/a.b/c", "/..a", "/a/...", "/%20x", "/%3F", "/a?x=..//"])
 def test_ordinary_paths_pass(issuer: Issuer, policy: AccessPolicy, path: str) -> None:
     assert isinstance(authorize(policy, bearer(issuer.token()), path), Allow)
+
+
+# --- verified tokens ---------------------------------------------------------------------
+
+
+def test_a_token_is_verified_once_then_only_its_times(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strict = AccessPolicy.load("shop", policy_spec(issuer, leeway=0))
+    calls = []
+    decode = jwt.decode
+    monkeypatch.setattr(access.jwt, "decode", lambda *a, **kw: calls.append(1) or decode(*a, **kw))
+    now = time.time()
+    token = issuer.token(exp=int(now) + 2)
+    assert authorize(strict, bearer(token), "/") == Allow("alice")
+    assert authorize(strict, bearer(token), "/orders") == Allow("alice")
+    assert authorize(strict, bearer(token), "/admin").status == 403  # type: ignore[union-attr]
+    assert len(calls) == 1  # the signature was checked once
+    monkeypatch.setattr(access.time, "time", lambda: now + 10)
+    assert authorize(strict, bearer(token), "/") == Deny(401, access.EXPIRED, "invalid_token")
+    assert token not in strict.verified
+
+
+def test_only_successes_are_kept_and_at_most_so_many(
+    issuer: Issuer, policy: AccessPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(access.defaults, "ACCESS_TOKEN_CACHE", 3)
+    for case in ("bad signature", "alg none", "expired", "wrong audience"):
+        authorization, path, _ = refusal(issuer, case)
+        authorize(policy, authorization, path)
+    assert policy.verified == {}
+    tokens = [issuer.token(sub=f"user-{i}") for i in range(5)]
+    for token in tokens:
+        assert isinstance(authorize(policy, bearer(token), "/"), Allow)
+    assert list(policy.verified) == tokens[2:]
