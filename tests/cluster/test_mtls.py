@@ -5,11 +5,13 @@ ports, none), and certificates rotate under load without a failed request."""
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives import serialization
 
 from ninefold.client import ApiError, ClusterClient
@@ -37,7 +39,8 @@ class TlsCluster(LocalCluster):
 
     def spec_text(self, services_yaml: str) -> str:
         ca = self.root / "ca" / "ca.crt"
-        return super().spec_text(services_yaml) + f'security:\n  tls: {{ca: "{ca}"}}\n'
+        tls = f'security:\n  tls: {{ca: "{ca}"}}\ngateway:\n  tls: {{port: {self.base + 4}}}\n'
+        return super().spec_text(services_yaml) + tls
 
 
 def serves(host: str, port: int, files: NodeTlsFiles, der: bytes) -> Callable[[], bool]:
@@ -95,6 +98,14 @@ async def test_tls_cluster_refuses_strangers_and_rotates(
         if kind != "api":  # the API lets a client without a certificate reach its tokens
             assert tls_refused(host, port, ca_file), f"{where} took a client without a cert"
         assert not tls_refused(host, port, ca_file, good.cert, good.key), f"{where}: good cert"
+
+    # The gateways terminate TLS with their node's certificate from the cluster CA.
+    for node in spec.nodes:
+        https = ssl.create_default_context(cafile=str(ca_file))
+        url = f"https://{node.address}:{cluster.base + 4}/web/"
+        async with httpx.AsyncClient(verify=https, timeout=5) as client:
+            assert (await client.get(url)).status_code == 200
+        assert plain_refused(node.address, cluster.base + 4)
 
     # etcd's gRPC client port through the real store client.
     endpoint = spec.store_endpoints()[0]

@@ -238,6 +238,8 @@ class Agent:
             run_dir=self.data_dir / "gateway",
             log_dir=self.data_dir / "logs",
             vips=(self.spec.gateway.vip.ip,) if self.spec.gateway.vip else (),
+            node_cert=NodeTlsFiles.of_data_dir(self.data_dir).cert,
+            node_key=NodeTlsFiles.of_data_dir(self.data_dir).key,
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.spec, settings, self.registry)
@@ -252,6 +254,8 @@ class Agent:
                 await engine.stop()
             return None, None
         log.info("gateway (%s) on %s:%s", engine.name, settings.address, settings.http_port)
+        if self.spec.gateway.tls is not None:
+            log.info("gateway TLS on %s:%s", settings.address, self.spec.gateway.tls.port)
         feed = GatewayFeed(store, self.node.name, lease, engine, self.spec)
         return engine, asyncio.create_task(feed.run(), name="gateway")
 
