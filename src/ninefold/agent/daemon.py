@@ -20,6 +20,7 @@ from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
 from ninefold.gateway.engine import Engine, GatewaySettings
+from ninefold.security.ca import ca_key_path
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.spec.loading import dump_spec
@@ -179,7 +180,9 @@ class Agent:
             return render(self.node.name, engine.snapshot) if engine is not None else b""
 
         api = ApiServer(
-            create_app(store, self.spec, self.node.name, metrics, self.data_dir / "logs"),
+            create_app(
+                store, self.spec, self.node.name, metrics, self.data_dir / "logs", self._ca_files
+            ),
             self.node.address,
             self.node.ports.api,
             tls=self.tls,
@@ -225,6 +228,20 @@ class Agent:
                 await engine.stop()
             await api.stop()
             await lease.stop(revoke=True)
+
+    def _ca_files(self) -> tuple[Path, Path | None] | None:
+        """(CA certificate, CA key if this machine has one) for `GET /v1/ca` and
+        `POST /v1/join`; None without TLS. The key: $NINEFOLD_CA_KEY, else next
+        to the spec's CA certificate when that path is absolute."""
+        tls = self.spec.security.tls
+        if tls is None:
+            return None
+        ca = NodeTlsFiles.of_data_dir(self.data_dir).ca
+        named = os.environ.get("NINEFOLD_CA_KEY")
+        if named:
+            return ca, Path(named)
+        spec_ca = tls.ca_path()
+        return ca, ca_key_path(spec_ca) if spec_ca.is_absolute() else None
 
     async def _start_gateway(
         self, store: Store, lease: LeaseKeeper

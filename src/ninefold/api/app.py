@@ -23,6 +23,7 @@ from ninefold.agent.leader import read_spec
 from ninefold.agent.records import EVENTS, SPEC_KEY, Event, status_key
 from ninefold.api.auth import document_roles, install_auth, needs
 from ninefold.api.errors import documented, install
+from ninefold.api.join import CaFiles, install_join
 from ninefold.api.models import (
     Accepted,
     EventOut,
@@ -121,6 +122,7 @@ def create_app(
     node: str,
     metrics: Callable[[], bytes] | None = None,
     log_dir: Path | None = None,
+    ca_files: CaFiles | None = None,
 ) -> FastAPI:
     """The API of one agent (`node`); `spec` stands in while the store holds none."""
     app = FastAPI(
@@ -555,5 +557,6 @@ def create_app(
         async def root() -> RedirectResponse:
             return RedirectResponse("/ui/")
 
+    install_join(app, store, spec, ca_files or (lambda: None))
     document_roles(app)
     return app

@@ -1048,3 +1048,4 @@ def main() -> None:
 from ninefold.cli.token import token_app  # noqa: E402
 
 app.add_typer(token_app, name="token")
+from ninefold.cli import join as _join  # noqa: E402, F401  (registers `ninefold join`)

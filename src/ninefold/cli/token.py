@@ -19,6 +19,7 @@ from ninefold.cli.main import (
     calling,
     check_output,
     connect,
+    err,
     fail,
     out,
     print_json,
@@ -100,6 +101,32 @@ def create(
     with connect(spec) as client, calling():
         made = client.create_token(role, name, "join" if join else "api", seconds, uses)
     _deliver(made["token"], out_file)
+    if join:
+        _join_hint(spec, client.url)
+
+
+def _join_hint(spec_path: Path, url: str | None) -> None:
+    """How to use a join token: the command, with the CA's fingerprint."""
+    from ninefold.api.join import fingerprint
+    from ninefold.spec import load_spec
+
+    tls = load_spec(spec_path).security.tls
+    if tls is None:
+        err.print("note: this cluster has no CA (security.tls): `ninefold join` needs one")
+        return
+    try:
+        ca_hash = fingerprint(tls.ca_path(spec_path.resolve().parent).read_bytes())
+    except (OSError, ValueError) as exc:
+        err.print(f"note: cannot read the cluster CA to print its fingerprint: {exc}")
+        return
+    where = (url or "<node address>").split("://", 1)[-1]
+    err.print(
+        f"on the new machine: ninefold join {where} --token <token> --ca-hash {ca_hash} "
+        "--name <node> --address <its address>",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 @token_app.command("list")

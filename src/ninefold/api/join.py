@@ -1,0 +1,166 @@
+"""Adding a machine with a join token: `GET /v1/ca` and `POST /v1/join`.
+
+The new machine first fetches the cluster CA's certificate over an unverified
+connection and checks it against the fingerprint it was given with its token
+(as kubeadm does), so it talks to the right cluster from then on. It makes its
+own key and sends a certificate request, the token and its node's name and
+address; an agent that can read the CA key signs the request with the names
+from the spec (never the request's), and adds the node to the stored spec
+and uses the token once in one transaction. Nothing is half-applied: a token
+use is spent only together with the node being added.
+
+A joined node is not a store member: adding an etcd member to a running
+cluster is not built yet.
+"""
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from fastapi import Body, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from ninefold import operations
+from ninefold.agent.leader import read_spec
+from ninefold.agent.records import SPEC_KEY
+from ninefold.api.auth import Unauthorized
+from ninefold.api.errors import documented
+from ninefold.security import tokens
+from ninefold.security.ca import load_ca
+from ninefold.security.certs import sign_node_csr
+from ninefold.security.files import TlsError
+from ninefold.spec import ClusterSpec, NodeSpec, SpecError, dump_spec, parse_spec
+from ninefold.store.base import Compare, Put, Store
+
+CaFiles = Callable[[], tuple[Path, Path | None] | None]
+"""(CA certificate, CA key or None) of this agent, or None without TLS."""
+
+
+def fingerprint(pem: bytes) -> str:
+    """`sha256:<hex>` of a certificate's DER form: what `join --ca-hash` checks."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class CaOut(BaseModel):
+    ca: str = Field(description="the cluster CA's certificate, PEM")
+    fingerprint: str = Field(description="sha256 of its DER form, as `join --ca-hash` takes it")
+
+
+class JoinIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(description="a join token (`ninefold token create --join`)")
+    name: str
+    address: str
+    zone: str = "default"
+    region: str = "default"
+    labels: dict[str, str] = {}
+    csr: str = Field(description="PEM certificate request for the new node's own key")
+
+
+class JoinedOut(BaseModel):
+    spec: str = Field(description="the cluster's spec, with the new node in it (YAML)")
+    ca: str
+    cert: str = Field(description="the new node's certificate, PEM")
+
+
+def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
+    """The spec with the joining node added (the first node's ports, no store
+    member); Invalid or Conflict when it cannot be."""
+    if any(n.name == body.name for n in spec.nodes):
+        raise operations.Conflict(f"a node named {body.name!r} is in the cluster already")
+    if any(n.address == body.address for n in spec.nodes):
+        raise operations.Conflict(f"address {body.address} is a node's already")
+    data = spec.model_dump(mode="json")
+    ports = data["nodes"][0]["ports"]
+    node = {
+        "name": body.name,
+        "address": body.address,
+        "zone": body.zone,
+        "region": body.region,
+        "labels": body.labels,
+        "store": False,
+        "ports": ports,
+    }
+    data["nodes"].append(node)
+    try:
+        new = ClusterSpec.model_validate(data)
+    except ValueError as exc:
+        raise operations.Invalid(f"the node cannot join: {exc}".splitlines()[0]) from None
+    return new, new.node(body.name)
+
+
+def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: CaFiles) -> None:
+    @app.get("/v1/ca", response_model=CaOut, tags=["joining"], responses=documented(404))
+    async def cluster_ca() -> CaOut:
+        """The cluster CA's certificate (public), for a machine about to join."""
+        files = ca_files()
+        if files is None:
+            raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
+        pem = await asyncio.to_thread(files[0].read_bytes)
+        return CaOut(ca=pem.decode(), fingerprint=fingerprint(pem))
+
+    @app.post(
+        "/v1/join",
+        response_model=JoinedOut,
+        status_code=201,
+        tags=["joining"],
+        responses=documented(404, 409, 422, 503),
+    )
+    async def join(body: Annotated[JoinIn, Body()]) -> JoinedOut:
+        """Add a machine as a node: the join token pays for it (once)."""
+        files = ca_files()
+        if files is None:
+            raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
+        ca_cert, ca_key = files
+        if ca_key is None or not ca_key.exists():
+            where = f" at {ca_key}" if ca_key is not None else ""
+            raise operations.Conflict(
+                f"this node cannot sign certificates (no CA key{where}): join through "
+                "the node that has it, or start its agent with NINEFOLD_CA_KEY"
+            )
+        try:
+            ident, secret = tokens.parse_token(body.token)
+        except tokens.TokenError as exc:
+            raise Unauthorized(str(exc)) from None
+        token_item = await store.get(tokens.token_key(ident))
+        record = None
+        if token_item is not None:
+            record = tokens.TokenRecord.model_validate_json(token_item.value)
+        try:
+            tokens.check(record, secret, "join")
+        except tokens.TokenError as exc:
+            raise Unauthorized(str(exc)) from None
+        assert record is not None and token_item is not None
+        spec_item = await store.get(SPEC_KEY)
+        spec = await read_spec(store, fallback)
+        new_spec, node = with_node(spec, body)
+        try:
+            ca = await asyncio.to_thread(load_ca, ca_cert, ca_key)
+            cert = await asyncio.to_thread(sign_node_csr, ca, node, body.csr.encode())
+        except TlsError as exc:
+            raise operations.Invalid(str(exc)) from None
+        text = dump_spec(new_spec)
+        try:
+            parse_spec(text)
+        except SpecError as exc:
+            raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
+        used = record.model_copy(update={"uses": None if record.uses is None else record.uses - 1})
+        compares = [
+            Compare(tokens.token_key(ident), "mod", "==", token_item.mod_revision),
+            Compare(SPEC_KEY, "mod", "==", spec_item.mod_revision if spec_item else 0),
+        ]
+        puts = [
+            Put(tokens.token_key(ident), used.model_dump_json().encode()),
+            Put(SPEC_KEY, text.encode()),
+        ]
+        result = await store.txn(compares, puts)
+        if not result.succeeded:
+            raise operations.Conflict("the spec or the token changed meanwhile: join again")
+        pem = await asyncio.to_thread(ca_cert.read_bytes)
+        return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode())

@@ -1,0 +1,159 @@
+"""`ninefold join`: make this machine a node of a running cluster.
+
+Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from ninefold import defaults
+from ninefold.api.join import fingerprint
+from ninefold.cli.main import EXIT_DENIED, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, app, fail, say
+from ninefold.security.ca import new_key, private_pem
+from ninefold.security.certs import node_csr, write_node_files
+from ninefold.security.files import NodeTlsFiles
+from ninefold.spec import dump_spec, parse_spec
+
+TIMEOUT = 10.0
+"""Seconds each request to the cluster may take."""
+UP_WAIT = 60.0
+"""Seconds to wait for the new agent to answer."""
+
+
+def _base(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = address, str(defaults.API_PORT)
+    return f"https://{host}:{port}"
+
+
+def _answer(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = f"{response.status_code} {response.reason_phrase}"
+    code = {401: EXIT_DENIED, 403: EXIT_DENIED, 404: EXIT_USAGE, 422: EXIT_USAGE}
+    raise fail(f"the cluster refused the join: {message}", code.get(response.status_code, 1))
+
+
+@app.command()
+def join(
+    address: Annotated[str, typer.Argument(help="A node's API, host[:port] (port 7070).")],
+    token: Annotated[
+        str, typer.Option("--token", help="A join token (`ninefold token create --join`).")
+    ],
+    ca_hash: Annotated[
+        str,
+        typer.Option(
+            "--ca-hash",
+            help="sha256:... of the cluster CA, as `token create --join` prints it: "
+            "this machine checks it is talking to the right cluster.",
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", help="This node's name.")],
+    node_address: Annotated[
+        str, typer.Option("--address", help="This node's address, as the others reach it.")
+    ],
+    zone: Annotated[str, typer.Option("--zone", help="This node's zone.")] = "default",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Where the agent keeps its data. Default: by cluster."),
+    ] = None,
+    start: Annotated[
+        bool, typer.Option("--start/--no-start", help="Start the agent in the background.")
+    ] = True,
+) -> None:
+    """Join this machine to a running cluster: fetch a certificate and the spec,
+    then start an agent (no file to edit). The node is not a store member."""
+    base = _base(address)
+    try:
+        # The CA is public; its fingerprint, not this connection, says it is the right one.
+        with httpx.Client(verify=False, timeout=TIMEOUT, trust_env=False) as client:
+            answer = _answer(client.get(f"{base}/v1/ca"))
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {base}: {exc}", EXIT_UNREACHABLE) from None
+    ca_pem = answer["ca"].encode()
+    if fingerprint(ca_pem) != ca_hash.strip().lower():
+        raise fail(
+            f"the CA at {base} is not the one --ca-hash names (it is {fingerprint(ca_pem)})",
+            EXIT_USAGE,
+        )
+    key = new_key()
+    body = {
+        "token": token,
+        "name": name,
+        "address": node_address,
+        "zone": zone,
+        "csr": node_csr(name, key).decode(),
+    }
+    verify = ssl.create_default_context(cadata=ca_pem.decode())
+    try:
+        with httpx.Client(verify=verify, timeout=TIMEOUT, trust_env=False) as client:
+            joined = _answer(client.post(f"{base}/v1/join", json=body))
+    except httpx.HTTPError as exc:
+        raise fail(f"the join did not complete: {exc}", EXIT_UNREACHABLE) from None
+    spec = parse_spec(joined["spec"])
+    where = data_dir or defaults.data_dir(spec.cluster, name)
+    files = NodeTlsFiles.of_data_dir(where)
+    write_node_files(files, ca_pem, joined["cert"].encode(), private_pem(key))
+    # This machine's copy of the spec names its own copy of the CA.
+    assert spec.security.tls is not None
+    local = spec.model_copy(
+        update={
+            "security": spec.security.model_copy(
+                update={"tls": spec.security.tls.model_copy(update={"ca": str(files.ca)})}
+            )
+        }
+    )
+    spec_path = where / "spec.yaml"
+    spec_path.write_text(dump_spec(local))
+    say(f"joined cluster {spec.cluster} as {name} ({node_address}); spec: {spec_path}")
+    if not start:
+        say(f"start its agent with: ninefold agent --spec {spec_path} --node {name}")
+        return
+    me = local.node(name)
+    _start_agent(spec_path, name, where, f"https://{me.host_port(me.ports.api)}", files)
+
+
+def _start_agent(spec_path: Path, name: str, data_dir: Path, url: str, files: NodeTlsFiles) -> None:
+    log_path = data_dir / "agent.log"
+    argv = [
+        sys.executable, "-m", "ninefold", "agent",
+        "--spec", str(spec_path), "--node", name, "--data-dir", str(data_dir),
+    ]  # fmt: skip
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=spec_path.parent,
+        )
+    (data_dir / "agent.pid").write_text(f"{proc.pid}\n")
+    verify = ssl.create_default_context(cafile=str(files.ca))
+    verify.load_cert_chain(files.cert, files.key)
+    deadline = time.monotonic() + UP_WAIT
+    with httpx.Client(verify=verify, timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                why = f"the agent exited with code {proc.returncode}; see {log_path}"
+                raise fail(why, EXIT_FAILED)
+            try:
+                if client.get(f"{url}/v1/health").status_code == 200:
+                    say(f"agent {name} up (pid {proc.pid}, log {log_path})")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise fail(f"agent {name} did not answer within {UP_WAIT:g}s; see {log_path}", EXIT_FAILED)
