@@ -338,6 +338,11 @@ class Lab:
         self._node(node)
         self._reap()
         recorded = self._fresh()["nodes"][node].get("agent_pid")
+        own = self._procs.get(node)
+        if own is not None and own.pid == recorded and own.poll() is None:
+            # Started by this process and not dead: right after the fork its
+            # command line is still ours, before `ip netns exec` runs.
+            return int(recorded)
         if recorded and self._is_agent(recorded, node):
             return int(recorded)
         for pid in netns.pids(self._node_ns(node)):
