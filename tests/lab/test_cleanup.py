@@ -25,8 +25,8 @@ import sys
 from ninefold.lab import Lab
 Lab.up({str(EXAMPLE)!r}, progress=lambda line: print(line, flush=True), wait=120)
 print("up", flush=True)
-import time
-time.sleep(600)
+import threading
+threading.Event().wait()  # until killed
 """
 
 

@@ -271,10 +271,10 @@ def test_isolate_zone(whole: Lab) -> None:
 
 
 LISTEN = """
-import socket, sys, time
+import socket, sys, threading
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7999)); s.listen(16); print("ready", flush=True)
-time.sleep(120)
+threading.Event().wait()  # until killed
 """
 
 

@@ -19,7 +19,7 @@ services:
   q:
     mode: active-passive
     replicas: 1
-    command: [sleep, "1000"]
+    command: [sleep, infinity]
     vip: 10.99.0.254/24
 """
 

@@ -29,7 +29,7 @@ from ninefold.supervisor import LeftoverRegistry
 from tests.helpers import eventually
 from tests.unit.test_membership import Partitionable
 
-SLEEPER = "import time; time.sleep(60)"
+SLEEPER = "import threading; threading.Event().wait()"
 WAIT = 5.0  # deadline of every poll; things normally happen within a second
 
 

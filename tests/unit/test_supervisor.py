@@ -28,7 +28,7 @@ from ninefold.supervisor import (
 
 PY = sys.executable
 FAST = RestartPolicy(backoff=0.05, backoff_max=0.2, limit=3, window=30.0)
-SLEEPER = "import time; time.sleep(60)"
+SLEEPER = "import threading; threading.Event().wait()"
 
 
 def gone(pid: int) -> bool:
@@ -72,8 +72,8 @@ def make(
 
 
 async def test_output_of_both_streams_lands_in_the_log(tmp_path: Path) -> None:
-    code = "import sys, time; print('to-out', flush=True); print('to-err', file=sys.stderr); "
-    proc = make(tmp_path, code + "time.sleep(60)")
+    code = "import sys, threading; print('to-out', flush=True); print('to-err', file=sys.stderr); "
+    proc = make(tmp_path, code + "threading.Event().wait()")
     await proc.start()
     try:
         assert proc.state == "running"
@@ -106,10 +106,10 @@ async def test_crashing_process_restarts_with_growing_delay_then_fails(tmp_path:
 
 async def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     code = """
-import signal, time
+import signal, threading
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print('ready', flush=True)
-time.sleep(60)
+threading.Event().wait()  # until killed
 """
     proc = make(tmp_path, code, stop_timeout=0.3)
     await proc.start()
@@ -123,10 +123,10 @@ time.sleep(60)
 
 async def test_stop_reaches_the_whole_group(tmp_path: Path) -> None:
     code = f"""
-import subprocess, sys, time
+import subprocess, sys, threading, time
 child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}])
 print('grandchild', child.pid, flush=True)
-time.sleep(60)
+threading.Event().wait()  # until killed
 """
     proc = make(tmp_path, code)
     await proc.start()
@@ -176,7 +176,7 @@ async def test_pdeathsig_kills_child_when_parent_is_killed(tmp_path: Path) -> No
             p = SupervisedProcess(spec, RestartPolicy(), LeftoverRegistry(d / "run"))
             await p.start()
             print(p.pid, flush=True)
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # until killed
 
         asyncio.run(main())
         """)
@@ -229,9 +229,7 @@ async def test_log_is_rotated_at_start(tmp_path: Path) -> None:
     log_dir.mkdir()
     (log_dir / "svc.log").write_text("old\n" * 100)
     (log_dir / "svc.log.1").write_text("older\n")
-    proc = make(
-        tmp_path, "print('new', flush=True); import time; time.sleep(60)", log_max_bytes=100
-    )
+    proc = make(tmp_path, "print('new', flush=True); " + SLEEPER, log_max_bytes=100)
     await proc.start()
     try:
         await eventually(lambda: "new" in read(log_dir / "svc.log"))
@@ -254,10 +252,10 @@ async def test_run_hook_exit_code_and_output(tmp_path: Path) -> None:
 
 async def test_run_hook_timeout_kills_the_group(tmp_path: Path) -> None:
     code = f"""
-import subprocess, sys, time
+import subprocess, sys, threading, time
 child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}])
 print(child.pid, flush=True)
-time.sleep(60)
+threading.Event().wait()  # until killed
 """
     log_path = tmp_path / "hook.log"
     task = asyncio.create_task(run_hook([PY, "-c", code], {}, None, 60, log_path))
@@ -285,7 +283,7 @@ def spawn_sleeper() -> subprocess.Popen[bytes]:
 
 def spawn_group(extra: str = "") -> subprocess.Popen[bytes]:
     code = f"""
-import subprocess, sys, time
+import subprocess, sys, threading, time
 child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}])
 print(child.pid, flush=True)
 {extra}
@@ -295,7 +293,7 @@ print(child.pid, flush=True)
 
 async def test_cleanup_kills_recorded_live_group(tmp_path: Path) -> None:
     registry = LeftoverRegistry(tmp_path / "run")
-    leader = spawn_group("time.sleep(60)")
+    leader = spawn_group("threading.Event().wait()")
     assert leader.stdout is not None
     grandchild = int(await asyncio.to_thread(leader.stdout.readline))
     try:
