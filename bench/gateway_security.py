@@ -37,19 +37,13 @@ Connections are kept alive, so a TLS handshake happens once per connection
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import datetime
 import json
 import os
-import re
 import shutil
-import signal
-import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -211,132 +205,12 @@ def serve_gateway(engine_name: str, backend_port: int, root: Path, secrets_file:
 
 
 def run_load(url: str, connections: int, duration: float, token: str) -> None:
-    """Keep-alive connections sending sequential GETs (with the token) for
-    `duration` seconds, over TLS for https URLs; prints a JSON result."""
-    import uvloop
-
-    match = re.fullmatch(r"(https?)://([^/:]+):(\d+)(/.*)?", url)
-    if match is None:
-        raise SystemExit(f"not a loopback URL: {url}")
-    scheme, host, port, path = match[1], match[2], int(match[3]), match[4] or "/"
-    context: ssl.SSLContext | None = None
-    if scheme == "https":
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    """gateway_throughput's load generator, with the token (`@file`: one per line, in turn)."""
     tokens = Path(token[1:]).read_text().split() if token.startswith("@") else [token]
-    requests = [
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {t}\r\n\r\n".encode()
-        for t in tokens
-    ]
-    turn = [0]
-    latencies: list[float] = []
-    counts = {"requests": 0, "non_2xx": 0, "errors": 0}
-
-    async def one(deadline: float) -> None:
-        clock = time.perf_counter
-        while clock() < deadline:
-            try:
-                reader, writer = await asyncio.open_connection(host, port, ssl=context)
-            except OSError:
-                counts["errors"] += 1
-                await asyncio.sleep(0.01)
-                continue
-            try:
-                while (start := clock()) < deadline:
-                    turn[0] = (turn[0] + 1) % len(requests)
-                    writer.write(requests[turn[0]])
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n")[1:]:
-                        if line[:15].lower() == b"content-length:":
-                            length = int(line[15:])
-                    if length:
-                        await reader.readexactly(length)
-                    latencies.append(clock() - start)
-                    counts["requests"] += 1
-                    if not head.startswith(b"HTTP/1.1 2"):
-                        counts["non_2xx"] += 1
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                counts["errors"] += 1
-            finally:
-                writer.close()
-
-    async def main() -> None:
-        started = time.perf_counter()
-        await asyncio.gather(*(one(started + duration) for _ in range(connections)))
-        elapsed = time.perf_counter() - started
-        latencies.sort()
-        n = len(latencies)
-        print(
-            json.dumps(
-                {
-                    "rps": counts["requests"] / elapsed,
-                    "p50_ms": latencies[n // 2] * 1000 if n else None,
-                    "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
-                    "requests": counts["requests"],
-                    "non_2xx": counts["non_2xx"],
-                    "socket_errors": counts["errors"],
-                    "seconds": elapsed,
-                }
-            ),
-            flush=True,
-        )
-
-    uvloop.run(main())
+    gt.run_load(url, connections, duration, tokens)
 
 
 # --- the bench ---------------------------------------------------------------------------------
-
-
-class Child:
-    """A helper process (`python <script> <role> ...`) that prints one JSON line when ready."""
-
-    def __init__(self, script: str, role: str, *args: str, log: Path) -> None:
-        self.role = role
-        self.log = log
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [PY, script, role, *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
-        line: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: line.append(self.proc.stdout.readline()),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        reader.start()
-        reader.join(READY_TIMEOUT)
-        if not line or not line[0].strip():
-            self.stop()
-            raise RuntimeError(f"{role} did not start:\n{log.read_text(errors='replace')[-2000:]}")
-        self.info: dict[str, Any] = json.loads(line[0])
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        total = 0.0
-        with contextlib.suppress(psutil.NoSuchProcess):
-            top = psutil.Process(self.proc.pid)
-            for p in [top, *top.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    t = p.cpu_times()
-                    total += t.user + t.system
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # type: ignore[union-attr]
 
 
 def check(url: str, token: str) -> None:
@@ -374,7 +248,7 @@ def measure(
     url: str,
     args: argparse.Namespace,
     secrets: dict[str, str],
-    gateway: Child,
+    gateway: gt.Child,
     fresh: bool = False,
 ) -> dict[str, Any]:
     import resource
@@ -427,17 +301,17 @@ def bench(args: argparse.Namespace) -> int:
     secrets = make_secrets(root, args.alg)
     (root / "secrets.json").write_text(json.dumps(secrets))
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    backend = Child(gt.SCRIPT, "_backend", "0", log=root / "backend.log")
+    backend = gt.Child("_backend", "0", log=root / "backend.log")
     try:
         for engine in engines:
-            gateway = Child(
-                SCRIPT,
+            gateway = gt.Child(
                 "_gateway",
                 engine,
                 str(backend.info["port"]),
                 str(root / engine),
                 str(root / "secrets.json"),
                 log=root / f"{engine}.log",
+                script=SCRIPT,
             )
             plain = f"http://127.0.0.1:{gateway.info['port']}"
             tls = f"https://127.0.0.1:{gateway.info['tls_port']}"

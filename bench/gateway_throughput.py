@@ -40,12 +40,14 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +166,24 @@ async def until_told_to_stop() -> None:
     await stop.wait()
 
 
-def run_load(url: str, connections: int, duration: float) -> None:
+def run_load(url: str, connections: int, duration: float, tokens: Sequence[str] = ()) -> None:
     """The fallback load generator: `connections` keep-alive connections sending
-    sequential GETs for `duration` seconds; prints a JSON result."""
+    sequential GETs for `duration` seconds (over TLS for https, not verified:
+    loopback only; each with the next of `tokens` as a bearer token, if any);
+    prints a JSON result."""
     import uvloop
 
-    host, port, path = _split(url)
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").encode()
+    scheme, host, port, path = _split(url)
+    context: ssl.SSLContext | None = None
+    if scheme == "https":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    requests = [(head + f"Authorization: Bearer {t}\r\n\r\n").encode() for t in tokens] or [
+        (head + "\r\n").encode()
+    ]
+    turn = [0]
     latencies: list[float] = []
     counts = {"requests": 0, "non_2xx": 0, "errors": 0}
 
@@ -178,14 +191,15 @@ def run_load(url: str, connections: int, duration: float) -> None:
         clock = time.perf_counter
         while clock() < deadline:
             try:
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, ssl=context)
             except OSError:
                 counts["errors"] += 1
                 await asyncio.sleep(0.01)
                 continue
             try:
                 while (start := clock()) < deadline:
-                    writer.write(request)
+                    turn[0] = (turn[0] + 1) % len(requests)
+                    writer.write(requests[turn[0]])
                     head = await reader.readuntil(b"\r\n\r\n")
                     length = 0
                     for line in head.split(b"\r\n")[1:]:
@@ -228,25 +242,26 @@ def run_load(url: str, connections: int, duration: float) -> None:
     uvloop.run(main())
 
 
-def _split(url: str) -> tuple[str, int, str]:
-    match = re.fullmatch(r"http://([^/:]+):(\d+)(/.*)?", url)
+def _split(url: str) -> tuple[str, str, int, str]:
+    match = re.fullmatch(r"(https?)://([^/:]+):(\d+)(/.*)?", url)
     if match is None:
-        raise ValueError(f"not a loopback http URL: {url}")
-    return match[1], int(match[2]), match[3] or "/"
+        raise ValueError(f"not a loopback http(s) URL: {url}")
+    return match[1], match[2], int(match[3]), match[4] or "/"
 
 
 # --- the bench ---------------------------------------------------------------------------------
 
 
 class Child:
-    """A helper process of this script that prints one JSON line when ready."""
+    """A helper process (`python <script> <role> ...`, this script unless told)
+    that prints one JSON line when ready."""
 
-    def __init__(self, role: str, *args: str, log: Path) -> None:
+    def __init__(self, role: str, *args: str, log: Path, script: str = "") -> None:
         self.role = role
         self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
-                [PY, SCRIPT, role, *args],
+                [PY, script or SCRIPT, role, *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,

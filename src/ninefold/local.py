@@ -119,8 +119,8 @@ class LocalCluster:
         return (
             "agent" in argv
             and any("ninefold" in a for a in argv)
-            and _after(argv, "--node") == node
-            and _after(argv, "--data-dir") == str(self.data_dir(node))
+            and argument_after(argv, "--node") == node
+            and argument_after(argv, "--data-dir") == str(self.data_dir(node))
         )
 
     def running(self) -> dict[str, int]:
@@ -295,7 +295,7 @@ class LocalCluster:
         proc = self._procs.get(node)
         code = proc.poll() if proc is not None else None
         how = f"exited with code {code}" if code is not None else "is gone"
-        last = _last_line(self.log_path(node))
+        last = last_line(self.log_path(node))
         detail = f": {last}" if last else ""
         return f"agent {node} {how}{detail} (log: {self.log_path(node)})"
 
@@ -356,14 +356,16 @@ class LocalCluster:
         return left
 
 
-def _after(argv: list[str], flag: str) -> str | None:
+def argument_after(argv: list[str], flag: str) -> str | None:
+    """The word after `flag` in a command line, if any."""
     try:
         return argv[argv.index(flag) + 1]
     except (ValueError, IndexError):
         return None
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
+    """The last non-empty line of a (log) file, "" if none or unreadable."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))

@@ -11,19 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ninefold.cli.console import EXIT_USAGE, err, fail, out, progress, say
 from ninefold.spec import SpecError, parse_duration
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 lab_app = typer.Typer(
     name="lab",
@@ -31,8 +28,6 @@ lab_app = typer.Typer(
     no_args_is_help=True,
 )
 
-out = Console()
-err = Console(stderr=True)
 
 LabOption = Annotated[
     str | None,
@@ -44,33 +39,6 @@ LabOption = Annotated[
     ),
 ]
 NodeArgument = Annotated[str, typer.Argument(help="A node of the lab.", show_default=False)]
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def say(message: str) -> None:
-    out.print(message, highlight=False, markup=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def progress(first: str) -> Iterator[Callable[[str], None]]:
-    """A spinner on a terminal; on anything else, each new message on its own line."""
-    if err.is_terminal:
-        with err.status(first) as spinner:
-            yield lambda message: spinner.update(message)
-        return
-    last = [""]
-
-    def report(message: str) -> None:
-        if message != last[0]:
-            last[0] = message
-            err.print(message, highlight=False, markup=False, soft_wrap=True)
-
-    report(first)
-    yield report
 
 
 @contextlib.contextmanager

@@ -17,18 +17,29 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ninefold import __version__
+from ninefold.cli.console import (
+    EXIT_DENIED,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    err,
+    fail,
+    out,
+    print_json,
+    progress,
+    say,
+)
 from ninefold.cli.lab import lab_app
 from ninefold.client import (
     ApiError,
@@ -42,11 +53,6 @@ from ninefold.client import (
     Unreachable,
 )
 from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_DENIED = 4
 
 EXIT_CODES: list[tuple[type[ApiError], int]] = [
     (Unreachable, EXIT_UNREACHABLE),
@@ -80,8 +86,6 @@ cert_app = typer.Typer(
 app.add_typer(cert_app, name="cert")
 app.add_typer(lab_app, name="lab")
 
-out = Console()
-err = Console(stderr=True)
 
 SpecOption = Annotated[
     Path,
@@ -112,11 +116,6 @@ LOG_FOLLOW_INTERVAL = 1.0
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def exit_code(exc: ApiError) -> int:
@@ -177,36 +176,9 @@ def calling(not_found: int | None = None, conflict: int | None = None) -> Iterat
         raise fail(exc.message, code) from None
 
 
-def say(message: str) -> None:
-    """One line for people on stdout, never wrapped or marked up."""
-    out.print(message, highlight=False, markup=False, soft_wrap=True)
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2), flush=True)
-
-
 def accepted(answer: Any, default: str) -> None:
     message = answer.get("message") if isinstance(answer, dict) else None
     out.print(message or default, highlight=False, markup=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def progress(first: str) -> Iterator[Callable[[str], None]]:
-    """A spinner on a terminal; on anything else, each new message on its own line."""
-    if err.is_terminal:
-        with err.status(first) as spinner:
-            yield lambda message: spinner.update(message)
-        return
-    last = [""]
-
-    def report(message: str) -> None:
-        if message != last[0]:
-            last[0] = message
-            err.print(message, highlight=False, markup=False, soft_wrap=True)
-
-    report(first)
-    yield report
 
 
 def version_callback(value: bool) -> None:

@@ -37,6 +37,7 @@ from ninefold.lab.errors import (
     StartFailed,
     UnknownName,
 )
+from ninefold.local import argument_after, last_line
 from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
 
 Progress = Callable[[str], None]
@@ -329,8 +330,8 @@ class Lab:
             return False
         return (
             "agent" in argv
-            and _after(argv, "--node") == node
-            and _after(argv, "--data-dir") == str(self.data_dir(node))
+            and argument_after(argv, "--node") == node
+            and argument_after(argv, "--data-dir") == str(self.data_dir(node))
         )
 
     def agent_pid(self, node: str) -> int | None:
@@ -519,7 +520,7 @@ class Lab:
         proc = self._procs.get(node)
         code = proc.poll() if proc is not None else None
         how = f"exited with code {code}" if code is not None else "is gone"
-        last = _last_line(self.log_path(node))
+        last = last_line(self.log_path(node))
         detail = f": {last}" if last else ""
         return f"agent {node} {how}{detail} (log: {self.log_path(node)})"
 
@@ -742,21 +743,3 @@ def down_all(ids: Iterable[str] | None = None) -> list[str]:
 def _cmdline(pid: int) -> list[str]:
     raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _after(argv: list[str], flag: str) -> str | None:
-    try:
-        return argv[argv.index(flag) + 1]
-    except (ValueError, IndexError):
-        return None
-
-
-def _last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    lines = [line.strip() for line in lines if line.strip()]
-    return lines[-1] if lines else ""

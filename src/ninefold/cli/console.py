@@ -1,0 +1,53 @@
+"""What every `ninefold` command prints with: the two consoles, one-line
+errors with their exit codes, progress on long waits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print `error: message` on stderr; raise what this returns."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def say(message: str) -> None:
+    """One line for people on stdout, never wrapped or marked up."""
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2), flush=True)
+
+
+@contextlib.contextmanager
+def progress(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on a terminal; on anything else, each new message on its own line."""
+    if err.is_terminal:
+        with err.status(first) as spinner:
+            yield lambda message: spinner.update(message)
+        return
+    last = [""]
+
+    def report(message: str) -> None:
+        if message != last[0]:
+            last[0] = message
+            err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    report(first)
+    yield report
