@@ -59,36 +59,11 @@ if str(ROOT) not in sys.path:
 
 from bench._cluster import table, write_result  # noqa: E402
 from ninefold.lab import Lab  # noqa: E402
+from tests.lab.test_vip import DB_VIP, GATEWAY_VIP, spec_text  # noqa: E402
 
-VIP = "10.99.0.10"
-DB_VIP = "10.99.0.20"
+VIP = GATEWAY_VIP
 URL = f"http://{VIP}:8080/counter/"
 PY = sys.executable
-
-
-def spec_text(engine: str) -> str:
-    return f"""\
-cluster: labbench
-nodes:
-  - {{name: n1, address: 10.99.0.11, zone: a, store: true}}
-  - {{name: n2, address: 10.99.0.12, zone: b, store: true}}
-  - {{name: n3, address: 10.99.0.13, zone: c, store: true}}
-gateway:
-  engine: {engine}
-  vip: {{address: {VIP}/24, prefer: [n1]}}
-services:
-  counter:
-    command: [python3, {ROOT}/examples/services/counter.py, "{{address}}", "{{port}}"]
-    replicas: 2
-    route: {{http: /counter}}
-    check: {{http: /healthz, interval: 200ms, fall: 3, rise: 1}}
-  db:
-    mode: active-passive
-    replicas: 2
-    command: [python3, -m, http.server, "{{port}}", --bind, "{{address}}"]
-    check: {{http: /, interval: 200ms, fall: 3, rise: 1}}
-    vip: {DB_VIP}/24
-"""
 
 
 # --- watching ---------------------------------------------------------------------------
@@ -374,7 +349,7 @@ def main() -> None:
         sys.exit("the lab needs root (network namespaces): run it with sudo")
     work = Path(tempfile.mkdtemp(prefix="ninefold-labbench-"))
     spec = work / "labbench.yaml"
-    spec.write_text(spec_text(args.engine))
+    spec.write_text(spec_text(engine=args.engine, cluster="labbench"))
     lab = Lab.up(spec, progress=lambda m: print(f"  {m}", flush=True))
     rounds: list[Round] = []
     try:

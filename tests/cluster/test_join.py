@@ -95,6 +95,20 @@ def test_a_cluster_grows_by_join_tokens(
     forged = join(cluster, token[:-3] + "abc", ca_hash, "n2")
     assert forged.returncode == EXIT_DENIED and "unknown or revoked" in forged.stderr
 
+    # A data dir that cannot be written is found before the cluster spends a
+    # use of the token (the two joins below take both uses).
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    nowhere = subprocess.run(
+        [
+            sys.executable, "-m", "ninefold", "join", f"127.0.0.1:{cluster.base + 2}",
+            "--token", token, "--ca-hash", ca_hash, "--name", "n2",
+            "--address", "127.0.0.2", "--data-dir", str(blocked / "n2"),
+        ],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert nowhere.returncode == EXIT_USAGE and "cannot write" in nowhere.stderr
+
     for node in ("n2", "n3"):
         joined_agents.append(cluster.data_dir(node))
         done = join(cluster, token, ca_hash, node)

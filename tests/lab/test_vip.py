@@ -27,16 +27,28 @@ DB_VIP = "10.99.0.20"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def spec_text(hooks: Path, preempt: bool) -> str:
-    hook = f'echo "$NINEFOLD_HOOK $(date +%s.%N) $NINEFOLD_NODE $NINEFOLD_FENCING_TOKEN" >> {hooks}'
+def spec_text(
+    hooks: Path | None = None,
+    preempt: bool = False,
+    engine: str = "builtin",
+    cluster: str = "viplab",
+) -> str:
+    """The VIP lab: a gateway VIP (prefer n1), a replicated counter behind it and
+    an active-passive `db` with its own VIP, whose hooks append a line (hook,
+    time, node, token) to `hooks` when given. bench/lab_failover.py runs it too."""
+    hook_lines = ""
+    if hooks is not None:
+        fields = "$NINEFOLD_HOOK $(date +%s.%N) $NINEFOLD_NODE $NINEFOLD_FENCING_TOKEN"
+        line = f'echo "{fields}" >> {hooks}'
+        hook_lines = f"    on_promote: [sh, -c, '{line}']\n    on_demote: [sh, -c, '{line}']\n"
     return f"""\
-cluster: viplab
+cluster: {cluster}
 nodes:
   - {{name: n1, address: 10.99.0.11, zone: a, store: true}}
   - {{name: n2, address: 10.99.0.12, zone: b, store: true}}
   - {{name: n3, address: 10.99.0.13, zone: c, store: true}}
 gateway:
-  engine: builtin
+  engine: {engine}
   vip: {{address: {GATEWAY_VIP}/24, prefer: [n1], preempt: {str(preempt).lower()}}}
 services:
   counter:
@@ -49,9 +61,7 @@ services:
     replicas: 2
     command: [python3, -m, http.server, "{{port}}", --bind, "{{address}}"]
     check: {{http: /, interval: 200ms, fall: 3, rise: 1}}
-    on_promote: [sh, -c, '{hook}']
-    on_demote: [sh, -c, '{hook}']
-    vip: {DB_VIP}/24
+{hook_lines}    vip: {DB_VIP}/24
 """
 
 

@@ -100,3 +100,30 @@ def test_a_join_token_with_uses_and_ttl(cluster: Path, tmp_path: Path) -> None:
     assert code == 0, err
     code, listing, _ = cli("token", "list", *spec, env=env)
     assert code == 0 and "join" in listing
+
+
+def test_token_out_never_overwrites_a_file(cluster: Path, tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    code, _, err = cli("token", "bootstrap", "--spec", str(cluster), "--out", str(taken))
+    assert code == EXIT_USAGE and "exists already" in err
+    assert taken.read_text() == "keep me\n"
+    assert cli("status", "--spec", str(cluster))[0] == 0  # no token was made: still open
+    unwritable = tmp_path / "file" / "token"
+    (tmp_path / "file").write_text("")
+    code, _, err = cli("token", "bootstrap", "--spec", str(cluster), "--out", str(unwritable))
+    assert code == EXIT_USAGE and "cannot write" in err
+    code, _, err = cli("token", "bootstrap", "--spec", str(cluster), "--out", str(tmp_path / "ok"))
+    assert code == 0, err
+
+
+def test_join_to_an_address_nobody_answers_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    code, _, err = cli(
+        "join", f"127.0.0.1:{port}", "--token", "nf1.x", "--ca-hash", "sha256:0",
+        "--name", "n9", "--address", "127.0.0.9", "--data-dir", str(tmp_path / "n9"),
+    )  # fmt: skip
+    assert code == 3, err
+    assert f"cannot reach https://127.0.0.1:{port}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n9").exists()

@@ -51,6 +51,7 @@ async def test_a_join_adds_the_node_signs_its_key_and_uses_the_token(ca_dir: Pat
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         ca = (await client.get("/v1/ca")).json()
         assert ca["fingerprint"] == fingerprint((ca_dir / "ca.crt").read_bytes())
+        assert ca["cluster"] == "shop"
         answer = await client.post("/v1/join", json=join_body(token))
         assert answer.status_code == 201, answer.text
         cert = x509.load_pem_x509_certificate(answer.json()["cert"].encode())

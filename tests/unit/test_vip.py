@@ -15,6 +15,7 @@ from ninefold.spec import SpecError, dump_spec, parse_spec
 from ninefold.spec.vip import VipSpec
 from ninefold.store.memory import MemoryStore
 from ninefold.vip import Interface, garp_frame, pick_interface, vip_step
+from tests.helpers import eventually
 
 BASE = """\
 cluster: t
@@ -340,3 +341,31 @@ def test_the_gateway_vip_address_is_the_one_the_agent_started_with() -> None:
     assert effective_vip(started, moved) == started.gateway.vip  # new address: at restart
     assert effective_vip(started, none) == started.gateway.vip
     assert effective_vip(none, started) is None
+
+
+async def test_an_address_this_node_cannot_hold_is_refused_once_with_an_event() -> None:
+    from ninefold.agent.addresses import FloatingAddresses
+
+    class Journal:
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str, str]] = []
+
+        async def record(self, kind: str, subject: str, reason: str = "") -> None:
+            self.lines.append((kind, subject, reason))
+
+    journal = Journal()
+    addresses = FloatingAddresses(journal)  # type: ignore[arg-type]
+    vip = VipSpec.model_validate({"address": "10.99.0.10/24", "interface": "nf-none0"})
+    assert await addresses.take(vip, "gateway") is False
+    assert await addresses.take(vip, "gateway") is False
+    assert await addresses.can_hold(vip) is False
+    assert not addresses.holds(vip.ip) and addresses.held() == {}
+
+    async def journaled() -> bool:  # the journal writes run in the background
+        return bool(journal.lines)
+
+    await eventually(journaled, 2, "the vip-failed event")
+    assert journal.lines == [
+        ("vip-failed", "10.99.0.10", "no interface with nf-none0 on this node")
+    ]
+    await addresses.drop(vip.ip, "nothing held")  # a no-op, not an error

@@ -76,7 +76,7 @@ class FloatingAddresses:
                 where = vip.interface or f"an address in {vip.network}"
                 raise VipError(f"no interface with {where} on this node")
         except VipError as exc:
-            await self._failed(vip.ip, str(exc))
+            self._failed(vip.ip, str(exc))
             found = False
         self._can_hold[key] = (found, now)
         return found
@@ -96,7 +96,7 @@ class FloatingAddresses:
                 await add_address(vip.address, iface.name, self._lifetime)
             except VipError as exc:
                 self._can_hold[(vip.address, vip.interface)] = (False, time.monotonic())
-                await self._failed(vip.ip, str(exc))
+                self._failed(vip.ip, str(exc))
                 return False
             now = time.monotonic()
             held = HeldAddress(vip, iface, owner, since=now, renewed=now)
@@ -163,7 +163,7 @@ class FloatingAddresses:
         except OSError as exc:
             log.error("gratuitous ARP for %s on %s: %s", ip, iface.name, exc)
 
-    async def _failed(self, ip: str, message: str) -> None:
+    def _failed(self, ip: str, message: str) -> None:
         if self._last_failure.get(ip) == message:
             return  # said once is enough
         self._last_failure[ip] = message

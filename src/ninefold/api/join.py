@@ -47,6 +47,7 @@ def fingerprint(pem: bytes) -> str:
 
 
 class CaOut(BaseModel):
+    cluster: str
     ca: str = Field(description="the cluster CA's certificate, PEM")
     fingerprint: str = Field(description="sha256 of its DER form, as `join --ca-hash` takes it")
 
@@ -103,7 +104,8 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
         if files is None:
             raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
         pem = await asyncio.to_thread(files[0].read_bytes)
-        return CaOut(ca=pem.decode(), fingerprint=fingerprint(pem))
+        cluster = (await read_spec(store, fallback)).cluster
+        return CaOut(cluster=cluster, ca=pem.decode(), fingerprint=fingerprint(pem))
 
     @app.post(
         "/v1/join",

@@ -88,6 +88,17 @@ def join(
             f"the CA at {base} is not the one --ca-hash names (it is {fingerprint(ca_pem)})",
             EXIT_USAGE,
         )
+    # Everything local that can fail, before the cluster spends a token use
+    # and adds the node (which cannot be undone from here).
+    where = data_dir or defaults.data_dir(answer["cluster"], name)
+    files = NodeTlsFiles.of_data_dir(where)
+    try:
+        files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = files.directory / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise fail(f"cannot write {files.directory}: {exc.strerror}", EXIT_USAGE) from None
     key = new_key()
     body = {
         "token": token,
@@ -103,8 +114,6 @@ def join(
     except httpx.HTTPError as exc:
         raise fail(f"the join did not complete: {exc}", EXIT_UNREACHABLE) from None
     spec = parse_spec(joined["spec"])
-    where = data_dir or defaults.data_dir(spec.cluster, name)
-    files = NodeTlsFiles.of_data_dir(where)
     write_node_files(files, ca_pem, joined["cert"].encode(), private_pem(key))
     # This machine's copy of the spec names its own copy of the CA.
     assert spec.security.tls is not None

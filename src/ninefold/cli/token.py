@@ -4,7 +4,9 @@ Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,30 +41,48 @@ OutFile = Annotated[
 ]
 
 
-def _deliver(token: str, out_file: Path | None) -> None:
-    """Print the token (once), or write it to a file only its owner can read."""
+@contextlib.contextmanager
+def delivery(out_file: Path | None) -> Iterator[Callable[[str], None]]:
+    """Where a new token goes: stdout (once), or a new file only its owner can
+    read. The file is created before the token is asked for, so a token is
+    never made that cannot be delivered (a bootstrap token could not be made
+    again)."""
     if out_file is None:
-        print(token, flush=True)
+        yield lambda token: print(token, flush=True)
         return
     try:
         out_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot write {out_file}: {exc.strerror}", EXIT_USAGE) from None
+    try:
         fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise fail(f"{out_file} exists already: not overwriting a token file", EXIT_USAGE) from None
     except OSError as exc:
         raise fail(f"cannot write {out_file}: {exc.strerror}", EXIT_USAGE) from None
-    with os.fdopen(fd, "w") as file:
-        file.write(token + "\n")
-    say(f"token written to {out_file}; use it with: export NINEFOLD_TOKEN_FILE={out_file}")
+    written = False
+
+    def write(token: str) -> None:
+        nonlocal written
+        with os.fdopen(fd, "w") as file:
+            file.write(token + "\n")
+        written = True
+        say(f"token written to {out_file}; use it with: export NINEFOLD_TOKEN_FILE={out_file}")
+
+    try:
+        yield write
+    finally:
+        if not written:
+            os.close(fd)
+            out_file.unlink(missing_ok=True)
 
 
 @token_app.command("bootstrap")
 def bootstrap(spec: SpecOption = DEFAULT_SPEC, out_file: OutFile = None) -> None:
     """Create the cluster's first admin token. From then on every API request
     but /v1/health needs a token; this works once per cluster."""
-    with connect(spec) as client, calling():
-        made = client.bootstrap_token()
-    _deliver(made["token"], out_file)
+    with delivery(out_file) as deliver, connect(spec) as client, calling():
+        deliver(client.bootstrap_token()["token"])
 
 
 @token_app.command("create")
@@ -98,9 +118,9 @@ def create(
             raise fail(f"--ttl: {exc}", EXIT_USAGE) from None
         if seconds <= 0:
             raise fail("--ttl must be positive", EXIT_USAGE)
-    with connect(spec) as client, calling():
-        made = client.create_token(role, name, "join" if join else "api", seconds, uses)
-    _deliver(made["token"], out_file)
+    kind = "join" if join else "api"
+    with delivery(out_file) as deliver, connect(spec) as client, calling():
+        deliver(client.create_token(role, name, kind, seconds, uses)["token"])
     if join:
         _join_hint(spec, client.url)
 
