@@ -18,6 +18,9 @@ STORE_PEER_PORT = 2380
 """etcd peer port of an embedded store member."""
 GATEWAY_HTTP_PORT = 8080
 """The gateway's HTTP listener."""
+MESH_PORT = 8444
+"""The gateway's mesh listener (mutual TLS from other nodes' gateways to this
+node's instances of `route.mtls` services), with `security.tls`."""
 INSTANCE_PORT_RANGE = (20000, 29999)
 """Named ports of service instances are allocated from this range."""
 

@@ -309,6 +309,8 @@ class LocalCluster:
                 ports += [("store_peer", n.ports.store_peer)]
             if self.spec.gateway.enabled:
                 ports.append(("gateway_http", n.ports.gateway_http))
+            if self.spec.mesh_listens:
+                ports.append(("mesh", n.ports.mesh))
             for kind, port in ports:
                 if not port_is_free(n.address, port):
                     raise StartFailed(

@@ -257,6 +257,8 @@ class Agent:
             vips=(self.spec.gateway.vip.ip,) if self.spec.gateway.vip else (),
             node_cert=NodeTlsFiles.of_data_dir(self.data_dir).cert,
             node_key=NodeTlsFiles.of_data_dir(self.data_dir).key,
+            node_tls=NodeTlsFiles.of_data_dir(self.data_dir) if self.spec.mesh_listens else None,
+            mesh_port=self.node.ports.mesh if self.spec.mesh_listens else None,
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.spec, settings, self.registry)
@@ -273,6 +275,8 @@ class Agent:
         log.info("gateway (%s) on %s:%s", engine.name, settings.address, settings.http_port)
         if self.spec.gateway.tls is not None:
             log.info("gateway TLS on %s:%s", settings.address, self.spec.gateway.tls.port)
+        if settings.mesh_port is not None:
+            log.info("gateway mesh (mTLS) on %s:%s", settings.address, settings.mesh_port)
         feed = GatewayFeed(store, self.node.name, lease, engine, self.spec)
         return engine, asyncio.create_task(feed.run(), name="gateway")
 

@@ -77,7 +77,7 @@ class GatewayFeed:
         listing = await self._store.list(STATUS)
         statuses = [InstanceStatus.decode(i.value) for i in listing.items]
         policies = await self._policies.update(self._spec, self._journal)
-        table = build_table(self._spec, statuses, policies)
+        table = build_table(self._spec, statuses, policies, self._node)
         set_checks = getattr(self.engine, "set_checks", None)
         if set_checks is not None and self._spec is not self._configured:
             from ninefold.gateway.haproxy import checks_for

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ninefold.gateway.routes import RoutingTable
+from ninefold.security.files import NodeTlsFiles
 from ninefold.spec.routing import GatewayTlsSpec
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -79,6 +80,12 @@ class GatewaySettings:
     tls: GatewayTlsSpec | None = None
     """`gateway.tls` (make_engine takes it from the spec); the engine resolves
     its files when it starts (gateway/tls.py)."""
+    node_tls: NodeTlsFiles | None = None
+    """This node's files from the cluster CA (with `security.tls`): the client
+    certificate towards other nodes' mesh listeners, and this node's own."""
+    mesh_port: int | None = None
+    """Listen on address:mesh_port for other gateways' mutual-TLS connections
+    to this node's `route.mtls` instances (gateway/mesh.py); None: do not."""
 
 
 def freebind_socket(address: str, port: int) -> socket.socket:

@@ -17,18 +17,45 @@ DEFAULT_WEIGHT = 100
 
 
 @dataclass(frozen=True, slots=True)
+class MeshHop:
+    """How a gateway reaches an instance on another node for a `route.mtls`
+    service: through that node's mesh listener, over mutual TLS."""
+
+    address: str
+    """The instance's node's address."""
+    port: int
+    """Its `ports.mesh`."""
+    node: str
+    """The name the mesh listener's certificate must carry (the node's name)."""
+    sni: str
+    """The server name sent in the handshake: the instance, which the mesh
+    listener pipes the connection to."""
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     instance: str
     node: str
     address: str
     port: int
+    """The instance's own address and port: what identifies it (`key`), in
+    metrics, drains and sticky cookies, whichever way it is reached."""
     weight: int = DEFAULT_WEIGHT
     draining: bool = False
+    mesh: MeshHop | None = None
+    """None: connect to address:port in plain text; else through this hop."""
 
     @property
     def key(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
+
+    @property
+    def target(self) -> tuple[str, int]:
+        """Where the gateway opens its connection (the mesh hop, if any)."""
+        if self.mesh is not None:
+            return self.mesh.address, self.mesh.port
+        return self.address, self.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +76,20 @@ class ServiceRoutes:
 @dataclass(frozen=True)
 class RoutingTable:
     services: Mapping[str, ServiceRoutes] = field(default_factory=dict)
+    node: str = ""
+    """The node whose gateway routes by this table ("": unknown)."""
+
+    def mesh_targets(self) -> dict[str, Backend]:
+        """What this node's mesh listener may pipe to, by instance name: the
+        instances of `route.mtls` services that run on this node (draining
+        ones included: they finish what they have)."""
+        return {
+            b.instance: b
+            for s in self.services.values()
+            if s.route.mtls
+            for b in s.backends
+            if b.mesh is None and b.node == self.node
+        }
 
     def http(self) -> list[ServiceRoutes]:
         """HTTP routes, most specific first: host routes before host-less ones,
@@ -118,10 +159,14 @@ def build_table(
     spec: ClusterSpec,
     statuses: Iterable[InstanceStatus],
     policies: Mapping[str, AccessPolicy] | None = None,
+    node: str = "",
 ) -> RoutingTable:
-    """The table for `spec` and the instances' status. `policies`: the loaded
-    access policies by service; a service whose policy is missing from it gets
-    one that refuses every request (never routed unprotected)."""
+    """The table for `spec` and the instances' status, for the gateway of
+    `node`. `policies`: the loaded access policies by service; a service whose
+    policy is missing from it gets one that refuses every request (never
+    routed unprotected). Instances of a `route.mtls` service on another node
+    than `node` are reached through that node's mesh port (see `MeshHop`)."""
+    nodes = {n.name: n for n in spec.nodes}
     by_service: dict[str, list[Backend]] = {}
     for status in statuses:
         service = spec.services.get(status.service)
@@ -131,6 +176,12 @@ def build_table(
         port = status.ports.get(port_name or "")
         if port is None:
             continue
+        mesh = None
+        if service.route.mtls and status.node != node:
+            peer = nodes.get(status.node)
+            if peer is None:  # no address or mesh port to reach it by
+                continue
+            mesh = MeshHop(peer.address, peer.ports.mesh, peer.name, status.instance)
         by_service.setdefault(status.service, []).append(
             Backend(
                 instance=status.instance,
@@ -138,6 +189,7 @@ def build_table(
                 address=status.address,
                 port=port,
                 draining=status.draining,
+                mesh=mesh,
             )
         )
     services = {
@@ -151,7 +203,7 @@ def build_table(
         for name, svc in sorted(spec.services.items())
         if svc.route is not None
     }
-    return RoutingTable(services)
+    return RoutingTable(services, node)
 
 
 def _policy(

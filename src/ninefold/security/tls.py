@@ -4,7 +4,9 @@ The API's context follows its files: `ReloadingServerContext` checks the
 node's certificate and key files at most every `RELOAD_CHECK_EVERY` seconds
 (on a TLS handshake, from the event loop: a stat and a few KB read) and moves
 new handshakes to a fresh context when they changed. Connections already open
-keep the certificate they started with.
+keep the certificate they started with. The gateway's mesh listener uses the
+same class, requiring a client certificate and remembering each handshake's
+server name.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+import weakref
 from pathlib import Path
 
 from ninefold.security.files import NodeTlsFiles, TlsError
@@ -22,11 +25,12 @@ RELOAD_CHECK_EVERY = 1.0
 """Seconds between two looks at a node's certificate files."""
 
 
-def server_context(files: NodeTlsFiles) -> ssl.SSLContext:
+def server_context(files: NodeTlsFiles, require_client_cert: bool = False) -> ssl.SSLContext:
     """TLS 1.2+ server context with the node's certificate that verifies a client
     certificate when one is presented (CERT_OPTIONAL): a certificate from
     another CA, or an expired one, fails the handshake; no certificate passes
-    (people and the CLI authenticate with bearer tokens instead)."""
+    (people and the CLI authenticate with bearer tokens instead).
+    `require_client_cert`: no certificate fails the handshake too."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -34,7 +38,7 @@ def server_context(files: NodeTlsFiles) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=files.ca)
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load TLS files in {files.directory}: {_reason(exc)}") from None
-    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 
 
@@ -61,15 +65,20 @@ def _reason(exc: BaseException) -> str:
 class ReloadingServerContext:
     """A server context whose certificate follows the files on disk."""
 
-    def __init__(self, files: NodeTlsFiles) -> None:
+    def __init__(
+        self, files: NodeTlsFiles, require_client_cert: bool = False, what: str = "API"
+    ) -> None:
         self.files = files
+        self.what = what
+        self._require = require_client_cert
         self._stamp = self._stat()
-        self._current = server_context(files)
+        self._current = server_context(files, require_client_cert)
         self._checked = time.monotonic()
-        self.context = server_context(files)
+        self.context = server_context(files, require_client_cert)
         """The context to give the server: it hands each handshake to the current one."""
         self.context.sni_callback = self._choose
         self.reloads = 0
+        self._names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
     def _stat(self) -> tuple[int, ...]:
         out: list[int] = []
@@ -96,14 +105,21 @@ class ReloadingServerContext:
         if stamp == self._stamp:
             return False
         try:
-            fresh = server_context(self.files)
+            fresh = server_context(self.files, self._require)
         except TlsError as exc:
             log.warning("keeping the current certificate: %s", exc)
             return False
         self._current, self._stamp = fresh, stamp
         self.reloads += 1
-        log.info("API certificate reloaded from %s", self.files.cert)
+        log.info("%s certificate reloaded from %s", self.what, self.files.cert)
         return True
 
+    def server_name(self, ssl_object: object) -> str | None:
+        """The server name (SNI) the client of this connection asked for, if any
+        (the server side of `ssl` does not keep it)."""
+        return self._names.get(ssl_object)
+
     def _choose(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if server_name is not None:
+            self._names[sock] = server_name
         sock.context = self.current()

@@ -21,6 +21,7 @@ from .duration import HUMAN_DURATIONS
 from .errors import Loc, Problem, SpecError, SpecIssue, describe, format_loc
 from .models import DEFER_CONTEXT, ClusterSpec, NodeSpec, ServiceSpec, StoreSpec, cluster_problems
 from .routing import GatewaySpec
+from .security import SecuritySpec
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -292,7 +293,8 @@ def _problems_of_valid_parts(data: dict[str, Any], errors: list[ErrorDetails]) -
             if service is not None:
                 services[name] = service
     gateway = None if ("gateway",) in tops else _valid(GatewaySpec, data.get("gateway", {}))
-    problems = cluster_problems(store, nodes, services, gateway)
+    security = None if ("security",) in tops else _valid(SecuritySpec, data.get("security", {}))
+    problems = cluster_problems(store, nodes, services, gateway, security)
     return [p for p in problems if not _under_dropped(p.loc, dropped)]
 
 

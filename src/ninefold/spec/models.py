@@ -299,6 +299,9 @@ class NodePorts(_Model):
     store_client: Port = defaults.STORE_CLIENT_PORT
     store_peer: Port = defaults.STORE_PEER_PORT
     gateway_http: Port = defaults.GATEWAY_HTTP_PORT
+    mesh: Port = defaults.MESH_PORT
+    """The gateway's mesh listener (mutual TLS), bound only with `security.tls`
+    and the gateway enabled."""
 
 
 class NodeSpec(_Model):
@@ -319,11 +322,14 @@ class NodeSpec(_Model):
         """Whether this node's labels carry every constraint's key with its value."""
         return all(self.labels.get(key) == value for key, value in constraints.items())
 
-    def bound_ports(self, runs_store: bool) -> list[tuple[str, int]]:
-        """(kind, port) of every port this node's agent listens on."""
+    def bound_ports(self, runs_store: bool, mesh: bool = False) -> list[tuple[str, int]]:
+        """(kind, port) of every port this node's agent listens on (`mesh`: its
+        gateway has a mesh listener, see `mesh_listens`)."""
         kinds = ["api", "gateway_http"]
         if runs_store:
             kinds += ["store_client", "store_peer"]
+        if mesh:
+            kinds.append("mesh")
         return [(kind, getattr(self.ports, kind)) for kind in kinds]
 
 
@@ -563,7 +569,12 @@ class ClusterSpec(_Model):
 
     def problems(self) -> list[Problem]:
         """Every rule spanning nodes, store and services."""
-        return cluster_problems(self.store, self.nodes, self.services, self.gateway)
+        return cluster_problems(self.store, self.nodes, self.services, self.gateway, self.security)
+
+    @property
+    def mesh_listens(self) -> bool:
+        """Whether every node's gateway listens on its mesh port."""
+        return mesh_listens(self.gateway, self.security)
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -587,28 +598,56 @@ class ClusterSpec(_Model):
 # --- cross checks ----------------------------------------------------------------
 
 
+def mesh_listens(gateway: GatewaySpec | None, security: SecuritySpec | None) -> bool:
+    """The gateways listen on their mesh port when they run and the cluster has a CA."""
+    return (
+        gateway is not None
+        and gateway.enabled
+        and security is not None
+        and security.tls is not None
+    )
+
+
 def cluster_problems(
     store: StoreSpec | None,
     nodes: list[NodeSpec] | None,
     services: Mapping[str, ServiceSpec],
     gateway: GatewaySpec | None = None,
+    security: SecuritySpec | None = None,
 ) -> list[Problem]:
     """Cross checks over whichever parts validated; None skips the checks needing a part."""
     out: list[Problem] = []
+    mesh = mesh_listens(gateway, security)
     if nodes is not None:
         embedded = store is not None and store.mode == "embedded"
-        out += node_problems(nodes, embedded)
+        out += node_problems(nodes, embedded, mesh)
         if embedded and not any(node.store for node in nodes):
             out.append(Problem(("nodes",), "an embedded store needs a node with store: true"))
     for name, service in services.items():
         out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
         if nodes is not None:
             out += placement_problems(name, service, nodes)
-    out += route_problems(services, nodes or [])
+    out += route_problems(services, nodes or [], mesh)
     out += vip_problems(services, nodes, gateway)
     if gateway is not None:
-        out += gateway.port_problems(nodes, services)
+        out += gateway.port_problems(nodes, services, mesh)
+    if security is not None:
+        out += mtls_problems(services, security)
     return out
+
+
+def mtls_problems(services: Mapping[str, ServiceSpec], security: SecuritySpec) -> list[Problem]:
+    """A route with `mtls: true` needs the cluster CA the nodes' certificates come from."""
+    if security.tls is not None:
+        return []
+    return [
+        Problem(
+            ("services", name, "route", "mtls"),
+            "mtls needs security.tls (the cluster CA that issues the nodes' certificates)",
+        )
+        for name, service in services.items()
+        if service.route is not None and service.route.mtls
+    ]
 
 
 def vip_problems(
@@ -643,13 +682,15 @@ def vip_problems(
     return out
 
 
-def route_problems(services: Mapping[str, ServiceSpec], nodes: list[NodeSpec]) -> list[Problem]:
+def route_problems(
+    services: Mapping[str, ServiceSpec], nodes: list[NodeSpec], mesh: bool = False
+) -> list[Problem]:
     """Two services on one TCP listen port or one HTTP host+prefix; a TCP
     listen port that is also a port of some node's agent."""
     out: list[Problem] = []
     tcp: dict[int, str] = {}
     http: dict[tuple[str | None, str], str] = {}
-    node_ports = {port: kind for node in nodes for kind, port in node.bound_ports(node.store)}
+    node_ports = {port: kind for node in nodes for kind, port in node.bound_ports(node.store, mesh)}
     for name, service in services.items():
         route = service.route
         if route is None:
@@ -675,7 +716,7 @@ def route_problems(services: Mapping[str, ServiceSpec], nodes: list[NodeSpec]) -
     return out
 
 
-def node_problems(nodes: list[NodeSpec], embedded_store: bool) -> list[Problem]:
+def node_problems(nodes: list[NodeSpec], embedded_store: bool, mesh: bool = False) -> list[Problem]:
     """Duplicate names, and ports two agents (or one agent twice) would both listen on."""
     out: list[Problem] = []
     names: dict[str, int] = {}
@@ -687,7 +728,7 @@ def node_problems(nodes: list[NodeSpec], embedded_store: bool) -> list[Problem]:
         names.setdefault(node.name, j)
         clashes: dict[str, list[str]] = {}
         mine: dict[int, str] = {}
-        for kind, port in node.bound_ports(embedded_store and node.store):
+        for kind, port in node.bound_ports(embedded_store and node.store, mesh):
             if port in mine:
                 msg = f"port {port} is also this node's {mine[port]} port"
                 out.append(Problem(("nodes", j, "ports", kind), msg))

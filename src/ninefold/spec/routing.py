@@ -39,6 +39,10 @@ class RouteSpec(_Model):
     """A TCP listen port on every node's gateway."""
     port: str | None = None
     """Which named port of the instances receives the traffic (default the first)."""
+    mtls: bool = False
+    """Gateways reach instances on other nodes through that node's mesh port
+    (`ports.mesh`), over mutual TLS with the nodes' certificates, instead of
+    in plain text; needs `security.tls`."""
 
     @field_validator("http")
     @classmethod
@@ -117,15 +121,19 @@ class GatewaySpec(_Model):
     """TLS termination for HTTP routes, on a port of its own."""
 
     def port_problems(
-        self, nodes: list[NodeSpec] | None, services: Mapping[str, ServiceSpec]
+        self,
+        nodes: list[NodeSpec] | None,
+        services: Mapping[str, ServiceSpec],
+        mesh: bool = False,
     ) -> list[Problem]:
-        """The TLS port must be none of an agent's ports nor a TCP route's."""
+        """The TLS port must be none of an agent's ports nor a TCP route's
+        (`mesh`: the agents listen on their mesh ports too)."""
         if self.tls is None:
             return []
         port = self.tls.port
         loc = ("gateway", "tls", "port")
         for node in nodes or []:
-            for kind, bound in node.bound_ports(node.store):
+            for kind, bound in node.bound_ports(node.store, mesh):
                 if bound == port:
                     return [Problem(loc, f"port {port} is node '{node.name}'s {kind} port")]
         for name, service in services.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ninefold import defaults
 from ninefold.gateway import balance
 from ninefold.gateway.builtin.http import ClientConnection
+from ninefold.gateway.builtin.mesh import MeshListener
 from ninefold.gateway.builtin.pool import Pool
 from ninefold.gateway.builtin.tcp import TcpClient
 from ninefold.gateway.engine import (
@@ -24,6 +25,7 @@ from ninefold.gateway.engine import (
     ServiceMetrics,
     freebind_socket,
 )
+from ninefold.gateway.mesh import MeshClientContext, mesh_server_context
 from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
 from ninefold.gateway.tls import (
     CertificateWatch,
@@ -109,6 +111,8 @@ class _Routing:
     services: dict[str, ServiceState] = field(default_factory=dict)
     tcp: dict[int, ServiceState] = field(default_factory=dict)
     live_keys: frozenset[str] = frozenset()
+    mesh_targets: dict[str, Backend] = field(default_factory=dict)
+    """This node's mtls instances by name: what the mesh listener pipes to."""
     matches: dict[tuple[bytes | None, bytes], tuple[ServiceState, bytes] | None] = field(
         default_factory=dict
     )
@@ -142,6 +146,12 @@ class BuiltinEngine(Engine):
         """The TLS port listened on, when gateway.tls is set."""
         self._tls_context: ssl.SSLContext | None = None
         self._tls_watcher: asyncio.Task[None] | None = None
+        files = settings.node_tls
+        self.mesh_client = MeshClientContext(files) if files is not None else None
+        """This node's client side towards other nodes' mesh listeners."""
+        self.mesh: MeshListener | None = None
+        self.mesh_port: int | None = None
+        """The mesh port listened on, when settings ask for one."""
 
     # --- Engine -----------------------------------------------------------------------------
 
@@ -157,6 +167,8 @@ class BuiltinEngine(Engine):
             await self._listen_http(redirect)
             if tls is not None:
                 await self._listen_https(tls)
+            if settings.mesh_port is not None:
+                await self._listen_mesh(settings.mesh_port)
         except BaseException:
             for server in self._servers:
                 server.close()
@@ -182,13 +194,17 @@ class BuiltinEngine(Engine):
                 balancer = balance.make_balancer(algorithm, self.inflight)
             services[name] = ServiceState(routes, metrics, balancer)
         tcp = {port: services[routes.service] for port, routes in table.tcp().items()}
-        live_keys = frozenset(b.key for s in table.services.values() for b in s.live)
-        self._routing = _Routing(table, services, tcp, live_keys)
+        live = {b.key: b for s in table.services.values() for b in s.live}
+        live_keys = frozenset(live)
+        self._routing = _Routing(table, services, tcp, live_keys, table.mesh_targets())
 
         # Backends that take no new requests keep no idle connections; the
-        # connections of requests in flight to them close when those end.
-        for key in [k for k in self.pools if k not in live_keys]:
-            self.pools.pop(key).close()
+        # connections of requests in flight to them close when those end. So
+        # do those now reached another way (direct <-> through the mesh).
+        for key, pool in list(self.pools.items()):
+            backend = live.get(key)
+            if backend is None or backend.mesh != pool.backend.mesh:
+                self.pools.pop(key).close()
 
         for port in [p for p in self._listeners if p not in tcp]:
             # Stops accepting; connections already spliced stay up.
@@ -225,6 +241,8 @@ class BuiltinEngine(Engine):
             server.close()
         for task in list(self.tasks):
             task.cancel()
+        if self.mesh is not None:
+            self.mesh.close()
         for client in list(self.clients):
             client.abort()
         for tunnel in list(self.tunnels):
@@ -302,7 +320,7 @@ class BuiltinEngine(Engine):
         key = backend.key
         pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(key, backend.address, backend.port)
+            pool = Pool(backend, self.mesh_client)
             if key in self._routing.live_keys:
                 self.pools[key] = pool
             else:
@@ -350,6 +368,28 @@ class BuiltinEngine(Engine):
         for vip in self.settings.vips:
             sock = freebind_socket(vip, self.tls_port)
             self._servers.append(await self.loop.create_server(factory, sock=sock, **options))
+
+    async def _listen_mesh(self, port: int) -> None:
+        """The mesh listener: mutual TLS with the node's certificate (reloaded
+        when it changes), piping to this node's mtls instances."""
+        files = self.settings.node_tls
+        if files is None:
+            raise GatewayTlsError("mesh listener: this agent knows no node certificate")
+        tls = await asyncio.to_thread(mesh_server_context, files)
+        self.mesh = MeshListener(
+            self.loop, tls, self.settings.address, lambda: self._routing.mesh_targets
+        )
+        server = await self.loop.create_server(
+            self.mesh.protocol,
+            self.settings.address,
+            port,
+            ssl=tls.context,
+            ssl_handshake_timeout=defaults.GATEWAY_TLS_HANDSHAKE_TIMEOUT,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        self._servers.append(server)
+        self.mesh_port = server.sockets[0].getsockname()[1] if server.sockets else port
 
     async def _watch_certificate(self, tls: TlsSettings) -> None:
         """Serve a rotated certificate from the next connection on."""

@@ -9,8 +9,12 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
 
+from ninefold.gateway.builtin.mesh import open_upstream
+
 if TYPE_CHECKING:
     from ninefold.gateway.builtin.http import Exchange
+    from ninefold.gateway.mesh import MeshClientContext
+    from ninefold.gateway.routes import Backend
 
 POOL_MAX_IDLE = 64  # TODO(defaults)
 """Idle keep-alive connections kept per backend; more are closed on release."""
@@ -34,12 +38,14 @@ class _ExtraResponse(Exception):
 class Pool:
     """Idle connections to one backend, newest last (reused first)."""
 
-    __slots__ = ("host", "idle", "key", "open", "port")
+    __slots__ = ("backend", "idle", "key", "mesh", "open")
 
-    def __init__(self, key: str, host: str, port: int) -> None:
-        self.key = key
-        self.host = host
-        self.port = port
+    def __init__(self, backend: Backend, mesh: MeshClientContext | None = None) -> None:
+        self.key = backend.key
+        self.backend = backend
+        """Where connections go: the instance, or its node's mesh listener."""
+        self.mesh = mesh
+        """This node's mesh client TLS (needed when `backend.mesh` is set)."""
         self.idle: deque[BackendConnection] = deque()
         self.open = True
         """False once the backend left the table or drains: connections are
@@ -47,8 +53,8 @@ class Pool:
 
     async def connect(self, loop: asyncio.AbstractEventLoop, timeout: float) -> BackendConnection:
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(
-                lambda: BackendConnection(self, loop), self.host, self.port
+            _, conn = await open_upstream(
+                loop, lambda: BackendConnection(self, loop), self.backend, self.mesh
             )
         return conn
 

@@ -11,6 +11,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from ninefold.gateway.builtin.http import answered
+from ninefold.gateway.builtin.mesh import open_upstream
 from ninefold.gateway.engine import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ class TcpClient(asyncio.Protocol):
             attempt_started = loop.time()
             try:
                 async with asyncio.timeout(svc.connect_timeout):
-                    transport, upstream = await loop.create_connection(
-                        lambda: TcpUpstream(self), backend.address, backend.port
+                    transport, upstream = await open_upstream(
+                        loop, lambda: TcpUpstream(self), backend, engine.mesh_client
                     )
             except (OSError, TimeoutError):
                 engine.mark_down(backend.key)

@@ -1,0 +1,315 @@
+"""Gateway to instance over mutual TLS (`route.mtls`): the spec, the routing
+table's choice of path, and the builtin engine's mesh listener and client,
+in process on loopback (n1 on 127.0.0.1, n2 on 127.0.0.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ninefold.agent.records import InstanceStatus
+from ninefold.gateway.builtin import BuiltinEngine
+from ninefold.gateway.engine import GatewaySettings
+from ninefold.gateway.mesh import peer_has_name
+from ninefold.gateway.routes import Backend, MeshHop, RoutingTable, ServiceRoutes, build_table
+from ninefold.security.ca import CertificateAuthority, create_ca
+from ninefold.security.certs import issue_node_files
+from ninefold.security.files import NodeTlsFiles
+from ninefold.spec import SpecError, load_spec, parse_spec
+from ninefold.spec.routing import BalanceSpec, RouteSpec
+from tests.tls_probes import plain_refused
+
+N1, N2 = "127.0.0.1", "127.0.0.2"
+
+NODES = """\
+cluster: t
+nodes:
+  - {name: n1, address: 127.0.0.1, store: true}
+  - {name: n2, address: 127.0.0.2, ports: {mesh: 9444}}
+"""
+SERVICES = """\
+services:
+  web:
+    command: [x]
+    replicas: 2
+    route: {http: /web, mtls: true}
+  plain:
+    command: [x]
+    route: {http: /plain}
+  db:
+    command: [x]
+    route: {tcp: 5432, mtls: true}
+"""
+SECURITY = "security:\n  tls: {ca: /etc/ninefold/t/ca.crt}\n"
+
+
+# --- spec --------------------------------------------------------------------------------
+
+
+def test_mtls_needs_security_tls(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(NODES + SERVICES)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    lines = str(err.value).splitlines()
+    assert f"{path}:9 services.web.route.mtls: mtls needs security.tls" in str(err.value)
+    assert f"{path}:15 services.db.route.mtls: mtls needs security.tls" in str(err.value)
+    assert len([line for line in lines if "mtls needs" in line]) == 2
+
+
+def test_mtls_with_security_tls_is_accepted() -> None:
+    spec = parse_spec(NODES + SERVICES + SECURITY, "s.yaml")
+    web = spec.services["web"].route
+    assert web is not None and web.mtls
+    assert spec.services["plain"].route is not None and not spec.services["plain"].route.mtls
+    assert spec.node("n1").ports.mesh == 8444 and spec.node("n2").ports.mesh == 9444
+    assert spec.mesh_listens
+
+
+def test_mesh_port_clashes_count_only_when_it_listens() -> None:
+    nodes = NODES.replace("{mesh: 9444}", "{mesh: 9444, api: 9444}")
+    parse_spec(nodes + SERVICES.replace("mtls: true", "mtls: false"), "s.yaml")  # no TLS: unused
+    with pytest.raises(SpecError, match="port 9444 is also this node's api port"):
+        parse_spec(nodes + SERVICES + SECURITY, "s.yaml")
+    tcp = SERVICES.replace("tcp: 5432", "tcp: 8444")
+    with pytest.raises(SpecError, match="port 8444 is a node's mesh port"):
+        parse_spec(NODES + tcp + SECURITY, "s.yaml")
+    gateway_off = "gateway: {enabled: false}\n"
+    assert not parse_spec(NODES + tcp + SECURITY + gateway_off, "s.yaml").mesh_listens
+
+
+# --- routing table -----------------------------------------------------------------------
+
+
+def status(instance: str, node: str, port: int) -> InstanceStatus:
+    return InstanceStatus(
+        service=instance.rsplit("-", 1)[0],
+        instance=instance,
+        node=node,
+        address={"n1": N1, "n2": N2}[node],
+        ports={"main": port},
+        state="running",
+        health="healthy",
+    )
+
+
+def test_remote_mtls_backends_go_through_the_mesh() -> None:
+    spec = parse_spec(NODES + SERVICES + SECURITY, "s.yaml")
+    statuses = [
+        status("web-0", "n1", 20000),
+        status("web-1", "n2", 20001),
+        status("plain-0", "n2", 20002),
+        status("db-0", "n2", 20003),
+    ]
+    table = build_table(spec, statuses, node="n1")
+    web = {b.instance: b for b in table.services["web"].backends}
+    assert web["web-0"].mesh is None and web["web-0"].target == (N1, 20000)
+    assert web["web-1"].mesh == MeshHop(N2, 9444, "n2", "web-1")
+    assert web["web-1"].target == (N2, 9444)
+    assert web["web-1"].key == f"{N2}:20001"  # still the instance: metrics, drains
+    assert table.services["plain"].backends[0].mesh is None
+    assert table.services["db"].backends[0].mesh == MeshHop(N2, 9444, "n2", "db-0")
+    assert set(table.mesh_targets()) == {"web-0"}
+
+    on_n2 = build_table(spec, statuses, node="n2")
+    assert {b.instance: b.mesh for b in on_n2.services["web"].backends}["web-0"] == MeshHop(
+        N1, 8444, "n1", "web-0"
+    )
+    assert set(on_n2.mesh_targets()) == {"web-1", "db-0"}
+    assert on_n2.mesh_targets()["web-1"].target == (N2, 20001)
+
+
+def test_draining_mesh_backends_keep_their_key() -> None:
+    spec = parse_spec(NODES + SERVICES + SECURITY, "s.yaml")
+    drain = status("web-1", "n2", 20001).model_copy(update={"draining": True})
+    table = build_table(spec, [drain], node="n1")
+    (backend,) = table.services["web"].backends
+    assert backend.draining and backend.mesh is not None and backend.key == f"{N2}:20001"
+    assert table.services["web"].live == ()
+
+
+def test_peer_name_is_a_dns_san() -> None:
+    cert = {"subjectAltName": (("DNS", "n2"), ("IP Address", N2))}
+    assert peer_has_name(cert, "n2")
+    assert not peer_has_name(cert, "n1") and not peer_has_name({}, "n2")
+    assert not peer_has_name(None, "n2")
+
+
+# --- the builtin engine ---------------------------------------------------------------------
+
+
+class PeerEcho:
+    """An HTTP backend on n2's address answering with the peer address it saw."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> PeerEcho:
+        self._server = await asyncio.start_server(self._serve, N2, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        peer = writer.get_extra_info("peername")[0].encode()
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(peer), peer))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def node_spec(name: str):  # type: ignore[no-untyped-def]
+    return parse_spec(NODES, "n.yaml").node(name)
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return create_ca("t")
+
+
+@pytest.fixture
+async def mesh(
+    tmp_path: Path, ca: CertificateAuthority
+) -> AsyncIterator[tuple[BuiltinEngine, BuiltinEngine, PeerEcho, Path]]:
+    """n1's and n2's gateways (n2 with a mesh listener) and a backend on n2."""
+    files = {n: issue_node_files(ca, node_spec(n), tmp_path / n) for n in ("n1", "n2")}
+    engines = []
+    for name, address in (("n1", N1), ("n2", N2)):
+        settings = GatewaySettings(
+            name, address, 0, tmp_path / name / "run", tmp_path / name / "log",
+            node_tls=files[name], mesh_port=0 if name == "n2" else None,
+        )  # fmt: skip
+        engines.append(BuiltinEngine(settings))
+    echo = await PeerEcho().start()
+    n1, n2 = engines
+    for engine in engines:
+        await engine.start()
+    try:
+        yield n1, n2, echo, tmp_path
+    finally:
+        for engine in engines:
+            await engine.stop()
+        echo.stop()
+
+
+def web_table(node: str, backend: Backend) -> RoutingTable:
+    route = RouteSpec(http="/web", mtls=True)
+    return RoutingTable({"web": ServiceRoutes("web", route, BalanceSpec(), (backend,))}, node)
+
+
+def mesh_get(
+    port: int, sni: str, files: NodeTlsFiles | None, ca: Path, tls12: bool = False
+) -> bytes | None:
+    """A GET through n2's mesh port with server name `sni`, presenting
+    `files`' certificate (or none); None when the handshake or the first read
+    fails, the bytes answered otherwise (b"": closed without an answer).
+    `tls12`: at most TLS 1.2, where a refused client certificate fails the
+    handshake itself (with 1.3 the client learns it at its first read)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if files is not None:
+        ctx.load_cert_chain(files.cert, files.key)
+    try:
+        with (
+            socket.create_connection((N2, port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=sni) as sock,
+        ):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return sock.recv(4096)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return None
+
+
+async def test_through_the_mesh_from_n1_to_n2(
+    mesh: tuple[BuiltinEngine, BuiltinEngine, PeerEcho, Path],
+) -> None:
+    n1, n2, echo, _ = mesh
+    assert n2.mesh_port
+    local = Backend("web-1", "n2", N2, echo.port)
+    await n2.apply(web_table("n2", local))
+    remote = Backend("web-1", "n2", N2, echo.port, mesh=MeshHop(N2, n2.mesh_port, "n2", "web-1"))
+    await n1.apply(web_table("n1", remote))
+    reader, writer = await asyncio.open_connection(N1, n1.port)
+    try:
+        for _ in range(3):  # keep-alive, and n1's pooled mesh connection reused
+            writer.write(b"GET /web/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            # the local hop leaves from n2's own address, not n1's
+            assert await reader.readexactly(length) == N2.encode()
+    finally:
+        writer.close()
+    assert echo.connections == 1
+    assert len(n1.pools[remote.key].idle) == 1
+    assert n1.snapshot()["web"].backends[remote.key].requests == 3
+
+
+async def test_mesh_port_refuses_strangers(
+    mesh: tuple[BuiltinEngine, BuiltinEngine, PeerEcho, Path], ca: CertificateAuthority
+) -> None:
+    _, n2, echo, tmp = mesh
+    port = n2.mesh_port
+    assert port
+    await n2.apply(web_table("n2", Backend("web-1", "n2", N2, echo.port)))
+    ca_file = tmp / "n1" / "tls" / "ca.crt"
+    good = NodeTlsFiles.of_data_dir(tmp / "n1")
+    other = issue_node_files(create_ca("other"), node_spec("n1"), tmp / "other")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    expired = issue_node_files(ca, node_spec("n1"), tmp / "expired", dt.timedelta(days=1), now=past)
+
+    def probe(sni: str, files: NodeTlsFiles | None, tls12: bool = False) -> bytes | None:
+        return mesh_get(port, sni, files, ca_file, tls12)
+
+    for tls12 in (False, True):
+        answer = await asyncio.to_thread(probe, "web-1", good, tls12)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200"), answer
+        for files in (None, other, expired):
+            refused = await asyncio.to_thread(probe, "web-1", files, tls12)
+            assert refused is None if tls12 else not refused, (files, refused)
+    assert echo.connections == 2  # the two good ones only
+    assert await asyncio.to_thread(plain_refused, N2, port)
+    # a good certificate, but a server name that is no mtls instance of n2
+    assert await asyncio.to_thread(probe, "web-9", good) == b""
+    assert await asyncio.to_thread(probe, N2, good) == b""
+    await n2.apply(RoutingTable({}, "n2"))  # the instance left the table
+    assert await asyncio.to_thread(probe, "web-1", good) == b""
+    assert echo.connections == 2
+
+
+async def test_the_sender_checks_the_nodes_name(
+    mesh: tuple[BuiltinEngine, BuiltinEngine, PeerEcho, Path],
+) -> None:
+    """n2's listener does not pass for n3: the request fails, nothing reaches the instance."""
+    n1, n2, echo, _ = mesh
+    assert n2.mesh_port
+    await n2.apply(web_table("n2", Backend("web-1", "n2", N2, echo.port)))
+    hop = MeshHop(N2, n2.mesh_port, "n3", "web-1")
+    await n1.apply(web_table("n1", Backend("web-1", "n3", N2, echo.port, mesh=hop)))
+    reader, writer = await asyncio.open_connection(N1, n1.port)
+    try:
+        writer.write(b"GET /web/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 502"), answer
+    assert echo.connections == 0
