@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.cluster.harness import LocalCluster
@@ -47,6 +51,20 @@ def local_cluster(
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(cluster.logs())
+
+
+@pytest.fixture
+def joined_agents() -> Iterator[list[Path]]:
+    """Data dirs of nodes `ninefold join` started (their agents run on their
+    own, not under the harness); their agents are stopped afterwards."""
+    dirs: list[Path] = []
+    yield dirs
+    for data_dir in dirs:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((data_dir / "agent.pid").read_text())
+            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).wait(15)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -3,17 +3,13 @@ and every refusal (used up, expired, forged, another CA) is one clear line."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from ninefold.security.ca import create_ca, write_ca
@@ -33,31 +29,21 @@ services:
 EXIT_USAGE, EXIT_DENIED = 2, 4
 
 
+def join_command(cluster: LocalCluster, token: str, ca_hash: str, node: str) -> list[str]:
+    """`ninefold join` of node nN at 127.0.0.N through n1's API."""
+    number = node.removeprefix("n")
+    return [
+        sys.executable, "-m", "ninefold", "join", f"127.0.0.1:{cluster.base + 2}",
+        "--token", token, "--ca-hash", ca_hash, "--name", node,
+        "--address", f"127.0.0.{number}", "--data-dir", str(cluster.data_dir(node)),
+    ]  # fmt: skip
+
+
 def join(
     cluster: LocalCluster, token: str, ca_hash: str, node: str
 ) -> subprocess.CompletedProcess[str]:
-    number = node.removeprefix("n")
-    return subprocess.run(
-        [
-            sys.executable, "-m", "ninefold", "join", f"127.0.0.1:{cluster.base + 2}",
-            "--token", token, "--ca-hash", ca_hash, "--name", node,
-            "--address", f"127.0.0.{number}", "--data-dir", str(cluster.data_dir(node)),
-        ],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def joined_agents(tmp_path: Path) -> Iterator[list[Path]]:
-    """Data dirs of joined nodes, whose agents are stopped afterwards."""
-    dirs: list[Path] = []
-    yield dirs
-    for data_dir in dirs:
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((data_dir / "agent.pid").read_text())
-            os.kill(pid, signal.SIGTERM)
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).wait(15)
+    command = join_command(cluster, token, ca_hash, node)
+    return subprocess.run(command, capture_output=True, text=True, timeout=90)
 
 
 def new_join_token(cluster: LocalCluster, *args: str) -> tuple[str, str]:

@@ -122,6 +122,24 @@ def test_init_writes_a_valid_spec_and_keeps_an_existing_one(
     load_spec(path)
 
 
+def test_init_with_one_node_for_others_to_join(tmp_path: Path) -> None:
+    path = tmp_path / "one.yaml"
+    result = runner.invoke(app, ["init", str(path), "--node", "db1=10.0.0.5", "--no-tls"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(path)
+    assert [(n.name, n.address, n.store) for n in spec.nodes] == [("db1", "10.0.0.5", True)]
+    assert spec.services["web"].replicas == 1  # two would need two nodes
+    assert "ninefold token create --join" in path.read_text()
+
+    for bad in ("db1", "=10.0.0.5", "db1="):
+        result = runner.invoke(app, ["init", str(tmp_path / "x.yaml"), "--node", bad, "--no-tls"])
+        assert result.exit_code == EXIT_USAGE, bad
+        assert "NAME=ADDRESS" in one_line(result.stderr)
+    result = runner.invoke(app, ["init", str(tmp_path / "x.yaml"), "--node", "db1=10.0.0.300"])
+    assert result.exit_code == EXIT_USAGE
+    assert "x.yaml" in one_line(result.stderr) and not (tmp_path / "x.yaml").exists()
+
+
 def test_up_refuses_non_loopback_nodes(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(spec_text([7070, 7070, 7070], address="10.9.8.{i}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,13 +10,18 @@ import httpx
 import pytest
 from cryptography import x509
 
+from ninefold.agent.journal import read_events
 from ninefold.agent.records import SPEC_KEY
+from ninefold.agent.store_join import promote_when_caught_up
 from ninefold.api import create_app
-from ninefold.api.join import fingerprint
+from ninefold.api.join import fingerprint, initial_cluster
 from ninefold.security import tokens
 from ninefold.security.ca import create_ca, new_key, write_ca
 from ninefold.security.certs import node_csr
 from ninefold.spec import parse_spec
+from ninefold.store.base import StoreError
+from ninefold.store.embedded import JoinRecordError, StoreJoin, member_argv
+from ninefold.store.etcd import StoreMember
 from ninefold.store.memory import MemoryStore
 from tests.unit.test_api import cluster_spec, seed
 
@@ -85,3 +91,80 @@ async def test_an_api_token_is_no_join_token(ca_dir: Path) -> None:
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         answer = await client.post("/v1/join", json=join_body(token))
         assert answer.status_code == 401 and "join token" in answer.json()["error"]["message"]
+
+
+async def test_a_store_member_needs_an_embedded_etcd_store(ca_dir: Path) -> None:
+    store = await seed(MemoryStore())
+    token, record = tokens.new_token("join", uses=1)
+    await tokens.store_token(store, record)
+    async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
+        answer = await client.post("/v1/join", json={**join_body(token), "store": True})
+        assert answer.status_code == 409, answer.text
+        assert "cannot become a store member" in answer.json()["error"]["message"]
+        # Nothing half-applied: no node added, no use spent.
+        stored = parse_spec((await store.get(SPEC_KEY)).value.decode())  # type: ignore[union-attr]
+        assert "n9" not in [n.name for n in stored.nodes]
+        assert (await tokens.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
+
+
+def test_the_added_member_goes_by_the_name_it_will_start_with() -> None:
+    peer = "https://10.0.0.9:2380"
+    members = [
+        StoreMember(1, "n1", ("https://10.0.0.1:2380",), ("https://10.0.0.1:2379",), False),
+        StoreMember(2, "", (peer,), (), True),
+        StoreMember(3, "", ("https://10.0.0.8:2380",), (), True),  # someone else's, not started
+    ]
+    assert initial_cluster(members, "n9", peer) == "n1=https://10.0.0.1:2380,n9=" + peer
+
+
+def test_a_joined_member_starts_into_the_existing_store(tmp_path: Path) -> None:
+    spec = cluster_spec()
+    node = spec.nodes[0]
+    fresh = member_argv(spec, node, tmp_path / "etcd", "etcd")
+    assert fresh[fresh.index("--initial-cluster-state") + 1] == "new"
+
+    assert StoreJoin.read(tmp_path) is None
+    StoreJoin(0xABC, "n1=http://10.0.0.1:2380,n9=http://10.0.0.9:2380").write(tmp_path)
+    joined = StoreJoin.read(tmp_path)
+    assert joined is not None and joined.member_id == 0xABC
+    argv = member_argv(spec, node, tmp_path / "etcd", "etcd", joined=joined)
+    assert argv[argv.index("--initial-cluster-state") + 1] == "existing"
+    assert argv[argv.index("--initial-cluster") + 1] == joined.initial_cluster
+
+    (tmp_path / "store-join.json").write_text("{not json")
+    with pytest.raises(JoinRecordError, match=r"store-join\.json is damaged"):
+        StoreJoin.read(tmp_path)
+
+
+class LearnerStore(MemoryStore):
+    """A memory store with one etcd learner that catches up after `lag` tries."""
+
+    def __init__(self, lag: int) -> None:
+        super().__init__()
+        self.lag = lag
+        self.member = StoreMember(7, "n9", ("http://10.0.0.9:2380",), (), True)
+
+    async def members(self) -> list[StoreMember]:
+        return [self.member]
+
+    async def promote_member(self, member_id: int) -> None:
+        assert member_id == self.member.id
+        if self.lag > 0:
+            self.lag -= 1
+            raise StoreError("can only promote a learner member which is in sync with leader")
+        self.member = dataclasses.replace(self.member, learner=False)
+
+
+async def test_a_learner_is_promoted_once_it_has_caught_up() -> None:
+    store = LearnerStore(lag=2)
+    joined = StoreJoin(7, "n9=http://10.0.0.9:2380")
+    assert await promote_when_caught_up(store, joined, "n9", every=0.01)  # type: ignore[arg-type]
+    assert not store.member.learner and store.lag == 0
+    events = await read_events(store)
+    assert [(e.kind, e.subject) for e in events] == [("store-member-promoted", "n9")]
+    # A voter already: nothing to do, no second event.
+    assert await promote_when_caught_up(store, joined, "n9", every=0.01)  # type: ignore[arg-type]
+    assert len(await read_events(store)) == 1
+    # Removed from the store meanwhile: give up (the agent logs it).
+    gone = StoreJoin(8, "")
+    assert not await promote_when_caught_up(store, gone, "n9", every=0.01)  # type: ignore[arg-type]

@@ -19,13 +19,14 @@ from ninefold.agent.leader import LeaderLoop
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
+from ninefold.agent.store_join import promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.security.ca import ca_key_path
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.spec.loading import dump_spec
 from ninefold.store.base import Compare, Put, Store, StoreError
-from ninefold.store.embedded import find_etcd, member_argv, wait_for_quorum
+from ninefold.store.embedded import StoreJoin, find_etcd, member_argv, wait_for_quorum
 from ninefold.store.etcd import EtcdStore, TlsFiles
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 
@@ -81,18 +82,30 @@ class Agent:
             log.warning("stopped leftovers of a previous agent: %s", ", ".join(killed))
         else:
             log.info("leftovers: none")
+        joined = None
         if self.spec.store.mode == "embedded" and self.node.store:
-            await self._start_etcd()
+            joined = StoreJoin.read(self.data_dir)
+            await self._start_etcd(joined)
         self.store = open_store(self.spec, self.node, self.tls)
+        promotion = None
+        if joined is not None and isinstance(self.store, EtcdStore):
+            promotion = asyncio.create_task(
+                promote_when_caught_up(self.store, joined, self.node.name), name="store-join"
+            )
         try:
             await self._serve(self.store)
         finally:
+            if promotion is not None:
+                promotion.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await promotion
             await self.store.close()
             if self.etcd is not None:
                 await self.etcd.stop()
 
-    async def _start_etcd(self) -> None:
-        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", find_etcd(), self.tls)
+    async def _start_etcd(self, joined: StoreJoin | None) -> None:
+        etcd = find_etcd()
+        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", etcd, self.tls, joined)
         spec = ProcessSpec(
             name="etcd",
             argv=argv,

@@ -9,12 +9,18 @@ from the spec (never the request's), and adds the node to the stored spec
 and uses the token once in one transaction. Nothing is half-applied: a token
 use is spent only together with the node being added.
 
-A joined node is not a store member: adding an etcd member to a running
-cluster is not built yet.
+Asked to (`store: true`), the node also becomes a store member: etcd adds it
+as a learner first (no vote, so the quorum does not change while the new
+machine starts and catches up; its agent promotes it then, see
+agent/store_join.py). Should the spec and token transaction fail, the learner
+is removed again.
 """
 
 import asyncio
+import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +40,18 @@ from ninefold.security.ca import load_ca
 from ninefold.security.certs import sign_node_csr
 from ninefold.security.files import TlsError
 from ninefold.spec import ClusterSpec, NodeSpec, SpecError, dump_spec, parse_spec
-from ninefold.store.base import Compare, Put, Store
+from ninefold.store.base import Compare, Put, Store, StoreError
+from ninefold.store.embedded import url
+from ninefold.store.etcd import EtcdStore, StoreMember
+
+log = logging.getLogger("ninefold.api")
+
+ADD_MEMBER_WAIT = 20.0
+"""Seconds a join waits for the store to accept one more member."""
+ADD_MEMBER_LATER = ("unhealthy cluster", "too many learner")
+"""etcd's refusals that pass: it takes no member while one added before is
+still a learner, nor until every voter has been connected for 5 s (a member
+promoted just now is not yet)."""
 
 CaFiles = Callable[[], tuple[Path, Path | None] | None]
 """(CA certificate, CA key or None) of this agent, or None without TLS."""
@@ -61,18 +78,29 @@ class JoinIn(BaseModel):
     zone: str = "default"
     region: str = "default"
     labels: dict[str, str] = {}
+    store: bool = Field(False, description="also make the node a member of the store (etcd)")
     csr: str = Field(description="PEM certificate request for the new node's own key")
+
+
+class StoreMemberOut(BaseModel):
+    member_id: int = Field(description="etcd's id of the node's member (a learner until promoted)")
+    initial_cluster: str = Field(
+        description="every member as `name=peer-url,...`, for the new member's first start"
+    )
 
 
 class JoinedOut(BaseModel):
     spec: str = Field(description="the cluster's spec, with the new node in it (YAML)")
     ca: str
     cert: str = Field(description="the new node's certificate, PEM")
+    store_member: StoreMemberOut | None = Field(
+        None, description="the store member added for the node (with `store: true`)"
+    )
 
 
 def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
-    """The spec with the joining node added (the first node's ports, no store
-    member); Invalid or Conflict when it cannot be."""
+    """The spec with the joining node added (the first node's ports; a store
+    member if the body asks); Invalid or Conflict when it cannot be."""
     if any(n.name == body.name for n in spec.nodes):
         raise operations.Conflict(f"a node named {body.name!r} is in the cluster already")
     if any(n.address == body.address for n in spec.nodes):
@@ -85,7 +113,7 @@ def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
         "zone": body.zone,
         "region": body.region,
         "labels": body.labels,
-        "store": False,
+        "store": body.store,
         "ports": ports,
     }
     data["nodes"].append(node)
@@ -152,6 +180,7 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
             parse_spec(text)
         except SpecError as exc:
             raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
+        member = await _add_learner(store, new_spec, node) if body.store else None
         used = record.model_copy(update={"uses": None if record.uses is None else record.uses - 1})
         compares = [
             Compare(tokens.token_key(ident), "mod", "==", token_item.mod_revision),
@@ -161,8 +190,58 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
             Put(tokens.token_key(ident), used.model_dump_json().encode()),
             Put(SPEC_KEY, text.encode()),
         ]
-        result = await store.txn(compares, puts)
+        try:
+            result = await store.txn(compares, puts)
+        except BaseException:
+            await _remove_learner(store, member)
+            raise
         if not result.succeeded:
+            await _remove_learner(store, member)
             raise operations.Conflict("the spec or the token changed meanwhile: join again")
         pem = await asyncio.to_thread(ca_cert.read_bytes)
-        return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode())
+        return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode(), store_member=member)
+
+
+def initial_cluster(members: list[StoreMember], new_name: str, new_peer: str) -> str:
+    """etcd's --initial-cluster for a member just added: the added one has no
+    name until it starts, so it goes by the name it will start with."""
+    pairs = []
+    for member in members:
+        name = member.name or (new_name if new_peer in member.peer_urls else "")
+        pairs += [f"{name}={peer}" for peer in member.peer_urls if name]
+    return ",".join(pairs)
+
+
+async def _add_learner(store: Store, spec: ClusterSpec, node: NodeSpec) -> StoreMemberOut:
+    if spec.store.mode != "embedded" or not isinstance(store, EtcdStore):
+        raise operations.Conflict(
+            "the cluster's store is not embedded: a joining node cannot become a store member"
+        )
+    scheme = "https" if spec.security.tls is not None else "http"
+    peer = url(node.address, node.ports.store_peer, scheme)
+    deadline = time.monotonic() + ADD_MEMBER_WAIT
+    while True:
+        try:
+            member_id, members = await store.add_learner(peer)
+            break
+        except StoreError as exc:
+            busy = any(why in str(exc) for why in ADD_MEMBER_LATER)
+            if busy and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                continue
+            hint = " (a member that joined before is still catching up)" if busy else ""
+            message = f"the store did not add a member for {node.name}{hint}: {exc}"
+            raise operations.Conflict(message) from None
+    return StoreMemberOut(
+        member_id=member_id, initial_cluster=initial_cluster(members, node.name, peer)
+    )
+
+
+async def _remove_learner(store: Store, member: StoreMemberOut | None) -> None:
+    """Undo _add_learner when the join did not go through."""
+    if member is None or not isinstance(store, EtcdStore):
+        return
+    with contextlib.suppress(StoreError):
+        await store.remove_member(member.member_id)
+        return
+    log.error("a join failed and its store learner %x could not be removed", member.member_id)

@@ -4,6 +4,7 @@ Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import sys
@@ -16,14 +17,19 @@ import typer
 
 from ninefold import defaults
 from ninefold.api.join import fingerprint
+from ninefold.cli.console import progress
 from ninefold.cli.main import EXIT_DENIED, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, app, fail, say
 from ninefold.security.ca import new_key, private_pem
 from ninefold.security.certs import node_csr, write_node_files
 from ninefold.security.files import NodeTlsFiles
-from ninefold.spec import dump_spec, parse_spec
+from ninefold.spec import ClusterSpec, dump_spec, parse_spec
+from ninefold.store.base import StoreError
+from ninefold.store.embedded import StoreJoin
+from ninefold.store.etcd import EtcdStore, TlsFiles
 
-TIMEOUT = 10.0
-"""Seconds each request to the cluster may take."""
+TIMEOUT = 30.0
+"""Seconds each request to the cluster may take (a join may wait for the
+store to take one more member)."""
 UP_WAIT = 60.0
 """Seconds to wait for the new agent to answer."""
 
@@ -69,12 +75,20 @@ def join(
         Path | None,
         typer.Option("--data-dir", help="Where the agent keeps its data. Default: by cluster."),
     ] = None,
+    store: Annotated[
+        bool,
+        typer.Option(
+            "--store",
+            help="Also make this node a member of the cluster's store (etcd): added as a "
+            "learner, it votes once it has caught up.",
+        ),
+    ] = False,
     start: Annotated[
         bool, typer.Option("--start/--no-start", help="Start the agent in the background.")
     ] = True,
 ) -> None:
     """Join this machine to a running cluster: fetch a certificate and the spec,
-    then start an agent (no file to edit). The node is not a store member."""
+    then start an agent (no file to edit); with --store its store member too."""
     base = _base(address)
     try:
         # The CA is public; its fingerprint, not this connection, says it is the right one.
@@ -105,6 +119,7 @@ def join(
         "name": name,
         "address": node_address,
         "zone": zone,
+        "store": store,
         "csr": node_csr(name, key).decode(),
     }
     verify = ssl.create_default_context(cadata=ca_pem.decode())
@@ -126,12 +141,47 @@ def join(
     )
     spec_path = where / "spec.yaml"
     spec_path.write_text(dump_spec(local))
-    say(f"joined cluster {spec.cluster} as {name} ({node_address}); spec: {spec_path}")
+    member = joined.get("store_member")
+    if member is not None:
+        StoreJoin(member["member_id"], member["initial_cluster"]).write(where)
+    role = " and store member" if member is not None else ""
+    say(f"joined cluster {spec.cluster} as node{role} {name} ({node_address}); spec: {spec_path}")
     if not start:
         say(f"start its agent with: ninefold agent --spec {spec_path} --node {name}")
         return
     me = local.node(name)
     _start_agent(spec_path, name, where, f"https://{me.host_port(me.ports.api)}", files)
+    if member is not None:
+        log_path = where / "agent.log"
+        asyncio.run(_wait_until_voter(local, name, member["member_id"], files, log_path))
+
+
+async def _wait_until_voter(
+    spec: ClusterSpec, name: str, member_id: int, files: NodeTlsFiles, log_path: Path
+) -> None:
+    """Until the agent has promoted its store learner, showing how far it is."""
+    store = EtcdStore(spec.store_endpoints(), "/", tls=TlsFiles(files.ca, files.cert, files.key))
+    deadline = time.monotonic() + UP_WAIT
+    try:
+        with progress(f"store member {name}: catching up with the leader") as show:
+            while time.monotonic() < deadline:
+                try:
+                    members = await store.members()
+                except StoreError as exc:
+                    show(f"store member {name}: waiting for the store ({exc})")
+                else:
+                    mine = [m for m in members if m.id == member_id]
+                    if mine and not mine[0].learner:
+                        voters = sum(not m.learner for m in members)
+                        say(f"store member {name} votes ({voters} voting members)")
+                        return
+                await asyncio.sleep(0.3)
+    finally:
+        await store.close()
+    raise fail(
+        f"store member {name} is still a learner after {UP_WAIT:g}s; see {log_path}",
+        EXIT_FAILED,
+    )
 
 
 def _start_agent(spec_path: Path, name: str, data_dir: Path, url: str, files: NodeTlsFiles) -> None:

@@ -214,14 +214,7 @@ cluster: {cluster}
 # The cluster's store (etcd): each node marked `store: true` runs a member.
 store: {{mode: embedded}}
 
-# On Linux every 127.x.y.z address is local, so three nodes fit on one
-# machine, each with its own address and the default ports (api 7070,
-# gateway 8080, store 2379/2380). On real machines, use their addresses.
-nodes:
-  - {{name: n1, address: 127.0.0.1, zone: a, store: true}}
-  - {{name: n2, address: 127.0.0.2, zone: b, store: true}}
-  - {{name: n3, address: 127.0.0.3, zone: c, store: true}}
-
+{nodes}
 services:
   # Two copies of a static web server, in two different zones. ninefold picks
   # a free port for each ({{port}}), checks it over HTTP every 500 ms, and
@@ -233,6 +226,24 @@ services:
     check: {{http: /, interval: 500ms, fall: 3, rise: 2}}
 """
 
+
+STARTER_NODES = """\
+# On Linux every 127.x.y.z address is local, so three nodes fit on one
+# machine, each with its own address and the default ports (api 7070,
+# gateway 8080, store 2379/2380). On real machines, use their addresses.
+nodes:
+  - {name: n1, address: 127.0.0.1, zone: a, store: true}
+  - {name: n2, address: 127.0.0.2, zone: b, store: true}
+  - {name: n3, address: 127.0.0.3, zone: c, store: true}
+"""
+
+ONE_NODE = """\
+# One node to start with (default ports: api 7070, gateway 8080, store
+# 2379/2380). Other machines join it: `ninefold token create --join` prints
+# the command to run on each (docs/security.md#joining-a-machine).
+nodes:
+  - {{name: {name}, address: {address}, store: true}}
+"""
 
 TLS_SPEC = """
 # Mutual TLS between the nodes and to etcd, with certificates from the cluster
@@ -283,10 +294,29 @@ def init(
             show_default=False,
         ),
     ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            metavar="NAME=ADDRESS",
+            help="Start with this one node (a store member) instead of three on this "
+            "machine; other machines join it (`ninefold token create --join`).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a starter spec (three nodes on 127.0.0.1-3, a replicated web service)
     and a cluster CA for mutual TLS."""
-    text = STARTER_SPEC.format(cluster=cluster)
+    nodes = STARTER_NODES
+    if node is not None:
+        name, sep, address = node.partition("=")
+        if not sep or not name or not address:
+            raise fail(f"--node {node!r}: write it as NAME=ADDRESS, e.g. n1=10.0.0.1", EXIT_USAGE)
+        nodes = ONE_NODE.format(name=name, address=address)
+    text = STARTER_SPEC.format(cluster=cluster, nodes=nodes)
+    if node is not None:
+        one = "    replicas: 1  # `ninefold scale web 2` once a node has joined\n"
+        text = text.replace("    replicas: 2\n", one)
     try:
         parse_spec(text, str(file))
     except SpecError as exc:
@@ -477,11 +507,11 @@ def agent(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ninefold.agent.daemon import run_agent
     from ninefold.security.files import TlsError
-    from ninefold.store.embedded import EtcdNotFound
+    from ninefold.store.embedded import EtcdNotFound, JoinRecordError
 
     try:
         run_agent(cluster, node, data_dir)
-    except (EtcdNotFound, TlsError) as exc:
+    except (EtcdNotFound, TlsError, JoinRecordError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         pass

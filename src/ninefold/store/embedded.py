@@ -3,18 +3,23 @@
 The member is a child of the agent under the same supervisor as services, so
 it dies with the agent (a node is its agent) and restarts with backoff if it
 crashes. The cluster is formed from the spec's store nodes; a member whose data
-directory already exists rejoins with what it has.
+directory already exists rejoins with what it has. A node that joined a
+running cluster as a member (`ninefold join --store`) starts its member with
+the membership the cluster gave it (`store-join.json`), as a learner that the
+agent promotes to a voter once it has caught up (agent/store_join.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ninefold import defaults
@@ -27,6 +32,10 @@ log = logging.getLogger("ninefold.store")
 
 class EtcdNotFound(Exception):
     pass
+
+
+class JoinRecordError(Exception):
+    """The node's store-join.json cannot be read."""
 
 
 def find_etcd() -> str:
@@ -72,11 +81,16 @@ def member_argv(
     data_dir: Path,
     binary: str,
     tls: NodeTlsFiles | None = None,
+    joined: StoreJoin | None = None,
 ) -> list[str]:
-    """etcd's command line for `node`'s member; https on both ports with `tls`."""
+    """etcd's command line for `node`'s member; https on both ports with `tls`.
+    A member the running store added (`joined`) starts with its membership
+    rather than as one of a new cluster."""
     members = spec.store_nodes()
     scheme = "https" if tls is not None else "http"
     initial = ",".join(f"{m.name}={url(m.address, m.ports.store_peer, scheme)}" for m in members)
+    if joined is not None:
+        initial = joined.initial_cluster
     client = url(node.address, node.ports.store_client, scheme)
     peer = url(node.address, node.ports.store_peer, scheme)
     return [
@@ -88,7 +102,7 @@ def member_argv(
         "--listen-peer-urls", peer,
         "--initial-advertise-peer-urls", peer,
         "--initial-cluster", initial,
-        "--initial-cluster-state", "new",
+        "--initial-cluster-state", "existing" if joined is not None else "new",
         "--initial-cluster-token", f"ninefold-{spec.cluster}",
         "--heartbeat-interval", str(defaults.STORE_HEARTBEAT_MS),
         "--election-timeout", str(defaults.STORE_ELECTION_TIMEOUT_MS),
@@ -104,6 +118,35 @@ def member_argv(
         "--log-level", "warn",
         *(tls_argv(tls) if tls is not None else []),
     ]  # fmt: skip
+
+
+JOIN_FILE = "store-join.json"
+"""In a node's data dir: how its member joins a running store."""
+
+
+@dataclass(frozen=True)
+class StoreJoin:
+    """The member a running store added for this node (as a learner)."""
+
+    member_id: int
+    initial_cluster: str
+    """`name=peer-url,...` of every member, this one included, as etcd's
+    --initial-cluster wants it for a member of an existing cluster."""
+
+    def write(self, data_dir: Path) -> None:
+        (data_dir / JOIN_FILE).write_text(json.dumps(asdict(self)) + "\n")
+
+    @classmethod
+    def read(cls, data_dir: Path) -> StoreJoin | None:
+        """The join record in data_dir, None if the node did not join a store;
+        JoinRecordError on a damaged one."""
+        try:
+            data = json.loads((data_dir / JOIN_FILE).read_text())
+            return cls(int(data["member_id"]), str(data["initial_cluster"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise JoinRecordError(f"{data_dir / JOIN_FILE} is damaged: {exc}") from None
 
 
 def reachable(address: str, port: int, timeout: float = 0.3) -> bool:

@@ -88,6 +88,18 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreMember:
+    """One etcd member: a learner copies the log but has no vote."""
+
+    id: int
+    name: str
+    """Empty until a member added by add_learner has started."""
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    learner: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Stubs:
     kv: Any
     lease: Any
@@ -380,7 +392,9 @@ class EtcdStore(Store):
             )
         names = {m.ID: m.name for m in members.members}
         urls = {
-            m.name: m.clientURLs[0].split("://", 1)[-1] for m in members.members if m.clientURLs
+            m.name: m.clientURLs[0].split("://", 1)[-1]
+            for m in members.members
+            if m.clientURLs and not m.isLearner  # a learner cannot lead
         }
         leader = names.get(status.leader)
         return (leader, urls) if leader else None
@@ -404,6 +418,39 @@ class EtcdStore(Store):
                 )
             finally:
                 await channel.close()
+
+    # -- membership changes (a node joining as a store member, see api/join.py)
+    async def members(self) -> list[StoreMember]:
+        """The store's members as etcd lists them (learners included)."""
+        resp = await self._rpc(
+            lambda stubs: rpc.ClusterStub(stubs.channel).MemberList(
+                rpc.MemberListRequest(), **self._call()
+            )
+        )
+        return [_member(m) for m in resp.members]
+
+    async def add_learner(self, peer_url: str) -> tuple[int, list[StoreMember]]:
+        """Add a learner reached at peer_url: it gets the log but does not vote,
+        so the quorum does not grow until it is promoted (after catching up).
+        Returns its id and the members after the change."""
+        request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
+            resp = await rpc.ClusterStub(stubs.channel).MemberAdd(request, **self._call())
+        return resp.member.ID, [_member(m) for m in resp.members]
+
+    async def remove_member(self, member_id: int) -> None:
+        request = rpc.MemberRemoveRequest(ID=member_id)
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
+            await rpc.ClusterStub(stubs.channel).MemberRemove(request, **self._call())
+
+    async def promote_member(self, member_id: int) -> None:
+        """Make a learner a voting member; StoreError while it has not caught up."""
+        request = rpc.MemberPromoteRequest(ID=member_id)
+        with self._errors() as attempt:
+            stubs = await self._connect(attempt)
+            await rpc.ClusterStub(stubs.channel).MemberPromote(request, **self._call())
 
     # -- connection and errors
     async def _connect(self, attempt: _Attempt) -> _Stubs:
@@ -572,3 +619,7 @@ class EtcdStore(Store):
             put = rpc.PutRequest(key=self._key(op.key), value=op.value, lease=op.lease)
             return rpc.RequestOp(request_put=put)
         return rpc.RequestOp(request_delete_range=self._delete_request(op))
+
+
+def _member(m: Any) -> StoreMember:
+    return StoreMember(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
