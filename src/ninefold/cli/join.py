@@ -146,18 +146,24 @@ def join(
         StoreJoin(member["member_id"], member["initial_cluster"]).write(where)
     role = " and store member" if member is not None else ""
     say(f"joined cluster {spec.cluster} as node{role} {name} ({node_address}); spec: {spec_path}")
+    command = f"ninefold agent --spec {spec_path} --node {name} --data-dir {where}"
     if not start:
-        say(f"start its agent with: ninefold agent --spec {spec_path} --node {name}")
+        say(f"start its agent with: {command}")
         return
     me = local.node(name)
-    _start_agent(spec_path, name, where, f"https://{me.host_port(me.ports.api)}", files)
+    # The node is in the cluster now: a failure from here on leaves it there
+    # (down), and its store learner counts against the one etcd allows.
+    later = f"; start it again with: {command}"
+    if member is not None:
+        later += f" (or drop its store learner: etcdctl member remove {member['member_id']:x})"
+    _start_agent(spec_path, name, where, f"https://{me.host_port(me.ports.api)}", files, later)
     if member is not None:
         log_path = where / "agent.log"
-        asyncio.run(_wait_until_voter(local, name, member["member_id"], files, log_path))
+        asyncio.run(_wait_until_voter(local, name, member["member_id"], files, log_path, later))
 
 
 async def _wait_until_voter(
-    spec: ClusterSpec, name: str, member_id: int, files: NodeTlsFiles, log_path: Path
+    spec: ClusterSpec, name: str, member_id: int, files: NodeTlsFiles, log_path: Path, later: str
 ) -> None:
     """Until the agent has promoted its store learner, showing how far it is."""
     store = EtcdStore(spec.store_endpoints(), "/", tls=TlsFiles(files.ca, files.cert, files.key))
@@ -179,12 +185,14 @@ async def _wait_until_voter(
     finally:
         await store.close()
     raise fail(
-        f"store member {name} is still a learner after {UP_WAIT:g}s; see {log_path}",
+        f"store member {name} is still a learner after {UP_WAIT:g}s; see {log_path}{later}",
         EXIT_FAILED,
     )
 
 
-def _start_agent(spec_path: Path, name: str, data_dir: Path, url: str, files: NodeTlsFiles) -> None:
+def _start_agent(
+    spec_path: Path, name: str, data_dir: Path, url: str, files: NodeTlsFiles, later: str
+) -> None:
     log_path = data_dir / "agent.log"
     argv = [
         sys.executable, "-m", "ninefold", "agent",
@@ -206,7 +214,7 @@ def _start_agent(spec_path: Path, name: str, data_dir: Path, url: str, files: No
     with httpx.Client(verify=verify, timeout=2.0, trust_env=False) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                why = f"the agent exited with code {proc.returncode}; see {log_path}"
+                why = f"the agent exited with code {proc.returncode}; see {log_path}{later}"
                 raise fail(why, EXIT_FAILED)
             try:
                 if client.get(f"{url}/v1/health").status_code == 200:
@@ -215,4 +223,5 @@ def _start_agent(spec_path: Path, name: str, data_dir: Path, url: str, files: No
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-    raise fail(f"agent {name} did not answer within {UP_WAIT:g}s; see {log_path}", EXIT_FAILED)
+    why = f"agent {name} did not answer within {UP_WAIT:g}s; see {log_path}{later}"
+    raise fail(why, EXIT_FAILED)
