@@ -76,9 +76,11 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.addresses = {f"n{i + 1}": f"127.0.0.{i + 1}" for i in range(self.nodes)}
-        self.base = free_base_port(list(self.addresses.values()), span=6)
+        self.base = free_base_port(list(self.addresses.values()), span=7)
         self.tcp_port = self.base + 5
         """A port for a TCP route: write @TCPPORT@ in the services."""
+        self.mesh_port = self.base + 6
+        """Every node's `ports.mesh` (bound with security.tls only)."""
         self.spec_path = self.root / "cluster.yaml"
         self.write_spec(self.services_yaml)
 
@@ -91,7 +93,8 @@ class LocalCluster:
                 f"  - {{name: {name}, address: {address}, zone: {zone}, store: true, "
                 f"labels: {{{labels}}}, "
                 f"ports: {{store_client: {self.base}, store_peer: {self.base + 1}, "
-                f"api: {self.base + 2}, gateway_http: {self.base + 3}}}}}"
+                f"api: {self.base + 2}, gateway_http: {self.base + 3}, "
+                f"mesh: {self.mesh_port}}}}}"
             )
         services = services_yaml.replace("@TCPPORT@", str(self.tcp_port))
         return "\n".join(lines) + "\n" + services

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
-import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,14 +15,13 @@ import pytest
 from ninefold.agent.records import InstanceStatus
 from ninefold.gateway.builtin import BuiltinEngine
 from ninefold.gateway.engine import GatewaySettings
-from ninefold.gateway.mesh import peer_has_name
 from ninefold.gateway.routes import Backend, MeshHop, RoutingTable, ServiceRoutes, build_table
 from ninefold.security.ca import CertificateAuthority, create_ca
 from ninefold.security.certs import issue_node_files
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import SpecError, load_spec, parse_spec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
-from tests.tls_probes import plain_refused
+from tests.tls_probes import mesh_get, plain_refused
 
 N1, N2 = "127.0.0.1", "127.0.0.2"
 
@@ -134,13 +132,6 @@ def test_draining_mesh_backends_keep_their_key() -> None:
     assert table.services["web"].live == ()
 
 
-def test_peer_name_is_a_dns_san() -> None:
-    cert = {"subjectAltName": (("DNS", "n2"), ("IP Address", N2))}
-    assert peer_has_name(cert, "n2")
-    assert not peer_has_name(cert, "n1") and not peer_has_name({}, "n2")
-    assert not peer_has_name(None, "n2")
-
-
 # --- the builtin engine ---------------------------------------------------------------------
 
 
@@ -214,31 +205,6 @@ def web_table(node: str, backend: Backend) -> RoutingTable:
     return RoutingTable({"web": ServiceRoutes("web", route, BalanceSpec(), (backend,))}, node)
 
 
-def mesh_get(
-    port: int, sni: str, files: NodeTlsFiles | None, ca: Path, tls12: bool = False
-) -> bytes | None:
-    """A GET through n2's mesh port with server name `sni`, presenting
-    `files`' certificate (or none); None when the handshake or the first read
-    fails, the bytes answered otherwise (b"": closed without an answer).
-    `tls12`: at most TLS 1.2, where a refused client certificate fails the
-    handshake itself (with 1.3 the client learns it at its first read)."""
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.check_hostname = False
-    if tls12:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    if files is not None:
-        ctx.load_cert_chain(files.cert, files.key)
-    try:
-        with (
-            socket.create_connection((N2, port), timeout=5) as raw,
-            ctx.wrap_socket(raw, server_hostname=sni) as sock,
-        ):
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            return sock.recv(4096)
-    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
-        return None
-
-
 async def test_through_the_mesh_from_n1_to_n2(
     mesh: tuple[BuiltinEngine, BuiltinEngine, PeerEcho, Path],
 ) -> None:
@@ -277,8 +243,9 @@ async def test_mesh_port_refuses_strangers(
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     expired = issue_node_files(ca, node_spec("n1"), tmp / "expired", dt.timedelta(days=1), now=past)
 
-    def probe(sni: str, files: NodeTlsFiles | None, tls12: bool = False) -> bytes | None:
-        return mesh_get(port, sni, files, ca_file, tls12)
+    def probe(instance: str, files: NodeTlsFiles | None, tls12: bool = False) -> bytes | None:
+        cert, key = (files.cert, files.key) if files is not None else (None, None)
+        return mesh_get(N2, port, "n2", instance, ca_file, cert, key, tls12)
 
     for tls12 in (False, True):
         answer = await asyncio.to_thread(probe, "web-1", good, tls12)
@@ -288,9 +255,8 @@ async def test_mesh_port_refuses_strangers(
             assert refused is None if tls12 else not refused, (files, refused)
     assert echo.connections == 2  # the two good ones only
     assert await asyncio.to_thread(plain_refused, N2, port)
-    # a good certificate, but a server name that is no mtls instance of n2
+    # a good certificate, but no mtls instance of n2 named
     assert await asyncio.to_thread(probe, "web-9", good) == b""
-    assert await asyncio.to_thread(probe, N2, good) == b""
     await n2.apply(RoutingTable({}, "n2"))  # the instance left the table
     assert await asyncio.to_thread(probe, "web-1", good) == b""
     assert echo.connections == 2
@@ -313,3 +279,109 @@ async def test_the_sender_checks_the_nodes_name(
         writer.close()
     assert answer.startswith(b"HTTP/1.1 502"), answer
     assert echo.connections == 0
+
+
+# --- the haproxy engine's configuration --------------------------------------------------------
+
+
+def haproxy_settings(tmp: Path, node: str, address: str, mesh: bool) -> GatewaySettings:
+    files = NodeTlsFiles.of_data_dir(tmp / node)
+    return GatewaySettings(
+        node, address, 8080, tmp / node / "run", tmp / node / "log",
+        node_tls=files, mesh_port=9444 if mesh else None,
+    )  # fmt: skip
+
+
+def mesh_tables() -> tuple[RoutingTable, RoutingTable]:
+    """n1's and n2's tables: web-0 on n1, web-1 on n2 (mtls), plain-0 on n2."""
+    spec = parse_spec(NODES + SERVICES + SECURITY, "s.yaml")
+    statuses = [
+        status("web-0", "n1", 20000),
+        status("web-1", "n2", 20001),
+        status("plain-0", "n2", 20002),
+    ]
+    return build_table(spec, statuses, node="n1"), build_table(spec, statuses, node="n2")
+
+
+def test_haproxy_renders_mesh_servers_and_listener(tmp_path: Path) -> None:
+    from ninefold.gateway.haproxy import haproxy_binary, render
+    from tests.unit.test_haproxy_config import section
+
+    on_n1, on_n2 = mesh_tables()
+    n1 = haproxy_settings(tmp_path, "n1", N1, mesh=True)
+    cfg = render(on_n1, n1)
+    pem, ca = tmp_path / "n1" / "run" / "mesh.pem", tmp_path / "n1" / "tls" / "ca.crt"
+    web = section(cfg, "backend be_web")
+    assert f"server s1 {N1}:20000 weight 100" in web  # its own node's: direct, plain
+    assert (
+        f"server s2 {N2}:9444 weight 100 ssl crt '{pem}' ca-file '{ca}' verify required"
+        " verifyhost 'n2' sni str('n2') alpn 'ninefold/web-1' check-sni 'n2'"
+        " check-alpn 'ninefold/web-1'"
+    ) in web
+    assert f"server s1 {N2}:20002 weight 100" in section(cfg, "backend be_plain")
+    mesh = section(cfg, "frontend mesh")
+    assert mesh[:2] == [
+        "mode tcp",
+        f"bind {N1}:9444 ssl crt '{pem}' ca-file '{ca}' verify required ssl-min-ver TLSv1.2"
+        " alpn 'ninefold/web-0'",
+    ]
+    assert "acl nf_ours ssl_fc_alpn -m str 'ninefold/web-0'" in mesh
+    assert "tcp-request content reject unless nf_ours" in mesh
+    assert "use_backend mesh_web-0 if { ssl_fc_alpn -m str 'ninefold/web-0' }" in mesh
+    assert section(cfg, "backend mesh_web-0")[-1] == f"server web-0 {N1}:20000 source {N1}"
+    assert "backend mesh_web-1" not in cfg
+
+    cfg2 = render(on_n2, haproxy_settings(tmp_path, "n2", N2, mesh=True))
+    assert "server s2 127.0.0.2:20001 weight 100" in section(cfg2, "backend be_web")
+    assert "sni str('n1') alpn 'ninefold/web-0'" in " ".join(section(cfg2, "backend be_web"))
+    assert "use_backend mesh_web-1 if { ssl_fc_alpn -m str 'ninefold/web-1' }" in section(
+        cfg2, "frontend mesh"
+    )
+
+    without = render(on_n1, haproxy_settings(tmp_path, "n1", N1, mesh=False))
+    assert "frontend mesh" not in without
+    nothing = render(RoutingTable({}, "n1"), n1)
+    assert "tcp-request content reject" in section(nothing, "frontend mesh")
+
+    binary = haproxy_binary()
+    if binary is not None:  # HAProxy accepts both (with real files in place)
+        ca_obj = create_ca("t")
+        for name, text in (("n1", cfg), ("n2", cfg2), ("n1", nothing)):
+            files = issue_node_files(ca_obj, node_spec(name), tmp_path / name)
+            run = tmp_path / name / "run"
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "mesh.pem").write_bytes(files.cert.read_bytes() + files.key.read_bytes())
+            (run / "haproxy.cfg").write_text(text)
+            result = subprocess.run(
+                [binary, "-c", "-q", "-f", str(run / "haproxy.cfg")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_haproxy_reloads_for_new_mtls_instances(tmp_path: Path) -> None:
+    from ninefold.gateway.haproxy import Reload, RuntimePlan, allocate_slots, plan_runtime
+
+    on_n1, _ = mesh_tables()
+    spec = parse_spec(NODES + SERVICES + SECURITY, "s.yaml")
+    slots = allocate_slots(on_n1)
+    fewer = build_table(spec, [status("web-1", "n2", 20001)], node="n1")
+    # an mtls instance leaving, or draining: runtime commands as usual
+    plan = plan_runtime(on_n1, fewer, slots)
+    assert isinstance(plan, RuntimePlan)
+    assert sorted(plan.commands) == [
+        "set server be_plain/s1 state maint",
+        "set server be_web/s1 state maint",
+    ]
+    # one coming: its slot's TLS options are not runtime settings
+    plan = plan_runtime(fewer, on_n1, allocate_slots(fewer))
+    assert isinstance(plan, Reload) and "mtls" in plan.reason
+    # a plain service's instance coming: runtime as before
+    more = build_table(
+        spec, [status("web-1", "n2", 20001), status("plain-0", "n2", 20002)], node="n1"
+    )
+    assert isinstance(plan_runtime(fewer, more, allocate_slots(fewer)), RuntimePlan)
+    # a new mtls instance on this node: the mesh frontend is re-rendered
+    on_n2 = build_table(spec, [status("web-1", "n2", 20001)], node="n2")
+    gone = build_table(spec, [], node="n2")
+    assert isinstance(plan_runtime(gone, on_n2, allocate_slots(gone)), Reload)

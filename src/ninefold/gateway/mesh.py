@@ -2,17 +2,17 @@
 
 A gateway reaches an instance of an mtls service on another node through that
 node's mesh listener (`ports.mesh`): a TLS connection with this node's
-certificate as client certificate, the cluster CA as the only trust, the
-instance's name as server name (SNI), and the peer's certificate checked for
-the other node's name. The mesh listener requires a client certificate from
-the cluster CA, reads the server name, and pipes the bytes to the instance
-when it is one of its own node's mtls instances (routes.py `mesh_targets`).
+certificate as client certificate, the cluster CA as the only trust, the other
+node's name as server name (its certificate must carry it), and the instance
+named in ALPN (`ninefold/<instance>`). The mesh listener requires a client
+certificate from the cluster CA, agrees to the ALPN names of its own node's
+mtls instances only (routes.py `mesh_targets`), and pipes the bytes to the
+instance agreed on; a connection that agreed on none is closed.
 
-The server name is the instance and the expected certificate name is the
-node, so hostname checking cannot be OpenSSL's (it checks the server name):
-the chain is verified against the CA as usual, and `peer_has_name` checks the
-node's name in the certificate's subject alternative names after the
-handshake. Files are the node's own (`<data-dir>/tls/`), reloaded when they
+Why ALPN and not the server name for the instance: HAProxy 2.6 checks the
+server's certificate against the server name it sends whenever it sends one
+(`verifyhost` only applies without `sni`), so the server name has to be the
+node's. Files are the node's own (`<data-dir>/tls/`), reloaded when they
 change, so a rotated certificate is used from the next connection on.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import Any
 
 from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles, TlsError
@@ -33,7 +32,6 @@ __all__ = [
     "MeshClientContext",
     "MeshError",
     "mesh_server_context",
-    "peer_has_name",
 ]
 
 
@@ -43,8 +41,8 @@ class MeshError(RuntimeError):
 
 def mesh_server_context(files: NodeTlsFiles) -> ReloadingServerContext:
     """The mesh listener's context: the node's certificate, a client
-    certificate from the cluster CA required, server names remembered
-    (blocking: reads the files)."""
+    certificate from the cluster CA required (blocking: reads the files); its
+    ALPN names are set as the node's mtls instances come and go."""
     try:
         return ReloadingServerContext(files, require_client_cert=True, what="mesh")
     except TlsError as exc:
@@ -53,7 +51,7 @@ def mesh_server_context(files: NodeTlsFiles) -> ReloadingServerContext:
 
 def client_context(files: NodeTlsFiles) -> ssl.SSLContext:
     """This node's certificate as client certificate, trusting only the
-    cluster CA; names are checked by `peer_has_name` (blocking)."""
+    cluster CA, checking the server's name (blocking)."""
     try:
         ctx = ssl.create_default_context(cafile=str(files.ca))
         ctx.load_cert_chain(files.cert, files.key)
@@ -62,40 +60,38 @@ def client_context(files: NodeTlsFiles) -> ssl.SSLContext:
         raise MeshError(
             f"mesh: cannot load the node's TLS files in {files.directory}: {reason or exc}"
         ) from None
-    ctx.check_hostname = False  # the server name is the instance, the certificate names the node
-    ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
-def peer_has_name(peercert: dict[str, Any] | None, name: str) -> bool:
-    """Whether a verified peer certificate (`getpeercert()`) names `name` as a
-    DNS subject alternative name (node certificates do, see certs.py)."""
-    if not peercert:
-        return False
-    return ("DNS", name) in peercert.get("subjectAltName", ())
-
-
 class MeshClientContext:
-    """The client side's context, following the node's files: looked at, at
-    most every GATEWAY_TLS_CHECK_INTERVAL, when a connection is opened."""
+    """The client side's contexts, one per ALPN name (an SSLContext has one
+    list), following the node's files: looked at, at most every
+    GATEWAY_TLS_CHECK_INTERVAL, when a connection is opened (a stat; the
+    files are read again only after they changed)."""
 
     def __init__(self, files: NodeTlsFiles) -> None:
         self.files = files
         self._context: ssl.SSLContext | None = None
+        self._by_alpn: dict[str, ssl.SSLContext] = {}
         self._stamp: tuple[int, ...] = ()
         self._checked = float("-inf")
         self.reloads = 0
 
-    def context(self) -> ssl.SSLContext:
-        """The current context (MeshError if the files never loaded)."""
+    def context(self, alpn: str) -> ssl.SSLContext:
+        """The current context offering `alpn` (MeshError if the files never loaded)."""
         now = time.monotonic()
         if self._context is None or now - self._checked >= defaults.GATEWAY_TLS_CHECK_INTERVAL:
             self._checked = now
             self._reload()
-        if self._context is None:
-            raise MeshError(f"mesh: no usable node certificate in {self.files.directory}")
-        return self._context
+        ctx = self._by_alpn.get(alpn)
+        if ctx is None:
+            if self._context is None:
+                raise MeshError(f"mesh: no usable node certificate in {self.files.directory}")
+            ctx = client_context(self.files)
+            ctx.set_alpn_protocols([alpn])
+            self._by_alpn[alpn] = ctx
+        return ctx
 
     def _reload(self) -> None:
         stamp = _stamp(self.files)
@@ -112,6 +108,7 @@ class MeshClientContext:
             self.reloads += 1
             log.info("mesh client certificate reloaded from %s", self.files.cert)
         self._context, self._stamp = fresh, stamp
+        self._by_alpn.clear()
 
 
 def _stamp(files: NodeTlsFiles) -> tuple[int, ...]:

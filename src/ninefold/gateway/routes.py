@@ -16,20 +16,28 @@ from ninefold.spec.routing import BalanceSpec, RouteSpec
 DEFAULT_WEIGHT = 100
 
 
+MESH_ALPN_PREFIX = "ninefold/"
+"""A mesh connection names its instance in ALPN: `ninefold/<instance>`."""
+
+
 @dataclass(frozen=True, slots=True)
 class MeshHop:
     """How a gateway reaches an instance on another node for a `route.mtls`
-    service: through that node's mesh listener, over mutual TLS."""
+    service: through that node's mesh listener, over mutual TLS. The TLS
+    server name is the node (its certificate must name it); the instance is
+    named in ALPN (`alpn`), which the mesh listener pipes the connection by."""
 
     address: str
     """The instance's node's address."""
     port: int
     """Its `ports.mesh`."""
     node: str
-    """The name the mesh listener's certificate must carry (the node's name)."""
-    sni: str
-    """The server name sent in the handshake: the instance, which the mesh
-    listener pipes the connection to."""
+    """The node's name: the server name, which its certificate must carry."""
+    instance: str
+
+    @property
+    def alpn(self) -> str:
+        return MESH_ALPN_PREFIX + self.instance
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,7 @@ node's certificate and key files at most every `RELOAD_CHECK_EVERY` seconds
 (on a TLS handshake, from the event loop: a stat and a few KB read) and moves
 new handshakes to a fresh context when they changed. Connections already open
 keep the certificate they started with. The gateway's mesh listener uses the
-same class, requiring a client certificate and remembering each handshake's
-server name.
+same class, requiring a client certificate and offering its own ALPN names.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-import weakref
 from pathlib import Path
 
 from ninefold.security.files import NodeTlsFiles, TlsError
@@ -78,7 +76,7 @@ class ReloadingServerContext:
         """The context to give the server: it hands each handshake to the current one."""
         self.context.sni_callback = self._choose
         self.reloads = 0
-        self._names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+        self._alpn: list[str] | None = None
 
     def _stat(self) -> tuple[int, ...]:
         out: list[int] = []
@@ -109,17 +107,19 @@ class ReloadingServerContext:
         except TlsError as exc:
             log.warning("keeping the current certificate: %s", exc)
             return False
+        if self._alpn is not None:
+            fresh.set_alpn_protocols(self._alpn)
         self._current, self._stamp = fresh, stamp
         self.reloads += 1
         log.info("%s certificate reloaded from %s", self.what, self.files.cert)
         return True
 
-    def server_name(self, ssl_object: object) -> str | None:
-        """The server name (SNI) the client of this connection asked for, if any
-        (the server side of `ssl` does not keep it)."""
-        return self._names.get(ssl_object)
+    def set_alpn_protocols(self, protocols: list[str]) -> None:
+        """The ALPN protocols to agree to from the next handshake on (the
+        client's first one that is listed; none listed: none agreed)."""
+        self._alpn = list(protocols)
+        for ctx in (self.context, self._current):
+            ctx.set_alpn_protocols(self._alpn)
 
     def _choose(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-        if server_name is not None:
-            self._names[sock] = server_name
         sock.context = self.current()

@@ -197,6 +197,8 @@ class BuiltinEngine(Engine):
         live = {b.key: b for s in table.services.values() for b in s.live}
         live_keys = frozenset(live)
         self._routing = _Routing(table, services, tcp, live_keys, table.mesh_targets())
+        if self.mesh is not None:
+            self.mesh.set_targets(self._routing.mesh_targets)
 
         # Backends that take no new requests keep no idle connections; the
         # connections of requests in flight to them close when those end. So
@@ -376,9 +378,8 @@ class BuiltinEngine(Engine):
         if files is None:
             raise GatewayTlsError("mesh listener: this agent knows no node certificate")
         tls = await asyncio.to_thread(mesh_server_context, files)
-        self.mesh = MeshListener(
-            self.loop, tls, self.settings.address, lambda: self._routing.mesh_targets
-        )
+        self.mesh = MeshListener(self.loop, tls, self.settings.address)
+        self.mesh.set_targets(self._routing.mesh_targets)
         server = await self.loop.create_server(
             self.mesh.protocol,
             self.settings.address,

@@ -3,8 +3,8 @@
 `open_upstream` opens the gateway's connection to a backend: plain to the
 instance, or over mutual TLS to its node's mesh listener. `MeshListener`
 is that listener: it accepts only clients with a certificate from the cluster
-CA, and pipes each connection, byte for byte, to the instance its server name
-names when that is one of this node's mtls instances; anything else is
+CA, agrees in ALPN to the names of this node's mtls instances only, and pipes
+each connection, byte for byte, to the instance agreed on; anything else is
 closed. It does no HTTP: the sending gateway did all of it.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ninefold import defaults
-from ninefold.gateway.mesh import MeshClientContext, MeshError, peer_has_name
+from ninefold.gateway.mesh import MeshClientContext, MeshError
+from ninefold.gateway.routes import MESH_ALPN_PREFIX
 
 if TYPE_CHECKING:
     from ninefold.gateway.routes import Backend
@@ -35,25 +35,25 @@ async def open_upstream(
     mesh: MeshClientContext | None,
 ) -> tuple[asyncio.Transport, P]:
     """A connection to `backend`: direct, or through its node's mesh listener
-    (TLS with this node's certificate, the peer checked for its node's name).
-    OSError when it cannot be had, as for a refused connection."""
+    (TLS with this node's certificate, the listener's checked for its node's
+    name, the instance agreed on in ALPN). OSError when it cannot be had, as
+    for a refused connection."""
     hop = backend.mesh
     if hop is None:
         return await loop.create_connection(factory, backend.address, backend.port)  # type: ignore[return-value]
     if mesh is None:
         raise ConnectionRefusedError(f"{backend.instance}: mtls, but this node has no certificate")
     try:
-        context = mesh.context()
+        context = mesh.context(hop.alpn)
     except MeshError as exc:
         raise ConnectionRefusedError(str(exc)) from None
     transport, protocol = await loop.create_connection(
-        factory, hop.address, hop.port, ssl=context, server_hostname=hop.sni
+        factory, hop.address, hop.port, ssl=context, server_hostname=hop.node
     )
-    if not peer_has_name(transport.get_extra_info("peercert"), hop.node):
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None or ssl_object.selected_alpn_protocol() != hop.alpn:
         transport.abort()
-        raise ssl.SSLCertVerificationError(
-            f"mesh listener {hop.address}:{hop.port}: certificate is not node {hop.node}'s"
-        )
+        raise ConnectionRefusedError(f"mesh listener of {hop.node}: no instance {hop.instance}")
     return transport, protocol  # type: ignore[return-value]
 
 
@@ -61,20 +61,24 @@ class MeshListener:
     """The mesh port of one node's builtin gateway."""
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        tls: ReloadingServerContext,
-        address: str,
-        targets: Callable[[], dict[str, Backend]],
+        self, loop: asyncio.AbstractEventLoop, tls: ReloadingServerContext, address: str
     ) -> None:
         self.loop = loop
         self.tls = tls
         self.address = address
         """The node's address: the local hop to the instance leaves from it."""
-        self.targets = targets
-        """This node's mtls instances by name, as the current table has them."""
+        self.targets: dict[str, Backend] = {}
+        """This node's mtls instances by ALPN name, as the current table has them."""
         self.pipes: set[MeshPipe] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        tls.set_alpn_protocols([])
+
+    def set_targets(self, targets: dict[str, Backend]) -> None:
+        """This node's mtls instances (by instance name), from the new table."""
+        by_alpn = {MESH_ALPN_PREFIX + name: b for name, b in targets.items()}
+        if by_alpn.keys() != self.targets.keys():
+            self.tls.set_alpn_protocols(sorted(by_alpn))
+        self.targets = by_alpn
 
     def protocol(self) -> MeshPipe:
         return MeshPipe(self)
@@ -102,10 +106,11 @@ class MeshPipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
-        name = listener.tls.server_name(transport.get_extra_info("ssl_object"))
-        target = listener.targets().get(name) if name else None
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        target = listener.targets.get(alpn) if alpn else None
         if target is None:
-            log.debug("mesh: no instance of ours named %r: closing", name)
+            log.debug("mesh: no instance of ours agreed on (ALPN %r): closing", alpn)
             self.closed = True
             transport.close()
             return

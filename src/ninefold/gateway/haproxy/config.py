@@ -42,7 +42,7 @@ from pathlib import Path
 from ninefold import defaults
 from ninefold.gateway.engine import GatewaySettings
 from ninefold.gateway.haproxy.access import access_rules
-from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+from ninefold.gateway.routes import MESH_ALPN_PREFIX, Backend, RoutingTable, ServiceRoutes
 from ninefold.spec import ClusterSpec
 from ninefold.spec.models import CheckSpec
 
@@ -76,6 +76,9 @@ class Paths:
     stats_socket: str
     tls_pem: str
     """Certificate and key in one file (mode 0600), for `bind ... ssl crt`."""
+    mesh_pem: str = ""
+    """The node's own certificate and key in one file (mode 0600): the mesh
+    listener's, and the client certificate towards other nodes' mesh ports."""
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> Paths:
@@ -86,6 +89,7 @@ class Paths:
             master_socket=str(sockets / "haproxy-master.sock"),
             stats_socket=str(sockets / "haproxy-stats.sock"),
             tls_pem=str(run / "gateway-tls.pem"),
+            mesh_pem=str(run / "mesh.pem"),
         )
 
 
@@ -158,6 +162,10 @@ def slot_number(server: str) -> int | None:
 
 def service_of_backend(proxy: str) -> str | None:
     return proxy[3:] if proxy.startswith("be_") else None
+
+
+def mesh_backend_name(instance: str) -> str:
+    return f"mesh_{instance}"
 
 
 # --- slots ---------------------------------------------------------------------------
@@ -357,7 +365,7 @@ def render(
         f" lf-string '{NO_ROUTE_BODY}'",
     ]
     for routes in http:
-        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings.run_dir)
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings, paths)
     for port, routes in sorted(table.tcp().items()):
         out += [
             "",
@@ -367,8 +375,59 @@ def render(
             f"    timeout client {_ms(routes.balance.timeouts.client)}",
             f"    default_backend {backend_name(routes.service)}",
         ]
-        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings.run_dir)
+        out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings, paths)
+    out += _mesh(table, settings, paths)
     return "\n".join(out) + "\n"
+
+
+def _mesh(table: RoutingTable, settings: GatewaySettings, paths: Paths) -> list[str]:
+    """The mesh listener: TLS with the node's certificate, a client
+    certificate from the cluster CA required, ALPN agreeing to this node's
+    mtls instances (`ninefold/<instance>`), and by the one agreed on, a plain
+    TCP hop to that instance from the node's address. No instance agreed on:
+    the connection is rejected."""
+    if settings.mesh_port is None or settings.node_tls is None:
+        return []
+    targets = sorted(table.mesh_targets().items())
+    ca = _quoted(str(settings.node_tls.ca), "CA file")
+    by_service = {b.key: s for s in table.services.values() for b in s.backends}
+    client = max(
+        (by_service[b.key].balance.timeouts.client for _, b in targets),
+        default=defaults.GATEWAY_CLIENT_TIMEOUT,
+    )
+    names = [_quoted(MESH_ALPN_PREFIX + instance, "instance") for instance, _ in targets]
+    alpn = f" alpn {_quoted(','.join(MESH_ALPN_PREFIX + i for i, _ in targets), 'instance')}"
+    out = [
+        "",
+        "frontend mesh",
+        "    mode tcp",
+        f"    bind {_address(settings.address, settings.mesh_port)} ssl crt"
+        f" {_quoted(paths.mesh_pem, 'run_dir')} ca-file {ca} verify required"
+        f" ssl-min-ver TLSv1.2{alpn if targets else ''}",
+        f"    timeout client {_ms(client)}",
+    ]
+    if names:
+        out += [
+            f"    acl nf_ours ssl_fc_alpn -m str {' '.join(names)}",
+            "    tcp-request content reject unless nf_ours",
+        ]
+    else:
+        out.append("    tcp-request content reject")
+    for (instance, _), name in zip(targets, names, strict=True):
+        be = mesh_backend_name(instance)
+        out.append(f"    use_backend {be} if {{ ssl_fc_alpn -m str {name} }}")
+    for instance, backend in targets:
+        timeouts = by_service[backend.key].balance.timeouts
+        out += [
+            "",
+            f"backend {mesh_backend_name(instance)}",
+            "    mode tcp",
+            f"    timeout connect {_ms(timeouts.connect)}",
+            f"    timeout server {_ms(timeouts.server)}",
+            f"    server {instance} {_address(backend.address, backend.port)}"
+            f" source {settings.address}",
+        ]
+    return out
 
 
 def _http_rules(routes: ServiceRoutes) -> list[str]:
@@ -396,8 +455,10 @@ def _backend(
     check: CheckSpec | None,
     slots: SlotMap,
     cookie_key: str,
-    run_dir: Path,
+    settings: GatewaySettings,
+    paths: Paths,
 ) -> list[str]:
+    run_dir = settings.run_dir
     name, route, balance = routes.service, routes.route, routes.balance
     is_http = route.mode == "http"
     lines = [
@@ -459,11 +520,37 @@ def _backend(
             lines.append(f"    server {server_name(slot)} {EMPTY_SLOT} disabled")
             continue
         state = " disabled" if backend.draining else ""
+        hop = _mesh_client(backend, settings, paths)
+        if hop is None:
+            state = " disabled"  # mtls, but this node has no certificate to present
+            hop = ""
+        host, port = backend.target
         lines.append(
-            f"    server {server_name(slot)} {_address(backend.address, backend.port)}"
-            f" weight {_weight(backend)}{state}"
+            f"    server {server_name(slot)} {_address(host, port)}"
+            f" weight {_weight(backend)}{hop}{state}"
         )
     return lines
+
+
+def _mesh_client(backend: Backend, settings: GatewaySettings, paths: Paths) -> str | None:
+    """The TLS options of a server reached through its node's mesh listener:
+    this node's certificate, only the cluster CA trusted, the node's name as
+    server name, which its certificate must carry (HAProxy checks the
+    certificate against `sni` whenever it sends one), the instance in ALPN;
+    the same for HAProxy's own checks. "" for a direct server; None when this
+    node has no certificate."""
+    hop = backend.mesh
+    if hop is None:
+        return ""
+    if settings.node_tls is None:
+        return None
+    node = _quoted(hop.node, "node")
+    alpn = _quoted(hop.alpn, "instance")
+    return (
+        f" ssl crt {_quoted(paths.mesh_pem, 'run_dir')}"
+        f" ca-file {_quoted(str(settings.node_tls.ca), 'CA file')} verify required"
+        f" verifyhost {node} sni str({node}) alpn {alpn} check-sni {node} check-alpn {alpn}"
+    )
 
 
 def _weight(backend: Backend) -> int:
@@ -475,6 +562,11 @@ def _weight(backend: Backend) -> int:
 
 def _shape(routes: ServiceRoutes) -> tuple[object, ...]:
     return (routes.route, routes.balance, routes.access)
+
+
+def _mesh_shape(table: RoutingTable) -> dict[str, str]:
+    """What the mesh frontend is rendered from: instance -> where it listens."""
+    return {name: b.key for name, b in table.mesh_targets().items()}
 
 
 def plan_runtime(
@@ -498,6 +590,9 @@ def plan_runtime(
     for name, routes in new.services.items():
         if _shape(routes) != _shape(old.services[name]):
             return Reload(f"service {name}: route, balance or access policy changed")
+    if _mesh_shape(new).items() - _mesh_shape(old).items():
+        # one leaving is left in the file until the next reload (it refuses)
+        return Reload("a new mtls instance on this node (mesh listener)")
     commands: list[str] = []
     assigned: dict[str, dict[str, int]] = {}
     for name, routes in sorted(new.services.items()):
@@ -508,6 +603,11 @@ def plan_runtime(
         after = _unique(routes.backends)
         if len(after) > cap:
             return Reload(f"service {name}: {len(after)} instances, {cap} slots")
+        if routes.route.mtls and any(
+            k not in current or before.get(k, b).mesh != b.mesh for k, b in after.items()
+        ):
+            # a slot's TLS options (sni, alpn) are not runtime settings
+            return Reload(f"service {name}: a new mtls instance")
         sticky = routes.balance.sticky is not None
         checked = _uses_checks((checks or {}).get(name))
         freed = []

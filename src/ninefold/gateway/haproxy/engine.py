@@ -47,6 +47,7 @@ from ninefold.gateway.haproxy.config import (
 )
 from ninefold.gateway.haproxy.metrics import TrafficLedger
 from ninefold.gateway.haproxy.runtime import HaproxyCli, HaproxyCliError, Processes
+from ninefold.gateway.mesh import MeshError, check_server_files
 from ninefold.gateway.routes import RoutingTable
 from ninefold.gateway.tls import (
     CertificateWatch,
@@ -128,6 +129,9 @@ class HaproxyEngine(Engine):
         self._poller: asyncio.Task[None] | None = None
         self._tls: TlsSettings | None = None
         self._tls_watcher: asyncio.Task[None] | None = None
+        self._mesh_tls: TlsSettings | None = None
+        """The node's own certificate, for the mesh (mesh.pem)."""
+        self._mesh_watcher: asyncio.Task[None] | None = None
         self.reloads = 0
         """Reloads done by apply/set_checks since start."""
 
@@ -158,6 +162,9 @@ class HaproxyEngine(Engine):
         self._tls = resolve_tls(settings.tls, settings.node_cert, settings.node_key)
         if self._tls is not None:
             await asyncio.to_thread(self._write_tls_pem, self._tls)
+        self._mesh_tls = _mesh_tls(settings)
+        if self._mesh_tls is not None:
+            await asyncio.to_thread(self._write_mesh_pem, self._mesh_tls)
         async with self._lock:
             table = self._table or RoutingTable()
             slots = allocate_slots(table, self._slots)
@@ -190,6 +197,10 @@ class HaproxyEngine(Engine):
         if self._tls is not None:
             self._tls_watcher = asyncio.create_task(
                 self._watch_certificate(self._tls), name="haproxy certificate"
+            )
+        if self._mesh_tls is not None:
+            self._mesh_watcher = asyncio.create_task(
+                self._watch_certificate(self._mesh_tls, mesh=True), name="haproxy mesh certificate"
             )
 
     async def apply(self, table: RoutingTable) -> None:
@@ -240,11 +251,12 @@ class HaproxyEngine(Engine):
         return self._ledger.snapshot()
 
     async def stop(self) -> None:
-        if self._tls_watcher is not None:
-            self._tls_watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tls_watcher
-            self._tls_watcher = None
+        for watcher in (self._tls_watcher, self._mesh_watcher):
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        self._tls_watcher = self._mesh_watcher = None
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -372,19 +384,27 @@ class HaproxyEngine(Engine):
         """Certificate and key in one file, mode 0600 (GatewayTlsError if unusable)."""
         write_private(Path(self.paths.tls_pem), combined_pem(tls))
 
-    async def _watch_certificate(self, tls: TlsSettings) -> None:
+    def _write_mesh_pem(self, tls: TlsSettings) -> None:
+        """The node's certificate and key in one file for the mesh, mode 0600
+        (MeshError if the node's files do not load)."""
+        assert self.settings.node_tls is not None
+        check_server_files(self.settings.node_tls)
+        write_private(Path(self.paths.mesh_pem), combined_pem(tls))
+
+    async def _watch_certificate(self, tls: TlsSettings, mesh: bool = False) -> None:
         """A rotated certificate: a new combined file and a seamless reload."""
         watch = CertificateWatch(tls)
+        write = self._write_mesh_pem if mesh else self._write_tls_pem
         while True:
             await asyncio.sleep(defaults.GATEWAY_TLS_CHECK_INTERVAL)
             if not await asyncio.to_thread(watch.changed):
                 continue
             try:
                 async with self._lock:
-                    await asyncio.to_thread(self._write_tls_pem, tls)
+                    await asyncio.to_thread(write, tls)
                     if self._process is not None and self._table is not None:
                         await self._reload(self._table, "certificate changed")
-            except (GatewayTlsError, HaproxyReloadError, HaproxyCliError) as exc:
+            except (GatewayTlsError, MeshError, HaproxyReloadError, HaproxyCliError) as exc:
                 log.error("haproxy keeps its old certificate: %s", str(exc).splitlines()[0])
 
     def _log_tail(self) -> str:
@@ -394,6 +414,14 @@ class HaproxyEngine(Engine):
         except OSError:
             return ""
         return (":\n" + "\n".join(lines)) if lines else ""
+
+
+def _mesh_tls(settings: GatewaySettings) -> TlsSettings | None:
+    """The node's certificate and key as the mesh's (None: no mesh on this node)."""
+    files = settings.node_tls
+    if files is None:
+        return None
+    return TlsSettings(settings.mesh_port or 0, files.cert, files.key, node_certificate=True)
 
 
 async def _validate(binary: str, path: Path) -> None:
