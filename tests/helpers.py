@@ -183,3 +183,36 @@ def api_in_thread(spec_text: str, port: int) -> Iterator[MemoryStore]:
         thread.join(10)
         with contextlib.suppress(Exception):
             loop.close()
+
+
+class PeerEcho:
+    """An HTTP backend on `address` answering every request with the peer
+    address it saw (which gateway or mesh listener the connection came from)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> PeerEcho:
+        self._server = await asyncio.start_server(self._serve, self.address, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        peer = writer.get_extra_info("peername")[0].encode()
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(peer), peer))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -35,7 +35,7 @@ from ninefold.spec import NodeSpec, load_spec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
 from tests.cluster.harness import LocalCluster, until
 from tests.cluster.test_mtls import TlsCluster
-from tests.helpers import free_port
+from tests.helpers import PeerEcho, free_port
 from tests.tls_probes import mesh_get, plain_refused
 
 pytestmark = pytest.mark.cluster
@@ -82,35 +82,6 @@ def assert_mesh_refuses(
 # --- in process ----------------------------------------------------------------------------
 
 
-class PeerEcho:
-    """An HTTP backend on n2's address answering with the peer address it saw."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> PeerEcho:
-        self._server = await asyncio.start_server(self._serve, N2, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")[0].encode()
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(peer), peer))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 def node(name: str, address: str) -> NodeSpec:
     return NodeSpec(name=name, address=address)
 
@@ -131,7 +102,7 @@ def table(node_name: str, backend: Backend) -> RoutingTable:
 async def test_engines_route_through_the_mesh(kind: str, root: Path) -> None:
     ca = create_ca("t")
     files = {n: issue_node_files(ca, node(n, a), root / n) for n, a in (("n1", N1), ("n2", N2))}
-    echo = await PeerEcho().start()
+    echo = await PeerEcho(N2).start()
     mesh_port = free_port(N2)
     local = Backend("web-1", "n2", N2, echo.port)
     remote = Backend("web-1", "n2", N2, echo.port, mesh=MeshHop(N2, mesh_port, "n2", "web-1"))
@@ -174,7 +145,7 @@ async def test_engines_route_through_the_mesh(kind: str, root: Path) -> None:
 SERVICES = f"""\
 services:
   echo:
-    command: [{sys.executable}, {APPS / "peer_echo.py"}, "{{address}}", "{{port}}"]
+    command: [{sys.executable}, {APPS / "whoami.py"}, "{{address}}", "{{port}}"]
     route: {{http: /echo, mtls: true}}
     check: {{tcp: main, interval: 200ms, rise: 1, fall: 2}}
     placement: {{constraints: {{role: backend}}}}
@@ -222,7 +193,7 @@ def test_cluster_mtls_hop_through_the_instances_node(
     assert c.serving("echo") == {"echo-0": "n2"}
 
     def through(node_name: str) -> str | None:
-        r = httpx.get(f"http://{c.addresses[node_name]}:{c.base + 3}/echo/", timeout=5)
+        r = httpx.get(f"http://{c.addresses[node_name]}:{c.base + 3}/echo/?peer=1", timeout=5)
         return r.text if r.status_code == 200 else None
 
     # through n1: n1 -> n2's mesh port (mTLS) -> the instance, from n2's address

@@ -21,6 +21,7 @@ from ninefold.security.certs import issue_node_files
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import SpecError, load_spec, parse_spec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
+from tests.helpers import PeerEcho
 from tests.tls_probes import mesh_get, plain_refused
 
 N1, N2 = "127.0.0.1", "127.0.0.2"
@@ -135,37 +136,6 @@ def test_draining_mesh_backends_keep_their_key() -> None:
 # --- the builtin engine ---------------------------------------------------------------------
 
 
-class PeerEcho:
-    """An HTTP backend on n2's address answering with the peer address it saw."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> PeerEcho:
-        self._server = await asyncio.start_server(self._serve, N2, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        peer = writer.get_extra_info("peername")[0].encode()
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(peer), peer))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 def node_spec(name: str):  # type: ignore[no-untyped-def]
     return parse_spec(NODES, "n.yaml").node(name)
 
@@ -188,7 +158,7 @@ async def mesh(
             node_tls=files[name], mesh_port=0 if name == "n2" else None,
         )  # fmt: skip
         engines.append(BuiltinEngine(settings))
-    echo = await PeerEcho().start()
+    echo = await PeerEcho(N2).start()
     n1, n2 = engines
     for engine in engines:
         await engine.start()

@@ -24,7 +24,7 @@ import time
 
 from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles, TlsError
-from ninefold.security.tls import ReloadingServerContext, server_context
+from ninefold.security.tls import ReloadingServerContext, files_stamp, server_context
 
 log = logging.getLogger("ninefold.gateway")
 
@@ -94,7 +94,7 @@ class MeshClientContext:
         return ctx
 
     def _reload(self) -> None:
-        stamp = _stamp(self.files)
+        stamp = files_stamp(self.files)
         if stamp == self._stamp and self._context is not None:
             return
         try:
@@ -109,18 +109,6 @@ class MeshClientContext:
             log.info("mesh client certificate reloaded from %s", self.files.cert)
         self._context, self._stamp = fresh, stamp
         self._by_alpn.clear()
-
-
-def _stamp(files: NodeTlsFiles) -> tuple[int, ...]:
-    out: list[int] = []
-    for path in (files.ca, files.cert, files.key):
-        try:
-            st = path.stat()
-        except OSError:
-            out += [0, 0]
-        else:
-            out += [st.st_mtime_ns, st.st_ino]
-    return tuple(out)
 
 
 def check_server_files(files: NodeTlsFiles) -> None:

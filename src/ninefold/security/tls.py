@@ -79,15 +79,7 @@ class ReloadingServerContext:
         self._alpn: list[str] | None = None
 
     def _stat(self) -> tuple[int, ...]:
-        out: list[int] = []
-        for path in (self.files.ca, self.files.cert, self.files.key):
-            try:
-                st = path.stat()
-            except OSError:
-                out += [0, 0]
-            else:
-                out += [st.st_mtime_ns, st.st_ino]
-        return tuple(out)
+        return files_stamp(self.files)
 
     def current(self) -> ssl.SSLContext:
         now = time.monotonic()
@@ -123,3 +115,17 @@ class ReloadingServerContext:
 
     def _choose(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         sock.context = self.current()
+
+
+def files_stamp(files: NodeTlsFiles) -> tuple[int, ...]:
+    """What changes when any of a node's TLS files is rewritten or replaced
+    (mtime and inode of each; zeros for a missing one). Blocking: a stat each."""
+    out: list[int] = []
+    for path in (files.ca, files.cert, files.key):
+        try:
+            st = path.stat()
+        except OSError:
+            out += [0, 0]
+        else:
+            out += [st.st_mtime_ns, st.st_ino]
+    return tuple(out)

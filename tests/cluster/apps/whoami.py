@@ -1,5 +1,6 @@
 """A small keep-alive HTTP server for tests: answers every request with the
-name of its instance (NINEFOLD_INSTANCE). Optional ?sleep=SECONDS delays it."""
+name of its instance (NINEFOLD_INSTANCE) and the request target, or with
+?peer=1 the address the connection came from. Optional ?sleep=SECONDS delays it."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             query = parse_qs(urlsplit(target).query)
             if "sleep" in query:
                 await asyncio.sleep(float(query["sleep"][0]))
-            body = NAME + b" " + target.encode() + b"\n"
+            seen = writer.get_extra_info("peername")[0] if "peer" in query else target
+            body = NAME + b" " + seen.encode() + b"\n"
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
                 + str(len(body)).encode()
