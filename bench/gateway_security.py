@@ -1,6 +1,7 @@
 """Gateway security cost: requests per second through a gateway engine with
-plain HTTP, with TLS, with a JWT access policy, and with both, next to each
-other in one run, against the same backend; ratios to plain HTTP.
+plain HTTP, with TLS, with a JWT access policy, with both, and to the backend
+through another node's mesh listener over mutual TLS (`route.mtls`), next to
+each other in one run, against the same backend; ratios to plain HTTP.
 
 Processes (nothing shares an event loop), as in gateway_throughput.py:
 
@@ -10,7 +11,13 @@ Processes (nothing shares an event loop), as in gateway_throughput.py:
             GatewaySettings on 127.0.0.1 with `gateway.tls` (a self-signed EC
             P-256 certificate made for the run), routes /open (no policy) and
             /jwt (an access policy: RS256 key, issuer, audience, a rule on /
-            needing ROLE_USER) to the backend
+            needing ROLE_USER) to the backend; plays node n1 (a node
+            certificate from a CA made for the run) with /2gw and /mesh
+            through n2
+  n2        a second gateway subprocess of the same engine on 127.0.0.2
+            (every 127.x address is local), node n2 with its own node
+            certificate: a mesh listener piping to the backend, listed as
+            n2's mtls instance mesh-0, and a TCP route to the backend
   load      wrk -t1 (it speaks https: it is linked with OpenSSL, and does not
             check certificates), every request with `Authorization: Bearer`
             of a valid token (RS256 unless --alg ES256); or, with --loadgen
@@ -27,6 +34,21 @@ Targets per engine, each after a --warmup run:
              1000 distinct tokens (a wrk Lua script cycles through them), so
              no token is remembered: a signature check per request everywhere
   tls+jwt    https://127.0.0.1:<tls port>/jwt/, one token
+  2gw        http://127.0.0.1:<port>/2gw/   the control for mesh: n1 passes the
+             request in plain text to n2's TCP route, which pipes it on to
+             the backend
+  mesh       http://127.0.0.1:<port>/mesh/  n1 passes the request to n2's mesh
+             port over mutual TLS (n1's certificate as client certificate,
+             n2's name as server name, mesh-0 in ALPN), n2 pipes it on to the
+             backend; n1 keeps its mesh connections alive like any other
+
+The backend's address is 127.0.0.1 on n2, but n1 lists mesh-0 and hop-0 as
+127.0.0.2:<port>: an instance's address:port is its key, and the builtin
+engine keeps one connection pool per key, so the direct backend and the ones
+reached through n2 must not share one. Nothing listens on 127.0.0.2:<backend
+port>, so an answer on /mesh/ came through n2's mesh listener. On 2 shared cores the second gateway
+takes CPU from the first, the backend and wrk in 2gw and mesh: those ratios
+measure that sharing as well as the hop; its CPU is reported as cpu% n2.
 
 Connections are kept alive, so a TLS handshake happens once per connection
 (--connections of them), not per request.
@@ -59,7 +81,8 @@ SCRIPT = str(Path(__file__).resolve())
 READY_TIMEOUT = 30.0
 ISSUER = "https://login.bench"
 AUDIENCE = "bench"
-TARGETS = ("http", "tls", "jwt", "jwt-fresh", "tls+jwt")
+TARGETS = ("http", "tls", "jwt", "jwt-fresh", "tls+jwt", "2gw", "mesh")
+N1, N2 = "127.0.0.1", "127.0.0.2"
 LUA = """
 tokens = {}
 for line in io.lines("%s") do tokens[#tokens + 1] = line end
@@ -75,8 +98,9 @@ end
 
 
 def make_secrets(root: Path, alg: str) -> dict[str, str]:
-    """A self-signed server certificate and an issuer key pair; returns the
-    files and a valid token for the /jwt route."""
+    """A self-signed server certificate, an issuer key pair, and a CA with
+    node certificates for n1 and n2 (in <root>/n1|n2/tls/); returns the
+    files (the nodes' data directories) and a valid token for the /jwt route."""
     import ipaddress
 
     import jwt
@@ -140,29 +164,98 @@ def make_secrets(root: Path, alg: str) -> dict[str, str]:
     script = root / "fresh.lua"
     script.write_text(LUA % fresh)
     files.update(tokens=fresh, lua=script)
+    from ninefold.security.ca import create_ca
+    from ninefold.security.certs import issue_node_files
+    from ninefold.spec import NodeSpec
+
+    ca = create_ca("bench")
+    for node, address in (("n1", N1), ("n2", N2)):
+        issue_node_files(ca, NodeSpec(name=node, address=address), root / node)
+        files[node] = root / node
     return {**{k: str(v) for k, v in files.items()}, "token": token}
 
 
 # --- the gateway process (run as `python gateway_security.py _gateway ...`) ---------------------
 
 
-def serve_gateway(engine_name: str, backend_port: int, root: Path, secrets_file: Path) -> None:
-    """One engine with TLS on, /open without and /jwt with an access policy;
-    prints its ports once applied."""
-    import uvloop
-
+def serve_gateway(
+    engine_name: str, backend_port: int, root: Path, secrets_file: Path, n2: dict[str, int]
+) -> None:
+    """n1: one engine with TLS on, /open without and /jwt with an access
+    policy, /2gw and /mesh through n2 (`n2`: its ports); prints its ports
+    once applied."""
     from ninefold.gateway.access import AccessPolicy
-    from ninefold.gateway.engine import Engine, GatewaySettings
-    from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+    from ninefold.gateway.engine import GatewaySettings
+    from ninefold.gateway.routes import Backend, MeshHop, RoutingTable, ServiceRoutes
+    from ninefold.security.files import NodeTlsFiles
     from ninefold.spec.access import AccessSpec
     from ninefold.spec.routing import BalanceSpec, GatewayTlsSpec, RouteSpec
 
     secrets = json.loads(secrets_file.read_text())
+    port, tls_port = gt.free_port(), gt.free_port()
+    tls = GatewayTlsSpec(cert=secrets["cert"], key=secrets["key"], port=tls_port)
+    files = NodeTlsFiles.of_data_dir(Path(secrets["n1"]))
+    settings = GatewaySettings("n1", N1, port, root / "run", root / "log", tls=tls, node_tls=files)
+    spec = AccessSpec.model_validate(
+        {
+            "jwt": {"keys": [secrets["issuer"]], "issuer": ISSUER, "audience": AUDIENCE},
+            "rules": [{"path": "/", "roles": ["ROLE_USER"]}],
+        }
+    )
+    policy = AccessPolicy.load("jwt", spec)
+    if policy.error is not None:
+        raise SystemExit(policy.error)
+    backend = (Backend("web-0", "n1", N1, backend_port),)
+    hop = Backend("hop-0", "n2", N2, n2["tcp_port"])
+    mesh = MeshHop(N2, n2["mesh_port"], "n2", "mesh-0")
+    remote = Backend("mesh-0", "n2", N2, backend_port, mesh=mesh)
+    balance = BalanceSpec()
+    table = RoutingTable(
+        {
+            "open": ServiceRoutes("open", RouteSpec(http="/open"), balance, backend),
+            "jwt": ServiceRoutes("jwt", RouteSpec(http="/jwt"), balance, backend, policy),
+            "2gw": ServiceRoutes("2gw", RouteSpec(http="/2gw"), balance, (hop,)),
+            "mesh": ServiceRoutes("mesh", RouteSpec(http="/mesh", mtls=True), balance, (remote,)),
+        },
+        "n1",
+    )
+    run_engine(engine_name, settings, table, {"port": port, "tls_port": tls_port})
+
+
+def serve_n2(engine_name: str, backend_port: int, root: Path, secrets_file: Path) -> None:
+    """n2: one engine on 127.0.0.2 with a mesh listener for its mtls instance
+    mesh-0 and a TCP route hop, both the backend; prints their ports."""
+    from ninefold.gateway.engine import GatewaySettings
+    from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+    from ninefold.security.files import NodeTlsFiles
+    from ninefold.spec.routing import BalanceSpec, RouteSpec
+    from tests.helpers import free_ports
+
+    secrets = json.loads(secrets_file.read_text())
+    port, mesh_port, tcp_port = free_ports(3, N2)
+    files = NodeTlsFiles.of_data_dir(Path(secrets["n2"]))
+    settings = GatewaySettings(
+        "n2", N2, port, root / "run", root / "log", node_tls=files, mesh_port=mesh_port
+    )
+    local = (Backend("mesh-0", "n2", N1, backend_port),)
+    hop = (Backend("hop-0", "n2", N1, backend_port),)
+    table = RoutingTable(
+        {
+            "mesh": ServiceRoutes("mesh", RouteSpec(http="/mesh", mtls=True), BalanceSpec(), local),
+            "hop": ServiceRoutes("hop", RouteSpec(tcp=tcp_port), BalanceSpec(), hop),
+        },
+        "n2",
+    )
+    run_engine(engine_name, settings, table, {"mesh_port": mesh_port, "tcp_port": tcp_port})
+
+
+def run_engine(engine_name: str, settings: Any, table: Any, info: dict[str, int]) -> None:
+    """Start the engine with `table` applied, print `info`, run until told to stop."""
+    import uvloop
+
+    from ninefold.gateway.engine import Engine
 
     async def main() -> None:
-        port, tls_port = gt.free_port(), gt.free_port()
-        tls = GatewayTlsSpec(cert=secrets["cert"], key=secrets["key"], port=tls_port)
-        settings = GatewaySettings("bench", "127.0.0.1", port, root / "run", root / "log", tls=tls)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         engine: Engine
         if engine_name == "builtin":
@@ -173,27 +266,11 @@ def serve_gateway(engine_name: str, backend_port: int, root: Path, secrets_file:
             from ninefold.gateway.haproxy import HaproxyEngine
 
             engine = HaproxyEngine(settings)
-        spec = AccessSpec.model_validate(
-            {
-                "jwt": {"keys": [secrets["issuer"]], "issuer": ISSUER, "audience": AUDIENCE},
-                "rules": [{"path": "/", "roles": ["ROLE_USER"]}],
-            }
-        )
-        policy = AccessPolicy.load("jwt", spec)
-        if policy.error is not None:
-            raise SystemExit(policy.error)
-        backend = (Backend("web-0", "bench", "127.0.0.1", backend_port),)
-        table = RoutingTable(
-            {
-                "open": ServiceRoutes("open", RouteSpec(http="/open"), BalanceSpec(), backend),
-                "jwt": ServiceRoutes("jwt", RouteSpec(http="/jwt"), BalanceSpec(), backend, policy),
-            }
-        )
         await engine.apply(table)
         await engine.start()
         try:
             await engine.apply(table)
-            print(json.dumps({"port": port, "tls_port": tls_port}), flush=True)
+            print(json.dumps(info), flush=True)
             await gt.until_told_to_stop()
         finally:
             await engine.stop()
@@ -248,7 +325,7 @@ def measure(
     url: str,
     args: argparse.Namespace,
     secrets: dict[str, str],
-    gateway: gt.Child,
+    gateways: tuple[gt.Child, gt.Child],
     fresh: bool = False,
 ) -> dict[str, Any]:
     import resource
@@ -260,16 +337,16 @@ def measure(
     if args.warmup > 0:
         load(url, args, args.warmup, token, lua)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = gateway.cpu_seconds()
+    cpu = [g.cpu_seconds() for g in gateways]
     started = time.monotonic()
     result = load(url, args, args.duration, token, lua)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    result["cpu_pct"] = {
-        "gateway": round(100 * (gateway.cpu_seconds() - cpu) / wall, 1),
-        "load": round(100 * used / wall, 1),
-    }
+    gateway, n2 = (
+        round(100 * (g.cpu_seconds() - c) / wall, 1) for g, c in zip(gateways, cpu, strict=True)
+    )
+    result["cpu_pct"] = {"gateway": gateway, "n2": n2, "load": round(100 * used / wall, 1)}
     result["url"] = url
     print(
         f"{label:18s} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
@@ -304,15 +381,15 @@ def bench(args: argparse.Namespace) -> int:
     backend = gt.Child("_backend", "0", log=root / "backend.log")
     try:
         for engine in engines:
-            gateway = gt.Child(
-                "_gateway",
-                engine,
-                str(backend.info["port"]),
-                str(root / engine),
-                str(root / "secrets.json"),
-                log=root / f"{engine}.log",
-                script=SCRIPT,
-            )
+            port, keys = str(backend.info["port"]), str(root / "secrets.json")
+            log = root / f"{engine}.log"
+            n2 = gt.Child("_n2", engine, port, f"{root / engine}-n2", keys, log=log, script=SCRIPT)
+            try:
+                n1 = (port, str(root / engine), keys, json.dumps(n2.info))
+                gateway = gt.Child("_gateway", engine, *n1, log=log, script=SCRIPT)
+            except BaseException:
+                n2.stop()
+                raise
             plain = f"http://127.0.0.1:{gateway.info['port']}"
             tls = f"https://127.0.0.1:{gateway.info['tls_port']}"
             urls = {
@@ -321,6 +398,8 @@ def bench(args: argparse.Namespace) -> int:
                 "jwt": f"{plain}/jwt/",
                 "jwt-fresh": f"{plain}/jwt/",
                 "tls+jwt": f"{tls}/jwt/",
+                "2gw": f"{plain}/2gw/",
+                "mesh": f"{plain}/mesh/",
             }
             try:
                 results[engine] = {
@@ -329,13 +408,14 @@ def bench(args: argparse.Namespace) -> int:
                         urls[target],
                         args,
                         secrets,
-                        gateway,
+                        (gateway, n2),
                         fresh=target == "jwt-fresh",
                     )
                     for target in TARGETS
                 }
             finally:
                 gateway.stop()
+                n2.stop()
     finally:
         backend.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -371,6 +451,7 @@ def bench(args: argparse.Namespace) -> int:
             f"{r['p99_ms']:.2f}",
             r["non_2xx"] + r["socket_errors"],
             r["cpu_pct"]["gateway"],
+            r["cpu_pct"]["n2"],
             r["cpu_pct"]["load"],
             f"{100 * r['rps'] / r['cpu_pct']['gateway']:.0f}" if r["cpu_pct"]["gateway"] else "-",
         ]
@@ -378,14 +459,14 @@ def bench(args: argparse.Namespace) -> int:
         for target, r in runs.items()
     ]
     headers = ["engine", "target", "req/s", "/ http", "p50 ms", "p99 ms", "errors"]
-    headers += ["cpu% gateway", "cpu% load", "req/gateway cpu-s"]
+    headers += ["cpu% gateway", "cpu% n2", "cpu% load", "req/gateway cpu-s"]
     print(table(headers, rows))
     loadgen = "wrk, 1 thread" if args.loadgen == "wrk" else "Python asyncio load generator"
     print(
         f"load: {loadgen}, {args.connections} keep-alive connections (one TLS handshake "
         f"each), {args.duration:g}s per target after a {args.warmup:g}s warm-up; "
         f"tokens {args.alg}; jwt-fresh: a token not seen before on every request; "
-        "cpu% in % of one core"
+        "2gw, mesh: through a second gateway n2 (plain text, mutual TLS); cpu% in % of one core"
     )
     for note in notes:
         print(f"note: {note}")
@@ -423,7 +504,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         role, rest = sys.argv[1], sys.argv[2:]
         if role == "_gateway":
-            serve_gateway(rest[0], int(rest[1]), Path(rest[2]), Path(rest[3]))
+            serve_gateway(rest[0], int(rest[1]), Path(rest[2]), Path(rest[3]), json.loads(rest[4]))
+        elif role == "_n2":
+            serve_n2(rest[0], int(rest[1]), Path(rest[2]), Path(rest[3]))
         elif role == "_load":
             run_load(rest[0], int(rest[1]), float(rest[2]), rest[3])
         else:
