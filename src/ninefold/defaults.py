@@ -76,6 +76,9 @@ EVENTS_RETRY_FOR = 15.0
 # --- embedded store -------------------------------------------------------------------
 STORE_QUORUM_REPORT_EVERY = 2.0
 """While there is no quorum, the agent says so this often."""
+STORE_SYNC_EVERY = 10.0
+"""Seconds between an agent's looks at the store's members, to take members
+that joined (or left) since it started as its endpoints."""
 STORE_HEARTBEAT_MS = 200
 """etcd's raft heartbeat. Twice etcd's default: peer heartbeats are most of a
 quiet cluster's traffic, and detection of a dead store leader is governed by

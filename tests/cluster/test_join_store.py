@@ -132,6 +132,21 @@ def test_init_and_two_joins_make_a_three_member_store(
         ("n3", False),
     ]
 
+    # n1's agent started knowing only its own member; it takes the new ones
+    # (its own still first).
+    def n1_endpoints() -> list[str] | None:
+        marker = "store endpoints now: "
+        lines = cluster.log_path("n1").read_text().splitlines()
+        said = [line.split(marker, 1)[1] for line in lines if marker in line]
+        return said[-1].split(", ") if said else None
+
+    def n1_uses_all() -> bool:
+        now = n1_endpoints()
+        return bool(now) and now[0] == endpoints[0] and sorted(now) == sorted(endpoints)
+
+    endpoints = spec.store_endpoints()
+    until("n1's agent to use all three members", n1_uses_all, 30)
+
     def three_up() -> bool:
         nodes = status_on(n3_spec)["nodes"]
         return sorted(n["name"] for n in nodes if n["state"] == "up") == ["n1", "n2", "n3"]

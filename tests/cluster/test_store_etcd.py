@@ -13,7 +13,7 @@ import aetcd
 import pytest
 
 from ninefold.store import EtcdStore, StoreError, StoreUnavailable
-from ninefold.store.etcd import channel_target, parse_endpoint
+from ninefold.store.etcd import channel_target, parse_endpoint, synced_endpoints
 from tests.helpers import EtcdServer, free_port
 from tests.store_contract import (
     CHECKS,
@@ -95,6 +95,30 @@ async def test_a_dead_first_member_is_skipped(etcd_server: EtcdServer) -> None:
             await first_event_from_now(store, events, "probe")
     finally:
         await store.close()
+
+
+async def test_endpoints_follow_the_store_members(etcd_server: EtcdServer) -> None:
+    gone = f"127.0.0.1:{free_port()}"  # a member that left: not listed by etcd
+    store = EtcdStore([gone, etcd_server.endpoint], namespace(), timeout=2.0)
+    try:
+        (member,) = await store.members()
+        assert not member.learner and member.client_urls
+        assert await store.sync_endpoints()
+        assert store.endpoints == [etcd_server.endpoint]
+        assert not await store.sync_endpoints()  # nothing changed
+        rev = await store.put("after/sync", b"v")
+        assert (await store.get("after/sync")).mod_revision == rev  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+def test_synced_endpoints_keep_the_own_member_first() -> None:
+    own, other, new = "10.0.0.1:2379", "10.0.0.2:2379", "https://10.0.0.3:2379"
+    voters = ["https://10.0.0.2:2379", "https://10.0.0.1:2379", new]
+    assert synced_endpoints([own, other], voters) == [own, other, "10.0.0.3:2379"]
+    assert synced_endpoints([own, other], ["http://10.0.0.2:2379"]) == [other]
+    assert synced_endpoints([own], []) == [own]  # no voter listed: keep what we have
+    assert synced_endpoints(["[fd00::1]:2379"], ["https://[fd00::2]:2379"]) == ["[fd00::2]:2379"]
 
 
 async def test_watch_from_a_compacted_revision_fails(

@@ -19,7 +19,7 @@ from ninefold.agent.leader import LeaderLoop
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
-from ninefold.agent.store_join import promote_when_caught_up
+from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.security.ca import ca_key_path
 from ninefold.security.files import NodeTlsFiles
@@ -87,18 +87,21 @@ class Agent:
             joined = StoreJoin.read(self.data_dir)
             await self._start_etcd(joined)
         self.store = open_store(self.spec, self.node, self.tls)
-        promotion = None
-        if joined is not None and isinstance(self.store, EtcdStore):
-            promotion = asyncio.create_task(
-                promote_when_caught_up(self.store, joined, self.node.name), name="store-join"
-            )
+        membership: list[asyncio.Task[object]] = []
+        if self.spec.store.mode == "embedded" and isinstance(self.store, EtcdStore):
+            # Not for an external store: its members' advertised URLs may not
+            # be the ones this machine reaches it by.
+            membership.append(asyncio.create_task(follow_store_members(self.store)))
+            if joined is not None:
+                promote = promote_when_caught_up(self.store, joined, self.node.name)
+                membership.append(asyncio.create_task(promote, name="store-join"))
         try:
             await self._serve(self.store)
         finally:
-            if promotion is not None:
-                promotion.cancel()
+            for task in membership:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await promotion
+                    await task
             await self.store.close()
             if self.etcd is not None:
                 await self.etcd.stop()

@@ -1,4 +1,5 @@
-"""A member that joined a running store becomes a voter once it has caught up.
+"""A member that joined a running store becomes a voter once it has caught up,
+and every agent learns the store's members as they come and go.
 
 `ninefold join --store` has the cluster add this node's member as an etcd
 learner: it receives the log but has no vote, so adding it cannot cost the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ninefold import defaults
 from ninefold.agent.journal import EventJournal
 from ninefold.store.base import StoreError
 from ninefold.store.embedded import StoreJoin
@@ -49,3 +51,14 @@ async def promote_when_caught_up(
             return True
         await asyncio.sleep(every)
         waited += every
+
+
+async def follow_store_members(store: EtcdStore, every: float = defaults.STORE_SYNC_EVERY) -> None:
+    """Keep the store client's endpoints to the store's voting members, so an
+    agent started before a join can fail over to the new members too."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await store.sync_endpoints()
+        except StoreError as exc:
+            log.debug("store members not read: %s", exc)

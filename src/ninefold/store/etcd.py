@@ -149,6 +149,24 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         raise ValueError(f"bad port in store endpoint {endpoint!r}") from None
 
 
+def synced_endpoints(current: Sequence[str], voters: Sequence[str]) -> list[str]:
+    """The endpoints to use once the store lists `voters` (client URLs of its
+    voting members): the current ones that are still members, in their order
+    (this node's own member stays first), then the new ones. Unchanged when
+    no voter is listed."""
+    if not voters:
+        return list(current)
+    wanted = {parse_endpoint(v): v for v in voters}
+    kept = [e for e in current if parse_endpoint(e) in wanted]
+    known = {parse_endpoint(e) for e in kept}
+    added = [_host_port(*address) for address in wanted if address not in known]
+    return kept + added
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def channel_target(addresses: Sequence[tuple[str, int]]) -> str:
     """One gRPC target naming every address (IP literals), e.g.
     'ipv4:127.0.0.1:2379,127.0.0.2:2379'. Mixed families use IPv6 with
@@ -429,6 +447,26 @@ class EtcdStore(Store):
         )
         return [_member(m) for m in resp.members]
 
+    async def sync_endpoints(self) -> bool:
+        """Take the store's voting members as the endpoints (etcd clientv3's
+        auto-sync): members added since this client started (`ninefold join
+        --store`) become endpoints, removed ones stop being. True if changed."""
+        members = await self.members()
+        voters = [m.client_urls[0] for m in members if m.client_urls and not m.learner]
+        new = synced_endpoints(self.endpoints, voters)
+        if new == self.endpoints:
+            return False
+        log.info("store endpoints now: %s", ", ".join(new))
+        now = time.monotonic()
+        for stubs in self._stubs:
+            if stubs is not None:  # calls and watches on them finish there
+                self._retired.append((now, stubs.channel))
+        self.endpoints = new
+        self._addresses = [parse_endpoint(e) for e in new]
+        self._stubs = [None] * len(new)
+        self._current = 0
+        return True
+
     async def add_learner(self, peer_url: str) -> tuple[int, list[StoreMember]]:
         """Add a learner reached at peer_url: it gets the log but does not vote,
         so the quorum does not grow until it is promoted (after catching up).
@@ -504,6 +542,8 @@ class EtcdStore(Store):
     def _fail_over(self, attempt: _Attempt | None) -> None:
         """The member at attempt.index did not answer: use the next one."""
         if attempt is None or attempt.index is None or len(self._addresses) < 2:
+            return
+        if attempt.index >= len(self._addresses):  # the endpoints changed meanwhile
             return
         if attempt.index == self._current:
             self._current = (attempt.index + 1) % len(self._addresses)
