@@ -452,7 +452,9 @@ class EtcdStore(Store):
         auto-sync): members added since this client started (`ninefold join
         --store`) become endpoints, removed ones stop being. True if changed."""
         members = await self.members()
-        voters = [m.client_urls[0] for m in members if m.client_urls and not m.learner]
+        if any(not m.client_urls and not m.learner for m in members):
+            return False  # a voter that has not started yet: no telling where it listens
+        voters = [m.client_urls[0] for m in members if not m.learner]
         new = synced_endpoints(self.endpoints, voters)
         if new == self.endpoints:
             return False
