@@ -110,3 +110,38 @@ async def test_an_event_lost_to_a_store_hiccup_lands_later() -> None:
         assert asyncio.get_running_loop().time() < deadline, "the event never landed"
         await asyncio.sleep(0.05)
     assert await read_events(store) == [event]
+
+
+class PutHangs(MemoryStore):
+    """A store whose writes wait until `release` is set, then succeed or fail."""
+
+    def __init__(self, fail: bool) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        if not self.release.is_set():
+            await self.release.wait()
+            if self.fail:
+                raise StoreUnavailable("no answer")
+        return await super().put(key, value, lease)
+
+
+async def landed(store: MemoryStore) -> list[object]:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not (events := await read_events(store)):
+        assert asyncio.get_running_loop().time() < deadline, "the event never landed"
+        await asyncio.sleep(0.05)
+    return list(events)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["late write lands", "late write retried"])
+async def test_a_hanging_store_does_not_hold_up_the_caller(fail: bool) -> None:
+    store = PutHangs(fail)
+    journal = EventJournal(store, "n1")
+    # The store answers only once released: record() must return before that.
+    event = await asyncio.wait_for(journal.record("promoted", "db", "n2/db-0 is active"), 5)
+    assert await read_events(store) == []
+    store.release.set()
+    assert await landed(store) == [event]

@@ -237,19 +237,12 @@ class InstanceRunner:
         the lease is gone instead, the frozen process is killed."""
         if not self.active_passive:
             return
-        if self.role == "active" and not self._frozen:
-            # The fence itself at once, even while a step holds the role lock.
-            await self._drop_vip("lease at risk")
-            if self.process is not None:
-                self.process.signal_group(signal.SIGSTOP)
-            self._frozen = True
+        if self.role == "active":
+            await self._freeze()  # at once, even while a step holds the role lock
         async with self._role_lock:
             if self.role != "active":
                 return
-            self._frozen = True
-            await self._drop_vip("lease at risk")
-            if self.process is not None:
-                self.process.signal_group(signal.SIGSTOP)
+            await self._freeze()  # became active while we waited for the lock
             if self.health is not None:
                 await self.health.stop()
             log.warning("%s: froze the active (lease at risk)", self.instance)
@@ -260,6 +253,15 @@ class InstanceRunner:
         await self.ctx.journal.record(
             "demoted", self.instance, "lease at risk: frozen", service=self.service
         )
+
+    async def _freeze(self) -> None:
+        """The fence itself, once: the VIP off, the process group stopped."""
+        if self._frozen:
+            return
+        await self._drop_vip("lease at risk")
+        if self.process is not None:
+            self.process.signal_group(signal.SIGSTOP)
+        self._frozen = True
 
     async def _after_fence(self) -> None:
         """Resume a frozen active if our lease (and so our lock) survived;

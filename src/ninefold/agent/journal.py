@@ -23,34 +23,30 @@ class EventJournal:
     def __init__(self, store: Store, node: str) -> None:
         self._store = store
         self._node = node
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.Future[Any]] = set()
 
     async def record(self, kind: str, subject: str, reason: str = "", **data: Any) -> Event:
         event = Event(kind=kind, subject=subject, reason=reason, node=self._node, data=data)
         log.info("event %s", event.line())
+        # Bounded: a journal line must not hold up a failover behind a store
+        # that stopped answering; a late write goes on by itself.
+        write = asyncio.ensure_future(self._store.put(event_key(event, self._node), event.encode()))
         try:
-            # Bounded: a journal line must not hold up a failover behind a
-            # store that stopped answering; a late write goes on by itself.
-            write = asyncio.ensure_future(
-                self._store.put(event_key(event, self._node), event.encode())
-            )
             await asyncio.wait_for(asyncio.shield(write), defaults.EVENTS_WRITE_WAIT)
         except TimeoutError:
+            self._keep(write)
             write.add_done_callback(lambda done: self._failed(done, event))
-            return event
         except StoreError as exc:
             log.debug("journal %s %s later: %s", kind, subject, exc)
-            task = asyncio.create_task(self._retry(event))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
+            self._keep(asyncio.create_task(self._retry(event)))
         return event
 
     def _failed(self, write: asyncio.Future[int], event: Event) -> None:
         if write.cancelled() or write.exception() is not None:
-            self._later(event)
+            self._keep(asyncio.create_task(self._retry(event)))
 
-    def _later(self, event: Event) -> None:
-        task = asyncio.create_task(self._retry(event))
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold a reference until it is done (the loop keeps only weak ones)."""
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 

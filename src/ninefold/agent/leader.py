@@ -158,7 +158,9 @@ class LeaderLoop:
             for instance in sorted(set(decision.unplaced) - set(self._unplaced)):
                 await self._journal.record("unplaced", instance, "no eligible node")
             self._unplaced = decision.unplaced
-        vip = await self._store.lock_holder(GATEWAY_VIP_LOCK)
+        vip = None  # a store read per round only for a cluster with a gateway VIP
+        if self._spec.gateway.vip is not None:
+            vip = await self._store.lock_holder(GATEWAY_VIP_LOCK)
         await self._raft.step(state.alive, state.statuses, [vip.holder] if vip else [])
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()

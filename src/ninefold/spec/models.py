@@ -230,17 +230,13 @@ def _placeholder_problems(
         return [str(exc)]
     known = [
         *SIMPLE_PLACEHOLDERS,
-        "vip",
+        *(["vip"] if has_vip else []),
         *(f"port.{p}" for p in ports),
         *(f"volume.{v}" for v in volumes),
     ]
     out = []
     for name in sorted(names):
-        if (
-            name in known
-            and not (name == "port" and not ports)
-            and not (name == "vip" and not has_vip)
-        ):
+        if name in known and not (name == "port" and not ports):
             continue
         kind, dot, _ = name.partition(".")
         if name == "port":
