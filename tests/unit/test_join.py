@@ -93,6 +93,15 @@ async def test_an_api_token_is_no_join_token(ca_dir: Path) -> None:
         assert answer.status_code == 401 and "join token" in answer.json()["error"]["message"]
 
 
+async def test_a_damaged_token_record_is_refused_as_unknown(ca_dir: Path) -> None:
+    store = await seed(MemoryStore())
+    token, record = tokens.new_token("join")
+    await store.put(tokens.token_key(record.id), b"{not a record")
+    async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
+        answer = await client.post("/v1/join", json=join_body(token))
+        assert answer.status_code == 401 and "unknown" in answer.json()["error"]["message"]
+
+
 async def test_a_store_member_needs_an_embedded_etcd_store(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("join", uses=1)

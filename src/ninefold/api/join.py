@@ -155,18 +155,9 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
                 "the node that has it, or start its agent with NINEFOLD_CA_KEY"
             )
         try:
-            ident, secret = tokens.parse_token(body.token)
+            record, token_revision = await tokens.read_token(store, body.token, "join")
         except tokens.TokenError as exc:
             raise Unauthorized(str(exc)) from None
-        token_item = await store.get(tokens.token_key(ident))
-        record = None
-        if token_item is not None:
-            record = tokens.TokenRecord.model_validate_json(token_item.value)
-        try:
-            tokens.check(record, secret, "join")
-        except tokens.TokenError as exc:
-            raise Unauthorized(str(exc)) from None
-        assert record is not None and token_item is not None
         spec_item = await store.get(SPEC_KEY)
         spec = await read_spec(store, fallback)
         new_spec, node = with_node(spec, body)
@@ -181,15 +172,10 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
         except SpecError as exc:
             raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
         member = await _add_learner(store, new_spec, node) if body.store else None
-        used = record.model_copy(update={"uses": None if record.uses is None else record.uses - 1})
-        compares = [
-            Compare(tokens.token_key(ident), "mod", "==", token_item.mod_revision),
-            Compare(SPEC_KEY, "mod", "==", spec_item.mod_revision if spec_item else 0),
-        ]
-        puts = [
-            Put(tokens.token_key(ident), used.model_dump_json().encode()),
-            Put(SPEC_KEY, text.encode()),
-        ]
+        _, token_compare, token_put = tokens.spend(record, token_revision)
+        spec_revision = spec_item.mod_revision if spec_item else 0
+        compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
+        puts = [token_put, Put(SPEC_KEY, text.encode())]
         try:
             result = await store.txn(compares, puts)
         except BaseException:

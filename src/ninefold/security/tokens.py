@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ninefold.store.base import Compare, Put, Store
+from ninefold.store.base import Compare, KeyValue, Put, Store
 
 Role = Literal["read", "operate", "admin"]
 ROLES: tuple[Role, ...] = ("read", "operate", "admin")
@@ -123,7 +123,11 @@ def token_key(ident: str) -> str:
 
 
 async def read_record(store: Store, ident: str) -> TokenRecord | None:
-    item = await store.get(token_key(ident))
+    return _record(await store.get(token_key(ident)))
+
+
+def _record(item: KeyValue | None) -> TokenRecord | None:
+    """A stored record; None for none, or one that is not a record (refused as unknown)."""
     if item is None:
         return None
     try:
@@ -148,42 +152,49 @@ async def bootstrap(store: Store, name: str = "bootstrap") -> str | None:
 
 async def authenticate(store: Store, token: str, kind: Kind = "api") -> TokenRecord:
     """The record of a valid token; TokenError otherwise."""
+    return (await read_token(store, token, kind))[0]
+
+
+async def read_token(store: Store, token: str, kind: Kind) -> tuple[TokenRecord, int]:
+    """The record of a valid token of `kind` and its mod revision (to spend a
+    use with `spend`); TokenError otherwise."""
     ident, secret = parse_token(token)
-    record = await read_record(store, ident)
+    item = await store.get(token_key(ident))
+    record = _record(item)
     check(record, secret, kind)
-    assert record is not None
-    return record
+    assert record is not None and item is not None
+    return record, item.mod_revision
+
+
+def spend(record: TokenRecord, mod_revision: int) -> tuple[TokenRecord, Compare, Put]:
+    """A join token's record with one use less, and the compare and put that
+    store it unless the record changed since `mod_revision` (so two joins at
+    once cannot both take the last use). A used-up token stays, with 0 uses,
+    so that it is refused as such."""
+    left = record if record.uses is None else record.model_copy(update={"uses": record.uses - 1})
+    key = token_key(record.id)
+    return (
+        left,
+        Compare(key, "mod", "==", mod_revision),
+        Put(key, left.model_dump_json().encode()),
+    )
 
 
 async def consume_join_token(store: Store, token: str, attempts: int = 5) -> TokenRecord:
-    """Check a join token and use it once (compare-and-swap on its record, so
-    two joins at once cannot both take the last use)."""
-    ident, secret = parse_token(token)
+    """Check a join token and use it once."""
     for _ in range(attempts):
-        item = await store.get(token_key(ident))
-        record = TokenRecord.model_validate_json(item.value) if item is not None else None
-        check(record, secret, "join")
-        assert record is not None and item is not None
+        record, revision = await read_token(store, token, "join")
         if record.uses is None:
             return record
-        left = record.model_copy(update={"uses": record.uses - 1})
-        key = token_key(ident)
-        # A used-up token stays (with 0 uses) so that it is refused as such.
-        ops = [Put(key, left.model_dump_json().encode())]
-        result = await store.txn([Compare(key, "mod", "==", item.mod_revision)], ops)
-        if result.succeeded:
+        left, compare, put = spend(record, revision)
+        if (await store.txn([compare], [put])).succeeded:
             return left
     raise TokenError("the token is being used by other joins; try again")
 
 
 async def list_records(store: Store) -> list[TokenRecord]:
-    out = []
-    for item in (await store.list(TOKENS)).items:
-        try:
-            out.append(TokenRecord.model_validate_json(item.value))
-        except ValueError:
-            continue
-    return out
+    records = [_record(item) for item in (await store.list(TOKENS)).items]
+    return [r for r in records if r is not None]
 
 
 async def revoke(store: Store, ident: str) -> bool:
