@@ -109,19 +109,7 @@ class LocalCluster:
         proc = self._procs.get(node)
         if proc is not None and proc.pid == pid:
             proc.poll()  # reap it if it died
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return False
-            argv = process.cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
-        return (
-            "agent" in argv
-            and any("ninefold" in a for a in argv)
-            and argument_after(argv, "--node") == node
-            and argument_after(argv, "--data-dir") == str(self.data_dir(node))
-        )
+        return runs_agent(pid, node, self.data_dir(node))
 
     def running(self) -> dict[str, int]:
         """node -> pid of every node whose recorded agent is alive."""
@@ -139,25 +127,12 @@ class LocalCluster:
         pid = self.recorded_pid(node)
         if pid is not None and self._is_agent(pid, node):
             return pid
-        data_dir = self.data_dir(node)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "ninefold", "agent",
-            "--spec", str(self.spec_path), "--node", node, "--data-dir", str(data_dir),
-        ]  # fmt: skip
-        with open(self.log_path(node), "ab") as log:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- {stamp} ninefold up: starting agent {node}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.spec_path.parent,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                start_new_session=True,
-            )
+        proc = spawn_agent(
+            agent_command(self.spec_path, node, self.data_dir(node)),
+            self.log_path(node),
+            f"ninefold up: starting agent {node}",
+            cwd=self.spec_path.parent,
+        )
         self._procs[node] = proc
         self.pid_path(node).write_text(f"{proc.pid}\n")
         return proc.pid
@@ -292,12 +267,7 @@ class LocalCluster:
             return None
 
     def _died(self, node: str) -> str:
-        proc = self._procs.get(node)
-        code = proc.poll() if proc is not None else None
-        how = f"exited with code {code}" if code is not None else "is gone"
-        last = last_line(self.log_path(node))
-        detail = f": {last}" if last else ""
-        return f"agent {node} {how}{detail} (log: {self.log_path(node)})"
+        return agent_died(node, self._procs.get(node), self.log_path(node))
 
     def _check_ports(self, nodes: list[NodeSpec]) -> None:
         """Refuse to start agents whose ports some other process already holds."""
@@ -356,6 +326,62 @@ class LocalCluster:
                 progress(f"stopping agents: {', '.join(sorted(left))} still running")
             time.sleep(0.1)
         return left
+
+
+# --- agent processes (shared with the lab, which runs them in network namespaces) ---
+
+
+def agent_command(spec_path: Path, node: str, data_dir: Path) -> list[str]:
+    """The command line of the agent of `node`."""
+    return [
+        sys.executable, "-m", "ninefold", "agent",
+        "--spec", str(spec_path), "--node", node, "--data-dir", str(data_dir),
+    ]  # fmt: skip
+
+
+def spawn_agent(argv: list[str], log_path: Path, banner: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` detached (its own session), its output appended to `log_path`
+    after a `--- <time> <banner>` line (its directory made first)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {banner}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
+
+
+def runs_agent(pid: int, node: str, data_dir: Path) -> bool:
+    """Whether `pid` is alive (not a zombie) and is the ninefold agent of `node`
+    with `data_dir`."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        argv = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return (
+        "agent" in argv
+        and any("ninefold" in a for a in argv)
+        and argument_after(argv, "--node") == node
+        and argument_after(argv, "--data-dir") == str(data_dir)
+    )
+
+
+def agent_died(node: str, proc: subprocess.Popen[bytes] | None, log_path: Path) -> str:
+    """Why an agent is gone, with the last line of its log."""
+    code = proc.poll() if proc is not None else None
+    how = f"exited with code {code}" if code is not None else "is gone"
+    last = last_line(log_path)
+    detail = f": {last}" if last else ""
+    return f"agent {node} {how}{detail} (log: {log_path})"
 
 
 def argument_after(argv: list[str], flag: str) -> str | None:

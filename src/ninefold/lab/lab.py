@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from ninefold.lab.errors import (
     StartFailed,
     UnknownName,
 )
-from ninefold.local import argument_after, last_line
+from ninefold.local import agent_command, agent_died, runs_agent, spawn_agent
 from ninefold.spec import ClusterSpec, SpecError, load_spec, parse_spec
 
 Progress = Callable[[str], None]
@@ -322,17 +321,7 @@ class Lab:
         return netns.pids(ns)
 
     def _is_agent(self, pid: int, node: str) -> bool:
-        if not netns.alive(pid):
-            return False
-        try:
-            argv = _cmdline(pid)
-        except OSError:
-            return False
-        return (
-            "agent" in argv
-            and argument_after(argv, "--node") == node
-            and argument_after(argv, "--data-dir") == str(self.data_dir(node))
-        )
+        return runs_agent(pid, node, self.data_dir(node))
 
     def agent_pid(self, node: str) -> int | None:
         """The pid of the node's agent, if it runs (frozen counts as running)."""
@@ -363,28 +352,14 @@ class Lab:
         pid = self.agent_pid(node)
         if pid is not None:
             return pid
-        data_dir = self.data_dir(node)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        argv = netns.in_namespace(
-            self._node_ns(node),
-            [
-                sys.executable, "-m", "ninefold", "agent",
-                "--spec", str(self.spec_path), "--node", node, "--data-dir", str(data_dir),
-            ],
-        )  # fmt: skip
-        with open(self.log_path(node), "ab") as log:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- {stamp} ninefold lab {self.id}: starting agent {node}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.spec_path.parent,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                start_new_session=True,
-            )
+        proc = spawn_agent(
+            netns.in_namespace(
+                self._node_ns(node), agent_command(self.spec_path, node, self.data_dir(node))
+            ),
+            self.log_path(node),
+            f"ninefold lab {self.id}: starting agent {node}",
+            cwd=self.spec_path.parent,
+        )
         self._procs[node] = proc
         self._update(lambda state: state["nodes"][node].update(agent_pid=proc.pid))
         return proc.pid
@@ -461,13 +436,6 @@ class Lab:
             return None
         return data if isinstance(data, dict) else None
 
-    def nodes_up(self, via: str) -> set[str] | None:
-        """Nodes the cluster sees up, asked of `via`; None if it does not answer."""
-        status = self.cluster_status(via)
-        if status is None:
-            return None
-        return {n["name"] for n in status.get("nodes", []) if n.get("state") == "up"}
-
     def wait_up(
         self,
         timeout: float = UP_TIMEOUT,
@@ -517,12 +485,7 @@ class Lab:
             time.sleep(POLL)
 
     def _died(self, node: str) -> str:
-        proc = self._procs.get(node)
-        code = proc.poll() if proc is not None else None
-        how = f"exited with code {code}" if code is not None else "is gone"
-        last = last_line(self.log_path(node))
-        detail = f": {last}" if last else ""
-        return f"agent {node} {how}{detail} (log: {self.log_path(node)})"
+        return agent_died(node, self._procs.get(node), self.log_path(node))
 
     # -- network faults ----------------------------------------------------------------
     def _apply(self, blocks: faults.Blocks, fault: dict[str, Any] | None) -> None:
@@ -735,11 +698,3 @@ def down_all(ids: Iterable[str] | None = None) -> list[str]:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(str(entry))
     return removed
-
-
-# --- small helpers --------------------------------------------------------------------
-
-
-def _cmdline(pid: int) -> list[str]:
-    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
