@@ -159,17 +159,12 @@ async def interfaces() -> list[Interface]:
 def pick_interface(found: list[Interface], address: str, wanted: str | None) -> Interface | None:
     """The interface to hold `address` (with prefix): the one named, else the
     one with an address of its own in the VIP's subnet."""
-    network = ipaddress.ip_interface(address).network
+    if wanted is not None:
+        return next((iface for iface in found if iface.name == wanted), None)
+    vip = ipaddress.ip_interface(address)
     for iface in found:
-        if wanted is not None:
-            if iface.name == wanted:
-                return iface
-            continue
-        for own in iface.addresses:
-            if (
-                ipaddress.ip_interface(own).ip in network
-                and own.split("/")[0] != address.split("/")[0]
-            ):
+        for own in map(ipaddress.ip_interface, iface.addresses):
+            if own.ip in vip.network and own.ip != vip.ip:
                 return iface
     return None
 
@@ -190,8 +185,3 @@ async def remove_address(address: str, interface: str) -> bool:
             return False
         raise
     return True
-
-
-async def address_present(ip: str) -> bool:
-    """Whether `ip` is on any interface of this namespace."""
-    return any(a.split("/")[0] == ip for iface in await interfaces() for a in iface.addresses)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from ninefold import vip as ninefold_vip
 from ninefold.agent.gateway_vip import GatewayVipKeeper
 from ninefold.agent.records import GATEWAY_VIP_LOCK, drain_key
 from ninefold.spec import SpecError, dump_spec, parse_spec
 from ninefold.spec.vip import VipSpec
 from ninefold.store.memory import MemoryStore
-from ninefold.vip import Interface, garp_frame, pick_interface, vip_step
+from ninefold.vip import Interface, VipError, garp_frame, pick_interface, vip_step
 from tests.helpers import eventually
 
 BASE = """\
@@ -167,6 +169,36 @@ def test_interface_is_the_one_in_the_vips_subnet_or_the_one_named() -> None:
     assert named is not None and named.name == "eth0"
     assert pick_interface(found, "172.16.0.1/24", None) is None
     assert pick_interface(found, "10.99.0.10/24", "eth9") is None
+    # an interface carrying only the VIP itself is not in its subnet on its own
+    only_vip = [Interface("eth2", b"\x06" * 6, ("10.99.0.10/24",))]
+    assert pick_interface(only_vip, "10.99.0.10/24", None) is None
+
+
+async def test_without_iproute2_the_error_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(VipError, match=r"the `ip` command \(iproute2\) is not installed"):
+        await ninefold_vip.add_address("10.99.0.10/24", "eth0", 1)
+
+
+async def test_removing_an_address_that_is_gone_is_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter(
+        [
+            "ip addr del: RTNETLINK answers: Cannot assign requested address",
+            "ip addr del: RTNETLINK answers: Operation not permitted",
+        ]
+    )
+
+    async def failing_ip(*args: str) -> str:
+        raise VipError(next(answers))
+
+    monkeypatch.setattr(ninefold_vip, "_ip", failing_ip)
+    assert await ninefold_vip.remove_address("10.99.0.10/24", "eth0") is False
+    with pytest.raises(VipError, match="not permitted"):
+        await ninefold_vip.remove_address("10.99.0.10/24", "eth0")
 
 
 # --- the gateway VIP keeper ----------------------------------------------------------------

@@ -44,6 +44,15 @@ class HeldAddress:
     announcing: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
+async def _interface_for(vip: VipSpec) -> Interface:
+    """This node's interface for `vip`; VipError saying why there is none."""
+    iface = pick_interface(await interfaces(), vip.address, vip.interface)
+    if iface is None:
+        where = vip.interface or f"an address in {vip.network}"
+        raise VipError(f"no interface with {where} on this node")
+    return iface
+
+
 class FloatingAddresses:
     def __init__(
         self, journal: EventJournal | None, lifetime: int = defaults.VIP_ADDRESS_LIFETIME
@@ -71,10 +80,8 @@ class FloatingAddresses:
         if cached is not None and now - cached[1] < INTERFACE_RECHECK:
             return cached[0]
         try:
-            found = pick_interface(await interfaces(), vip.address, vip.interface) is not None
-            if not found:
-                where = vip.interface or f"an address in {vip.network}"
-                raise VipError(f"no interface with {where} on this node")
+            await _interface_for(vip)
+            found = True
         except VipError as exc:
             self._failed(vip.ip, str(exc))
             found = False
@@ -89,10 +96,7 @@ class FloatingAddresses:
                 self._held[vip.ip].owner = owner
                 return True
             try:
-                iface = pick_interface(await interfaces(), vip.address, vip.interface)
-                if iface is None:
-                    where = vip.interface or f"an address in {vip.network}"
-                    raise VipError(f"no interface with {where} on this node")
+                iface = await _interface_for(vip)
                 await add_address(vip.address, iface.name, self._lifetime)
             except VipError as exc:
                 self._can_hold[(vip.address, vip.interface)] = (False, time.monotonic())
