@@ -59,7 +59,8 @@ if str(ROOT) not in sys.path:
 
 from bench._cluster import table, write_result  # noqa: E402
 from ninefold.lab import Lab  # noqa: E402
-from tests.lab.test_vip import DB_VIP, GATEWAY_VIP, spec_text  # noqa: E402
+from tests.lab.conftest import restore  # noqa: E402
+from tests.lab.test_vip import DB_VIP, GATEWAY_VIP, HolderSampler, one_holder, spec_text  # noqa: E402
 
 VIP = GATEWAY_VIP
 URL = f"http://{VIP}:8080/counter/"
@@ -67,36 +68,6 @@ PY = sys.executable
 
 
 # --- watching ---------------------------------------------------------------------------
-
-
-class Sampler:
-    """Every 100 ms, which nodes hold each VIP."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.samples: list[tuple[float, dict[str, list[str]]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                held = {n: self.lab.addresses(n) for n in self.lab.nodes}
-            except Exception:  # e.g. an `ip` killed with a node (lab.kill)
-                self._stop.wait(0.1)
-                continue
-            holders = {v: [n for n, a in held.items() if v in a] for v in (VIP, DB_VIP)}
-            self.samples.append((began, holders))
-            self._stop.wait(max(0.0, 0.1 - (time.monotonic() - began)))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def doubles(self, since: float) -> int:
-        return sum(1 for t, h in self.samples if t >= since and any(len(v) > 1 for v in h.values()))
 
 
 class Client:
@@ -131,11 +102,6 @@ class Client:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._thread.join(2)
-
-
-def holder(lab: Lab, vip: str = VIP) -> str | None:
-    found = lab.holders(vip)
-    return found[0] if len(found) == 1 else None
 
 
 def wait(what: str, check: Any, timeout: float = 60.0) -> Any:
@@ -221,26 +187,22 @@ class Round:
 
 
 def whole(lab: Lab, client: Client) -> str:
-    lab.heal()
-    for node in lab.nodes:
-        lab.thaw(node)
-        lab.start(node)
-    lab.wait_up(120)
+    restore(lab, timeout=120)
     for node in lab.nodes:
         for pid in gateway_pids(lab, node):
             os.kill(pid, signal.SIGCONT)
-    found = wait("one VIP holder", lambda: holder(lab), 60)
-    wait("the service VIP on one node", lambda: holder(lab, DB_VIP), 60)
+    found = wait("one VIP holder", lambda: one_holder(lab, VIP), 60)
+    wait("the service VIP on one node", lambda: one_holder(lab, DB_VIP), 60)
     wait("requests through the VIP", lambda: serving(client, 1.5), 60)
     # Steady state: the leader agent keeps etcd's raft leader off the VIP
     # holder (docs/architecture.md); give it the time to have done so.
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and store_leader(lab) in (None, holder(lab)):
+    while time.monotonic() < deadline and store_leader(lab) in (None, one_holder(lab, VIP)):
         time.sleep(0.2)
-    return str(holder(lab) or found)
+    return str(one_holder(lab, VIP) or found)
 
 
-def run_fault(lab: Lab, client: Client, sampler: Sampler, name: str) -> Round:
+def run_fault(lab: Lab, client: Client, sampler: HolderSampler, name: str) -> Round:
     result = Round(name)
     result.before = whole(lab, client)
     h = result.before
@@ -298,7 +260,7 @@ def run_fault(lab: Lab, client: Client, sampler: Sampler, name: str) -> Round:
         time.monotonic() - t_count > 3 and serving(client, 3.0)
     ):
         time.sleep(0.1)
-    result.after = holder(lab)
+    result.after = one_holder(lab, VIP)
     window = client.since(t_fault)
     result.requests = len(window)
     result.failed = sum(1 for x in window if not x["ok"])
@@ -323,8 +285,8 @@ def run_fault(lab: Lab, client: Client, sampler: Sampler, name: str) -> Round:
     wait(
         "requests after healing", lambda: time.monotonic() - t_heal > 3 and serving(client, 2.0), 90
     )
-    result.after_heal = holder(lab)
-    result.doubles = sampler.doubles(t_fault)
+    result.after_heal = one_holder(lab, VIP)
+    result.doubles = len({t for t, _, _ in sampler.doubles if t >= t_fault})
     return result
 
 
@@ -354,16 +316,15 @@ def main() -> None:
     rounds: list[Round] = []
     try:
         client = Client(lab)
-        sampler = Sampler(lab)
         try:
-            for i in range(args.rounds):
-                for fault in FAULTS:
-                    print(f"round {i + 1}: {fault} ...", flush=True)
-                    result = run_fault(lab, client, sampler, fault)
-                    print(f"  {asdict(result)}", flush=True)
-                    rounds.append(result)
+            with HolderSampler(lab, (VIP, DB_VIP)) as sampler:
+                for i in range(args.rounds):
+                    for fault in FAULTS:
+                        print(f"round {i + 1}: {fault} ...", flush=True)
+                        result = run_fault(lab, client, sampler, fault)
+                        print(f"  {asdict(result)}", flush=True)
+                        rounds.append(result)
         finally:
-            sampler.stop()
             client.stop()
     finally:
         lab.down()
@@ -402,7 +363,7 @@ def main() -> None:
         "planned_failed": sum(r.failed for r in planned),
         "planned_goal_s": 0.5,
         "doubles": sum(r.doubles for r in rounds),
-        "samples": len(sampler.samples),
+        "samples": sampler.samples,
         "rounds": [asdict(r) for r in rounds],
     }
     path = write_result("lab_failover", summary)

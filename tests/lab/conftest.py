@@ -97,13 +97,17 @@ def lab(lab_root: Path, links_before: set[str]) -> Iterator[Lab]:
         assert_gone(made.id, made.state_dir, links_before)
 
 
-@pytest.fixture
-def whole(lab: Lab) -> Lab:
-    """The shared lab with no fault left by an earlier test: network whole,
-    every node thawed, started and up."""
+def restore(lab: Lab, timeout: float = UP_TIMEOUT) -> Lab:
+    """No fault left: network whole, every node thawed, started and up."""
     lab.heal()
     for node in lab.nodes:
         lab.thaw(node)
         lab.start(node)
-    lab.wait_up(UP_TIMEOUT)
+    lab.wait_up(timeout)
     return lab
+
+
+@pytest.fixture
+def whole(lab: Lab) -> Lab:
+    """The shared lab with no fault left by an earlier test."""
+    return restore(lab)

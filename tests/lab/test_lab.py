@@ -183,6 +183,7 @@ def test_cli_status_and_exec(whole: Lab) -> None:
         (["partition", "n1"], ["two groups"]),
         (["slow", "n1", "--delay", "soon"], ["--delay"]),
         (["status", "--lab", "nf0000"], ["nf0000"]),
+        (["status", "-o", "xml"], ["--output", "'xml'"]),
     ],
 )
 def test_cli_usage_errors(whole: Lab, args: list[str], names: list[str]) -> None:

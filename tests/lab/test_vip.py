@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ninefold.lab import Lab
-from tests.lab.conftest import UP_TIMEOUT, assert_gone
+from tests.lab.conftest import UP_TIMEOUT, assert_gone, restore
 
 GATEWAY_VIP = "10.99.0.10"
 DB_VIP = "10.99.0.20"
@@ -66,7 +66,8 @@ services:
 
 
 class HolderSampler:
-    """Every 100 ms: which nodes carry each VIP. Keeps the samples with two holders."""
+    """Every 100 ms: which nodes carry each VIP. Keeps the samples with two
+    holders (time, VIP, nodes). bench/lab_failover.py uses it too."""
 
     def __init__(self, lab: Lab, vips: tuple[str, ...]) -> None:
         self.lab, self.vips = lab, vips
@@ -159,14 +160,6 @@ def settled_on(lab: Lab, vip: str, avoid: str | None = None) -> str:
         mac = lab.mac(holder)
         poll(f"the client's ARP entry for {vip} -> {mac}", lambda: lab.client_neighbor(vip) == mac)
     return holder
-
-
-def restore(lab: Lab) -> None:
-    lab.heal()
-    for node in lab.nodes:
-        lab.thaw(node)
-        lab.start(node)
-    lab.wait_up(UP_TIMEOUT)
 
 
 def test_the_gateway_vip_is_on_one_node_and_reachable(vip_lab: tuple[Lab, HolderSampler]) -> None:

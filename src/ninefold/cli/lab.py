@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -354,13 +353,13 @@ def exec_(
     Options (--lab) go before WHERE: everything after it is the command."""
     with lab_errors():
         lab = current(lab_id)
-        ns = lab.namespace(where)
+        lab.namespace(where)
     if command[:1] == ["--"]:  # options end at WHERE, so click passes the `--` on
         command = command[1:]
     if not command:
         raise fail("no command given: ninefold lab exec WHERE -- COMMAND [ARGS]...", EXIT_USAGE)
     try:
-        code = subprocess.run(["ip", "netns", "exec", ns, *command], check=False).returncode
+        code = lab.run(where, command, check=False).returncode
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
