@@ -185,6 +185,19 @@ def test_cert_issue_and_rotate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_cert_rotate_without_data_directories_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NINEFOLD_CONFIG_ROOT", str(tmp_path / "cfg"))
+    monkeypatch.setenv("NINEFOLD_DATA_ROOT", str(tmp_path / "data"))
+    path = tmp_path / "c.yaml"
+    assert runner.invoke(app, ["init", str(path), "--cluster", "shop"]).exit_code == 0
+    for args, says in (([], "no node of cluster shop"), (["n2"], "no data directory of n2")):
+        result = runner.invoke(app, ["cert", "rotate", *args, "-s", str(path)])
+        assert result.exit_code == EXIT_FAILED and says in result.output, result.output
+        assert "Traceback" not in result.output
+
+
 def test_cert_commands_need_a_tls_spec(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     assert runner.invoke(app, ["init", str(path), "--no-tls"]).exit_code == 0

@@ -18,15 +18,12 @@ is removed again.
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from fastapi import Body, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +33,7 @@ from ninefold.agent.records import SPEC_KEY
 from ninefold.api.auth import Unauthorized
 from ninefold.api.errors import documented
 from ninefold.security import tokens
-from ninefold.security.ca import load_ca
+from ninefold.security.ca import fingerprint, load_ca
 from ninefold.security.certs import sign_node_csr
 from ninefold.security.files import TlsError
 from ninefold.spec import ClusterSpec, NodeSpec, SpecError, dump_spec, parse_spec
@@ -55,12 +52,6 @@ promoted just now is not yet)."""
 
 CaFiles = Callable[[], tuple[Path, Path | None] | None]
 """(CA certificate, CA key or None) of this agent, or None without TLS."""
-
-
-def fingerprint(pem: bytes) -> str:
-    """`sha256:<hex>` of a certificate's DER form: what `join --ca-hash` checks."""
-    cert = x509.load_pem_x509_certificate(pem)
-    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 class CaOut(BaseModel):

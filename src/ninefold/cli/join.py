@@ -16,16 +16,25 @@ import httpx
 import typer
 
 from ninefold import defaults
-from ninefold.api.join import fingerprint
 from ninefold.cli.console import progress
-from ninefold.cli.main import EXIT_DENIED, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, app, fail, say
-from ninefold.security.ca import new_key, private_pem
+from ninefold.cli.main import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    app,
+    exit_code,
+    fail,
+    say,
+)
+from ninefold.client import error_of
+from ninefold.security.ca import fingerprint, new_key, private_pem
 from ninefold.security.certs import node_csr, write_node_files
-from ninefold.security.files import NodeTlsFiles
+from ninefold.security.files import NodeTlsFiles, TlsError
+from ninefold.security.tls import client_context
 from ninefold.spec import ClusterSpec, dump_spec, parse_spec
 from ninefold.store.base import StoreError
 from ninefold.store.embedded import StoreJoin
-from ninefold.store.etcd import EtcdStore, TlsFiles
+from ninefold.store.etcd import EtcdStore
 
 TIMEOUT = 30.0
 """Seconds each request to the cluster may take (a join may wait for the
@@ -44,12 +53,8 @@ def _base(address: str) -> str:
 def _answer(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json()
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = f"{response.status_code} {response.reason_phrase}"
-    code = {401: EXIT_DENIED, 403: EXIT_DENIED, 404: EXIT_USAGE, 422: EXIT_USAGE}
-    raise fail(f"the cluster refused the join: {message}", code.get(response.status_code, 1))
+    error = error_of(response)
+    raise fail(f"the cluster refused the join: {error.message}", exit_code(error))
 
 
 @app.command()
@@ -96,10 +101,14 @@ def join(
             answer = _answer(client.get(f"{base}/v1/ca"))
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {base}: {exc}", EXIT_UNREACHABLE) from None
-    ca_pem = answer["ca"].encode()
-    if fingerprint(ca_pem) != ca_hash.strip().lower():
+    try:
+        ca_pem = answer["ca"].encode()
+        ca_fingerprint = fingerprint(ca_pem)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise fail(f"{base}/v1/ca did not answer with a CA certificate", EXIT_USAGE) from None
+    if ca_fingerprint != ca_hash.strip().lower():
         raise fail(
-            f"the CA at {base} is not the one --ca-hash names (it is {fingerprint(ca_pem)})",
+            f"the CA at {base} is not the one --ca-hash names (it is {ca_fingerprint})",
             EXIT_USAGE,
         )
     # Everything local that can fail, before the cluster spends a token use
@@ -129,18 +138,15 @@ def join(
     except httpx.HTTPError as exc:
         raise fail(f"the join did not complete: {exc}", EXIT_UNREACHABLE) from None
     spec = parse_spec(joined["spec"])
-    write_node_files(files, ca_pem, joined["cert"].encode(), private_pem(key))
     # This machine's copy of the spec names its own copy of the CA.
     assert spec.security.tls is not None
-    local = spec.model_copy(
-        update={
-            "security": spec.security.model_copy(
-                update={"tls": spec.security.tls.model_copy(update={"ca": str(files.ca)})}
-            )
-        }
-    )
+    spec.security.tls.ca = str(files.ca)
     spec_path = where / "spec.yaml"
-    spec_path.write_text(dump_spec(local))
+    try:
+        write_node_files(files, ca_pem, joined["cert"].encode(), private_pem(key))
+        spec_path.write_text(dump_spec(spec))
+    except (TlsError, OSError) as exc:
+        raise fail(f"joined, but this machine's files are not all written: {exc}") from None
     member = joined.get("store_member")
     if member is not None:
         StoreJoin(member["member_id"], member["initial_cluster"]).write(where)
@@ -150,7 +156,7 @@ def join(
     if not start:
         say(f"start its agent with: {command}")
         return
-    me = local.node(name)
+    me = spec.node(name)
     # The node is in the cluster now: a failure from here on leaves it there
     # (down), and its store learner counts against the one etcd allows.
     later = f"; start it again with: {command}"
@@ -159,14 +165,17 @@ def join(
     _start_agent(spec_path, name, where, f"https://{me.host_port(me.ports.api)}", files, later)
     if member is not None:
         log_path = where / "agent.log"
-        asyncio.run(_wait_until_voter(local, name, member["member_id"], files, log_path, later))
+        asyncio.run(_wait_until_voter(spec, name, member["member_id"], files, log_path, later))
 
 
 async def _wait_until_voter(
     spec: ClusterSpec, name: str, member_id: int, files: NodeTlsFiles, log_path: Path, later: str
 ) -> None:
     """Until the agent has promoted its store learner, showing how far it is."""
-    store = EtcdStore(spec.store_endpoints(), "/", tls=TlsFiles(files.ca, files.cert, files.key))
+    from ninefold.agent.daemon import open_store
+
+    store = open_store(spec, tls=files)
+    assert isinstance(store, EtcdStore)
     deadline = time.monotonic() + UP_WAIT
     try:
         with progress(f"store member {name}: catching up with the leader") as show:
@@ -208,8 +217,7 @@ def _start_agent(
             cwd=spec_path.parent,
         )
     (data_dir / "agent.pid").write_text(f"{proc.pid}\n")
-    verify = ssl.create_default_context(cafile=str(files.ca))
-    verify.load_cert_chain(files.cert, files.key)
+    verify = client_context(files.ca, files.cert, files.key)
     deadline = time.monotonic() + UP_WAIT
     with httpx.Client(verify=verify, timeout=2.0, trust_env=False) as client:
         while time.monotonic() < deadline:

@@ -127,7 +127,7 @@ def create(
 
 def _join_hint(spec_path: Path, url: str | None) -> None:
     """How to use a join token: the command, with the CA's fingerprint."""
-    from ninefold.api.join import fingerprint
+    from ninefold.security.ca import fingerprint
     from ninefold.spec import load_spec
 
     tls = load_spec(spec_path).security.tls

@@ -6,6 +6,7 @@ Only the CLI generates keys (never the agent's event loop)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +132,10 @@ def load_ca(cert_path: Path, key_path: Path) -> CertificateAuthority:
     if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
         raise TlsError(f"{key_path} is not the key of the CA certificate {cert_path}")
     return CertificateAuthority(cert, key)
+
+
+def fingerprint(pem: bytes) -> str:
+    """`sha256:<hex>` of a certificate's DER form: what `join --ca-hash` checks.
+    ValueError if `pem` is not a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
