@@ -71,14 +71,17 @@ class ChangeSignal:
 
 
 async def run_level_triggered(
-    signal: ChangeSignal, step: Callable[[], Awaitable[None]], name: str
+    signal: ChangeSignal,
+    step: Callable[[], Awaitable[None]],
+    name: str,
+    every: float = defaults.RESYNC_INTERVAL,
 ) -> None:
-    """Run `step` on every change the signal sees and at every resync; a store
-    error only skips a round (the next one reads everything again)."""
+    """Run `step` on every change the signal sees and at least `every` seconds;
+    a store error only skips a round (the next one reads everything again)."""
     signal.start()
     try:
         while True:
-            await signal.wait(defaults.RESYNC_INTERVAL)
+            await signal.wait(every)
             try:
                 await step()
             except StoreError as exc:

@@ -17,7 +17,7 @@ import time
 
 from ninefold import defaults
 from ninefold.agent.addresses import FloatingAddresses
-from ninefold.agent.changes import ChangeSignal
+from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import read_spec
 from ninefold.agent.membership import LeaseKeeper
@@ -98,17 +98,13 @@ class GatewayVipKeeper:
         self._signal.poke()
 
     async def run(self) -> None:
-        self._signal.start()
         await self.check.start()
         try:
-            while True:
-                await self._signal.wait(defaults.VIP_CHECK_INTERVAL)
-                try:
-                    await self.step()
-                except StoreError as exc:
-                    log.debug("gateway vip: %s", exc)
+            # A timer as well as the watches: a free VIP waits for a preferred
+            # node a moment, and nothing in the store marks the end of that.
+            every = defaults.VIP_CHECK_INTERVAL
+            await run_level_triggered(self._signal, self.step, "gateway vip", every)
         finally:
-            await self._signal.stop()
             await self.check.stop()
 
     async def stop(self) -> None:
