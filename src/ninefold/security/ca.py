@@ -111,12 +111,15 @@ def write_ca(ca: CertificateAuthority, key_path: Path, cert_path: Path) -> None:
     write_public(cert_path, ca.cert_pem)
 
 
-def load_ca_cert(cert_path: Path) -> x509.Certificate:
-    data = read_file(cert_path, "cluster CA certificate")
+def load_cert(path: Path, what: str = "certificate") -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(data)
+        return x509.load_pem_x509_certificate(read_file(path, what))
     except ValueError:
-        raise TlsError(f"{cert_path} is not a PEM certificate") from None
+        raise TlsError(f"{path} is not a PEM certificate") from None
+
+
+def load_ca_cert(cert_path: Path) -> x509.Certificate:
+    return load_cert(cert_path, "cluster CA certificate")
 
 
 def load_ca(cert_path: Path, key_path: Path) -> CertificateAuthority:

@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ninefold.security.ca import CertificateAuthority, new_key, private_pem, utcnow
+from ninefold.security.ca import (
+    CertificateAuthority,
+    load_cert,
+    new_key,
+    private_pem,
+    utcnow,
+)
 from ninefold.security.files import (
     NodeTlsFiles,
     TlsError,
@@ -167,13 +173,6 @@ def _existing_key(files: NodeTlsFiles) -> ec.EllipticCurvePrivateKey | None:
     except (ValueError, TypeError):
         return None
     return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
-
-
-def load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(read_file(path, "certificate"))
-    except ValueError:
-        raise TlsError(f"{path} is not a PEM certificate") from None
 
 
 def needs_issuing(

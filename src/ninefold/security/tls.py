@@ -11,6 +11,7 @@ same class, requiring a client certificate and offering its own ALPN names.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from pathlib import Path
@@ -118,14 +119,18 @@ class ReloadingServerContext:
 
 
 def files_stamp(files: NodeTlsFiles) -> tuple[int, ...]:
-    """What changes when any of a node's TLS files is rewritten or replaced
-    (mtime and inode of each; zeros for a missing one). Blocking: a stat each."""
+    """What changes when any of a node's TLS files is rewritten or replaced."""
+    return paths_stamp(files.ca, files.cert, files.key)
+
+
+def paths_stamp(*paths: Path | str | None) -> tuple[int, ...]:
+    """The mtime and inode of each file (zeros for a missing one, or None).
+    Blocking: a stat each."""
     out: list[int] = []
-    for path in (files.ca, files.cert, files.key):
+    for path in paths:
         try:
-            st = path.stat()
+            st = os.stat(path) if path is not None else None
         except OSError:
-            out += [0, 0]
-        else:
-            out += [st.st_mtime_ns, st.st_ino]
+            st = None
+        out += [st.st_mtime_ns, st.st_ino] if st is not None else [0, 0]
     return tuple(out)

@@ -30,6 +30,7 @@ import grpc.aio
 from aetcd import rpc
 
 from ninefold import defaults
+from ninefold.security.tls import paths_stamp
 from ninefold.store.base import (
     Compare,
     Delete,
@@ -197,18 +198,6 @@ def _range_end(start: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
-def _tls_stamp(tls: TlsFiles) -> tuple[int, ...]:
-    """Modification time and inode of each TLS file (0s for a missing one)."""
-    out: list[int] = []
-    for path in (tls.ca, tls.cert, tls.key):
-        try:
-            st = os.stat(path) if path is not None else None
-        except OSError:
-            st = None
-        out += [st.st_mtime_ns, st.st_ino] if st is not None else [0, 0]
-    return tuple(out)
-
-
 def _credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     def read(path: Path | str | None) -> bytes | None:
         if path is None:
@@ -245,7 +234,7 @@ class EtcdStore(Store):
         self._prefix = namespace.encode()
         self._timeout = timeout
         self._tls = tls
-        self._tls_stamp = _tls_stamp(tls) if tls is not None else ()
+        self._tls_stamp = paths_stamp(tls.ca, tls.cert, tls.key) if tls is not None else ()
         self._tls_checked = time.monotonic()
         self._retired: list[tuple[float, grpc.aio.Channel]] = []
         self._stubs: list[_Stubs | None] = [None] * len(self._addresses)
@@ -384,17 +373,20 @@ class EtcdStore(Store):
         if self._tls is None or now - self._tls_checked < TLS_CHECK_EVERY:
             return
         self._tls_checked = now
-        stamp = _tls_stamp(self._tls)
+        stamp = paths_stamp(self._tls.ca, self._tls.cert, self._tls.key)
         if stamp != self._tls_stamp:
             self._tls_stamp = stamp
             log.info("store TLS files changed: new connections use them")
-            for i, stubs in enumerate(self._stubs):
-                if stubs is not None:
-                    self._retired.append((now, stubs.channel))
-                    self._stubs[i] = None
+            self._retire_channels(now)
         while self._retired and now - self._retired[0][0] > RETIRED_CHANNEL_GRACE:
             _, channel = self._retired.pop(0)
             await channel.close()
+
+    def _retire_channels(self, now: float) -> None:
+        """New requests open new channels (to self._addresses); calls and
+        watches on the old ones finish there (closed after RETIRED_CHANNEL_GRACE)."""
+        self._retired += [(now, stubs.channel) for stubs in self._stubs if stubs is not None]
+        self._stubs = [None] * len(self._addresses)
 
     # -- store membership (etcd only: the leader agent keeps etcd's raft leader
     #    off nodes whose loss would also cost a failover, see agent/store_leadership.py)
@@ -459,13 +451,9 @@ class EtcdStore(Store):
         if new == self.endpoints:
             return False
         log.info("store endpoints now: %s", ", ".join(new))
-        now = time.monotonic()
-        for stubs in self._stubs:
-            if stubs is not None:  # calls and watches on them finish there
-                self._retired.append((now, stubs.channel))
         self.endpoints = new
         self._addresses = [parse_endpoint(e) for e in new]
-        self._stubs = [None] * len(new)
+        self._retire_channels(time.monotonic())
         self._current = 0
         return True
 
@@ -474,23 +462,23 @@ class EtcdStore(Store):
         so the quorum does not grow until it is promoted (after catching up).
         Returns its id and the members after the change."""
         request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
-        with self._errors() as attempt:
-            stubs = await self._connect(attempt)
-            resp = await rpc.ClusterStub(stubs.channel).MemberAdd(request, **self._call())
+        resp = await self._member_change(lambda cluster: cluster.MemberAdd(request, **self._call()))
         return resp.member.ID, [_member(m) for m in resp.members]
 
     async def remove_member(self, member_id: int) -> None:
         request = rpc.MemberRemoveRequest(ID=member_id)
-        with self._errors() as attempt:
-            stubs = await self._connect(attempt)
-            await rpc.ClusterStub(stubs.channel).MemberRemove(request, **self._call())
+        await self._member_change(lambda cluster: cluster.MemberRemove(request, **self._call()))
 
     async def promote_member(self, member_id: int) -> None:
         """Make a learner a voting member; StoreError while it has not caught up."""
         request = rpc.MemberPromoteRequest(ID=member_id)
-        with self._errors() as attempt:
-            stubs = await self._connect(attempt)
-            await rpc.ClusterStub(stubs.channel).MemberPromote(request, **self._call())
+        await self._member_change(lambda cluster: cluster.MemberPromote(request, **self._call()))
+
+    async def _member_change(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """One membership request to etcd's cluster service, never repeated on
+        another member (a MemberAdd whose answer was lost must not add a
+        second learner)."""
+        return await self._rpc(lambda stubs: call(rpc.ClusterStub(stubs.channel)), retry=False)
 
     # -- connection and errors
     async def _connect(self, attempt: _Attempt) -> _Stubs:
@@ -526,11 +514,12 @@ class EtcdStore(Store):
                 self._stubs[index] = stubs
         return stubs
 
-    async def _rpc(self, call: Callable[[_Stubs], Awaitable[Any]]) -> Any:
+    async def _rpc(self, call: Callable[[_Stubs], Awaitable[Any]], retry: bool = True) -> Any:
         """One request; when its member does not answer, once more on the next
-        member (every request here may be repeated: a retried lock txn finds
-        the lock held by the same holder and lease, which try_lock accepts)."""
-        tries = min(2, len(self._addresses))
+        member unless not to `retry` (every key-value request may be repeated:
+        a retried lock txn finds the lock held by the same holder and lease,
+        which try_lock accepts)."""
+        tries = min(2, len(self._addresses)) if retry else 1
         for i in range(tries):
             try:
                 with self._errors() as attempt:
