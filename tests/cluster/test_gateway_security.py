@@ -31,11 +31,12 @@ from ninefold.gateway.access import AccessPolicy
 from ninefold.gateway.builtin import BuiltinEngine
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.gateway.haproxy import HaproxyEngine, haproxy_binary
-from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
+from ninefold.gateway.routes import RoutingTable, ServiceRoutes
 from ninefold.spec.routing import BalanceSpec, GatewayTlsSpec, RouteSpec
 from tests.cluster.harness import LocalCluster, until
 from tests.helpers import free_port
 from tests.unit.test_access import REFUSALS, Issuer, policy_spec, refusal
+from tests.unit.test_access_gateway import Echo
 from tests.unit.test_gateway_tls import issued
 
 pytestmark = pytest.mark.cluster
@@ -64,45 +65,6 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
-
-
-class Echo:
-    """A backend in this event loop that answers with the request head it got."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> Echo:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def backend(self) -> Backend:
-        return Backend("shop-0", "n1", HOST, self.port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                first, *lines = head.rstrip("\r\n").split("\r\n")
-                pairs = [line.split(": ", 1) for line in lines]
-                body = json.dumps({"path": first.split(" ")[1], "lines": pairs}).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 async def raw_get(
@@ -167,7 +129,7 @@ def shop(echo: Echo, policy: AccessPolicy) -> RoutingTable:
 @pytest.mark.parametrize("kind", ENGINES)
 async def test_every_refusal_and_success(kind: str, engines: MakeEngine, tmp_path: Path) -> None:
     issuer = Issuer(tmp_path)
-    echo = await Echo().start()
+    echo = await Echo("shop-0").start()
     try:
         policy = AccessPolicy.load("shop", policy_spec(issuer))
         engine = await engines(kind, shop(echo, policy))
@@ -200,7 +162,7 @@ async def test_every_refusal_and_success(kind: str, engines: MakeEngine, tmp_pat
         assert status == 200
         assert not [k for k, _ in json.loads(body)["lines"] if k.lower() == "x-subject"]
     finally:
-        echo.stop()
+        echo.kill()
 
 
 TIMES = [  # (claim, offset from now in seconds, allowed?) with the 30 s leeway
@@ -219,7 +181,7 @@ TIMES = [  # (claim, offset from now in seconds, allowed?) with the 30 s leeway
 @pytest.mark.parametrize("kind", ENGINES)
 async def test_time_claims_with_leeway(kind: str, engines: MakeEngine, tmp_path: Path) -> None:
     issuer = Issuer(tmp_path)
-    echo = await Echo().start()
+    echo = await Echo("shop-0").start()
     try:
         engine = await engines(kind, shop(echo, AccessPolicy.load("shop", policy_spec(issuer))))
         for claim, offset, allowed in TIMES:
@@ -229,7 +191,7 @@ async def test_time_claims_with_leeway(kind: str, engines: MakeEngine, tmp_path:
             )
             assert (status == 200) == allowed, (claim, offset, body)
     finally:
-        echo.stop()
+        echo.kill()
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -239,7 +201,7 @@ async def test_roles_beyond_the_haproxy_array_limit(
     """HAProxy reads the first 16 entries of the roles claim: a role after
     them is refused there (never allowed wrongly); the builtin engine reads all."""
     issuer = Issuer(tmp_path)
-    echo = await Echo().start()
+    echo = await Echo("shop-0").start()
     try:
         engine = await engines(kind, shop(echo, AccessPolicy.load("shop", policy_spec(issuer))))
         roles = [f"R{i}" for i in range(16)] + ["ROLE_ADMIN"]
@@ -247,7 +209,7 @@ async def test_roles_beyond_the_haproxy_array_limit(
         status, _, _ = await raw_get(port_of(engine), "/shop/admin", [token])
         assert status == (200 if kind == "builtin" else 403)
     finally:
-        echo.stop()
+        echo.kill()
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -255,7 +217,7 @@ async def test_policy_changes_and_unavailable_keys(
     kind: str, engines: MakeEngine, tmp_path: Path
 ) -> None:
     issuer = Issuer(tmp_path)
-    echo = await Echo().start()
+    echo = await Echo("shop-0").start()
     try:
         engine = await engines(kind, shop(echo, AccessPolicy.load("shop", policy_spec(issuer))))
         port = port_of(engine)
@@ -271,7 +233,7 @@ async def test_policy_changes_and_unavailable_keys(
         assert status == 503
         assert json.loads(body) == {"error": "access policy unavailable", "service": "shop"}
     finally:
-        echo.stop()
+        echo.kill()
 
 
 # --- TLS -----------------------------------------------------------------------------------
@@ -281,7 +243,7 @@ async def test_policy_changes_and_unavailable_keys(
 async def test_haproxy_terminates_tls(engines: MakeEngine, tmp_path: Path) -> None:
     ca, cert, key = issued(tmp_path, "gw")
     tls = GatewayTlsSpec(cert=str(cert), key=str(key), port=free_port(), redirect_http=True)
-    echo = await Echo().start()
+    echo = await Echo("shop-0").start()
     try:
         web = ServiceRoutes("web", RouteSpec(http="/web"), BalanceSpec(), (echo.backend(),))
         engine = await engines("haproxy", RoutingTable({"web": web}), tls)
@@ -306,7 +268,7 @@ async def test_haproxy_terminates_tls(engines: MakeEngine, tmp_path: Path) -> No
         writer.close()
         assert not answer.startswith(b"HTTP/1.1 200")
     finally:
-        echo.stop()
+        echo.kill()
 
 
 # --- a real cluster --------------------------------------------------------------------------

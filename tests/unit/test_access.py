@@ -509,7 +509,13 @@ def test_only_successes_are_kept_and_at_most_so_many(
     issuer: Issuer, policy: AccessPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(access.defaults, "ACCESS_TOKEN_CACHE", 3)
-    for case in ("bad signature", "alg none", "expired", "wrong audience"):
+    for case in (
+        "bad signature",
+        "alg none",
+        "expired",
+        "wrong audience",
+        "subject with a newline",
+    ):
         authorization, path, _ = refusal(issuer, case)
         authorize(policy, authorization, path)
     assert policy.verified == {}

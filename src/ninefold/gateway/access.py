@@ -98,6 +98,8 @@ class Verified:
     exp: int
     not_before: int
     """The later of nbf and iat (0 without either)."""
+    roles: frozenset[str]
+    """The roles in the policy's roles claim (read once, not per request)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,21 +183,18 @@ def authorize(policy: AccessPolicy, authorization: Sequence[bytes], path: str) -
     token = bearer_token(authorization)
     if isinstance(token, Deny):
         return token
-    claims = verify(policy, token)
-    if isinstance(claims, Deny):
-        return claims
-    subject = claims.get("sub")
-    if subject is not None and _CONTROL.search(subject):
-        return _invalid(bad_claim("sub"))
+    verified = verify(policy, token)
+    if isinstance(verified, Deny):
+        return verified
     rule = policy.rule_for(bare)
-    if rule is not None and not roles_of(claims, policy.spec.jwt.roles_claim) & set(rule.roles):
+    if rule is not None and verified.roles.isdisjoint(rule.roles):
         return Deny(403, MISSING_ROLE, "insufficient_scope", tuple(rule.roles))
-    return Allow(subject)
+    return Allow(verified.claims.get("sub"))
 
 
-def verify(policy: AccessPolicy, token: str) -> dict[str, Any] | Deny:
-    """The token's claims once its algorithm, signature and claims pass. A
-    token verified before is only checked for its times again."""
+def verify(policy: AccessPolicy, token: str) -> Verified | Deny:
+    """The token once its algorithm, signature and claims pass. A token
+    verified before is only checked for its times again."""
     spec = policy.spec.jwt
     known = policy.verified.get(token)
     if known is not None:
@@ -205,15 +204,20 @@ def verify(policy: AccessPolicy, token: str) -> dict[str, Any] | Deny:
             return _invalid(EXPIRED)
         if known.not_before > now + spec.leeway:
             return _invalid(NOT_YET_VALID)
-        return known.claims
+        return known
     claims = _verify_token(policy, token)
-    if not isinstance(claims, Deny):
-        cache = policy.verified
-        if len(cache) >= defaults.ACCESS_TOKEN_CACHE:
-            del cache[next(iter(cache))]
-        times = [int(claims[c]) for c in ("nbf", "iat") if claims.get(c) is not None]
-        cache[token] = Verified(claims, int(claims["exp"]), max(times, default=0))
-    return claims
+    if isinstance(claims, Deny):
+        return claims
+    subject = claims.get("sub")
+    if subject is not None and _CONTROL.search(subject):
+        return _invalid(bad_claim("sub"))
+    cache = policy.verified
+    if len(cache) >= defaults.ACCESS_TOKEN_CACHE:
+        del cache[next(iter(cache))]
+    times = [int(claims[c]) for c in ("nbf", "iat") if claims.get(c) is not None]
+    roles = frozenset(roles_of(claims, spec.roles_claim))
+    known = cache[token] = Verified(claims, int(claims["exp"]), max(times, default=0), roles)
+    return known
 
 
 def _verify_token(policy: AccessPolicy, token: str) -> dict[str, Any] | Deny:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Protocol
 
 from ninefold.gateway.access import AccessPolicy
+from ninefold.gateway.tls import Stamp, paths_stamp
 from ninefold.spec import ClusterSpec
 from ninefold.spec.access import AccessSpec
 
 log = logging.getLogger("ninefold.gateway")
-
-Stamp = tuple[tuple[int, int, int], ...]
 
 
 class Journal(Protocol):
@@ -76,14 +74,4 @@ async def _report(
 
 
 def _stamps(wanted: Mapping[str, AccessSpec]) -> dict[str, Stamp]:
-    out: dict[str, Stamp] = {}
-    for name, access in wanted.items():
-        stamp = []
-        for file in access.jwt.key_files():
-            try:
-                st = Path(file).stat()
-                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                stamp.append((0, 0, 0))
-        out[name] = tuple(stamp)
-    return out
+    return {name: paths_stamp(access.jwt.key_files()) for name, access in wanted.items()}

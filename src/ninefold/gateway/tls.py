@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "GatewayTlsSpec",
     "TlsSettings",
     "combined_pem",
+    "paths_stamp",
     "resolve_tls",
     "server_context",
     "write_private",
@@ -132,6 +134,22 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+Stamp = tuple[tuple[int, int, int], ...]
+
+
+def paths_stamp(paths: Iterable[str | Path]) -> Stamp:
+    """What changes when any of `paths` is rewritten or replaced (inode, size
+    and mtime of each; zeros for a missing one). Blocking: a stat each."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
 class CertificateWatch:
     """Tells when the certificate or key file changed (a rotation)."""
 
@@ -139,15 +157,8 @@ class CertificateWatch:
         self.tls = tls
         self._seen = self._stamp()
 
-    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for path in (self.tls.cert, self.tls.key):
-            try:
-                st = path.stat()
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append((0, 0, 0))
-        return tuple(out)
+    def _stamp(self) -> Stamp:
+        return paths_stamp((self.tls.cert, self.tls.key))
 
     def changed(self) -> bool:
         """Whether the files changed since the last call (blocking: stats them)."""

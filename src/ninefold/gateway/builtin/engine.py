@@ -62,6 +62,7 @@ class ServiceState:
         "server_timeout",
         "sticky",
         "subject_header",
+        "subject_lname",
         "total",
     )
 
@@ -85,6 +86,8 @@ class ServiceState:
         self.subject_header = (
             routes.access.spec.jwt.subject_header.encode() if routes.access is not None else b""
         )
+        self.subject_lname = self.subject_header.lower()
+        """What the client's own subject header is matched by (once per table)."""
         for backend in routes.backends:
             metrics.backends.setdefault(backend.key, Counters())
 

@@ -454,7 +454,7 @@ class Exchange:
         cl = None
         te = False
         options = None
-        authorization: list[bytes] = []
+        authorization: tuple[bytes, ...] = ()  # no allocation without the header
         parts = [self.method, b" ", b"", b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             lname = name.lower()
@@ -474,7 +474,7 @@ class Exchange:
                 elif lname == b"cookie":
                     self.cookie = value if self.cookie is None else self.cookie + b"; " + value
                 elif lname == b"authorization":
-                    authorization.append(value)
+                    authorization += (value,)
             parts += (name, b": ", value, b"\r\n")
         if options:
             parts = parts[:4]
@@ -520,7 +520,7 @@ class Exchange:
             decision = access.authorize(svc.access, authorization, path_out.decode("latin-1"))
             if type(decision) is access.Deny:
                 return self.refuse(decision)
-            parts = _without_header(parts, svc.subject_header.lower())
+            parts = _without_header(parts, svc.subject_lname)
             subject = decision.subject  # type: ignore[union-attr]
             if subject is not None:
                 parts += (svc.subject_header, b": ", subject.encode(), b"\r\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ninefold import defaults
 from ninefold.gateway.mesh import MeshClientContext, MeshError
@@ -124,7 +124,7 @@ class MeshPipe(asyncio.Protocol):
         try:
             async with asyncio.timeout(defaults.GATEWAY_CONNECT_TIMEOUT):
                 upstream, _ = await self.listener.loop.create_connection(
-                    lambda: _Instance(self),
+                    lambda: Upstream(self),
                     target.address,
                     target.port,
                     local_addr=(self.listener.address, 0),
@@ -184,7 +184,10 @@ class MeshPipe(asyncio.Protocol):
 
     # --- from the instance's side ---------------------------------------------------------
 
-    def from_instance_closed(self, exc: Exception | None) -> None:
+    def from_upstream_eof(self) -> bool:
+        return False  # close: see from_upstream_lost
+
+    def from_upstream_lost(self, exc: Exception | None) -> None:
         """TLS has no half-close here: the instance's end closes the pipe
         (after what it sent is written)."""
         self.upstream = None
@@ -195,23 +198,43 @@ class MeshPipe(asyncio.Protocol):
                 self.transport.abort()
 
 
-class _Instance(asyncio.Protocol):
-    def __init__(self, pipe: MeshPipe) -> None:
-        self.pipe = pipe
+class Spliced(Protocol):
+    """The client side of a spliced connection, as its `Upstream` sees it."""
+
+    transport: asyncio.Transport
+
+    def from_upstream_eof(self) -> bool: ...
+
+    def from_upstream_lost(self, exc: Exception | None) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """The backend side of a spliced connection (a TCP route's, or the mesh
+    listener's to its instance): bytes go to the client as they come, with
+    back-pressure both ways; its end is the client's to handle."""
+
+    __slots__ = ("client", "transport")
+
+    def __init__(self, client: Spliced) -> None:
+        self.client = client
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        transport = self.pipe.transport
+        transport = self.client.transport
         if not transport.is_closing():
             transport.write(data)
 
     def eof_received(self) -> bool:
-        return False  # close: see MeshPipe.from_instance_closed
+        return self.client.from_upstream_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe.from_instance_closed(exc)
+        self.client.from_upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        self.pipe.transport.pause_reading()
+        self.client.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.pipe.transport.resume_reading()
+        self.client.transport.resume_reading()

@@ -11,7 +11,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from ninefold.gateway.builtin.http import answered
-from ninefold.gateway.builtin.mesh import open_upstream
+from ninefold.gateway.builtin.mesh import Upstream, open_upstream
 from ninefold.gateway.engine import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class TcpClient(asyncio.Protocol):
         self.engine = engine
         self.port = port
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: TcpUpstream | None = None
+        self.upstream: Upstream | None = None
         self.svc: ServiceState | None = None
         self.backend: Backend | None = None
         self.bc: Counters | None = None
@@ -88,7 +88,7 @@ class TcpClient(asyncio.Protocol):
             try:
                 async with asyncio.timeout(svc.connect_timeout):
                     transport, upstream = await open_upstream(
-                        loop, lambda: TcpUpstream(self), backend, engine.mesh_client
+                        loop, lambda: Upstream(self), backend, engine.mesh_client
                     )
             except (OSError, TimeoutError):
                 engine.mark_down(backend.key)
@@ -194,36 +194,6 @@ class TcpClient(asyncio.Protocol):
             self.transport.close()
         else:
             self.transport.abort()
-
-
-class TcpUpstream(asyncio.Protocol):
-    """The backend side of a spliced connection."""
-
-    __slots__ = ("client", "transport")
-
-    def __init__(self, client: TcpClient) -> None:
-        self.client = client
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.client.transport
-        if not transport.is_closing():
-            transport.write(data)
-
-    def eof_received(self) -> bool:
-        return self.client.from_upstream_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client.from_upstream_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.client.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.client.transport.resume_reading()
 
 
 def _observe(counters: Counters, seconds: float) -> None:
