@@ -328,25 +328,14 @@ def measure(
     gateways: tuple[gt.Child, gt.Child],
     fresh: bool = False,
 ) -> dict[str, Any]:
-    import resource
-
     token, lua = secrets["token"], None
     check(url, token)
     if fresh:
         token, lua = "@" + secrets["tokens"], secrets["lua"]
     if args.warmup > 0:
         load(url, args, args.warmup, token, lua)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = [g.cpu_seconds() for g in gateways]
-    started = time.monotonic()
-    result = load(url, args, args.duration, token, lua)
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    gateway, n2 = (
-        round(100 * (g.cpu_seconds() - c) / wall, 1) for g, c in zip(gateways, cpu, strict=True)
-    )
-    result["cpu_pct"] = {"gateway": gateway, "n2": n2, "load": round(100 * used / wall, 1)}
+    gateway, n2 = gateways
+    result = gt.with_cpu(lambda: load(url, args, args.duration, token, lua), gateway=gateway, n2=n2)
     result["url"] = url
     print(
         f"{label:18s} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:.2f} ms  "

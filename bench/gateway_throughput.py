@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +373,26 @@ def load(url: str, args: argparse.Namespace, duration: float) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def with_cpu(run: Callable[[], dict[str, Any]], **processes: Child | None) -> dict[str, Any]:
+    """`run()`'s result (one load run) with `cpu_pct`: the CPU each of
+    `processes` (None: not measured) and the load generator used meanwhile,
+    in % of one core."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = {name: p.cpu_seconds() for name, p in processes.items() if p is not None}
+    started = time.monotonic()
+    result = run()
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    cpu: dict[str, float | None] = {
+        name: round(100 * (p.cpu_seconds() - before[name]) / wall, 1) if p is not None else None
+        for name, p in processes.items()
+    }
+    cpu["load"] = round(100 * used / wall, 1)
+    result["cpu_pct"] = cpu
+    return result
+
+
 def measure(
     label: str, url: str, args: argparse.Namespace, backend: Child, gateway: Child | None
 ) -> dict[str, Any]:
@@ -381,23 +401,7 @@ def measure(
         raise RuntimeError(f"{label}: {url} answered {status} {body[:80]!r}")
     if args.warmup > 0:
         load(url, args, args.warmup)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_backend = backend.cpu_seconds()
-    cpu_gateway = gateway.cpu_seconds() if gateway else 0.0
-    started = time.monotonic()
-    result = load(url, args, args.duration)
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["cpu_pct"] = {
-        "backend": round(100 * (backend.cpu_seconds() - cpu_backend) / wall, 1),
-        "gateway": round(100 * (gateway.cpu_seconds() - cpu_gateway) / wall, 1)
-        if gateway
-        else None,
-        "load": round(
-            100 * (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall,
-            1,
-        ),
-    }
+    result = with_cpu(lambda: load(url, args, args.duration), backend=backend, gateway=gateway)
     result["url"] = url
     print(
         f"{label:8s} {result['rps']:9.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
