@@ -264,6 +264,8 @@ class Agent:
     ) -> tuple[Engine | None, asyncio.Task[None] | None]:
         if not self.spec.gateway.enabled:
             return None, None
+        # gateway.tls may serve the node's certificate even without security.tls.
+        files = NodeTlsFiles.of_data_dir(self.data_dir)
         settings = GatewaySettings(
             node=self.node.name,
             address=self.node.address,
@@ -271,9 +273,9 @@ class Agent:
             run_dir=self.data_dir / "gateway",
             log_dir=self.data_dir / "logs",
             vips=(self.spec.gateway.vip.ip,) if self.spec.gateway.vip else (),
-            node_cert=NodeTlsFiles.of_data_dir(self.data_dir).cert,
-            node_key=NodeTlsFiles.of_data_dir(self.data_dir).key,
-            node_tls=NodeTlsFiles.of_data_dir(self.data_dir) if self.spec.mesh_listens else None,
+            node_cert=files.cert,
+            node_key=files.key,
+            node_tls=self.tls if self.spec.mesh_listens else None,
             mesh_port=self.node.ports.mesh if self.spec.mesh_listens else None,
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ninefold.gateway.access import AccessPolicy
-from ninefold.gateway.tls import Stamp, paths_stamp
+from ninefold.security.tls import paths_stamp
 from ninefold.spec import ClusterSpec
 from ninefold.spec.access import AccessSpec
 
@@ -31,7 +31,7 @@ class AccessPolicies:
 
     def __init__(self) -> None:
         self.policies: dict[str, AccessPolicy] = {}
-        self._stamps: dict[str, Stamp] = {}
+        self._stamps: dict[str, tuple[int, ...]] = {}
 
     async def update(
         self, spec: ClusterSpec, journal: Journal | None = None
@@ -73,5 +73,5 @@ async def _report(
         await journal.record("access-loaded", name, f"{len(new.keys)} key(s)")
 
 
-def _stamps(wanted: Mapping[str, AccessSpec]) -> dict[str, Stamp]:
-    return {name: paths_stamp(access.jwt.key_files()) for name, access in wanted.items()}
+def _stamps(wanted: Mapping[str, AccessSpec]) -> dict[str, tuple[int, ...]]:
+    return {name: paths_stamp(*access.jwt.key_files()) for name, access in wanted.items()}

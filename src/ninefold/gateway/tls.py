@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ninefold.security.tls import paths_stamp
 from ninefold.spec.routing import GatewayTlsSpec
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "GatewayTlsSpec",
     "TlsSettings",
     "combined_pem",
-    "paths_stamp",
     "resolve_tls",
     "server_context",
     "write_private",
@@ -134,22 +133,6 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-Stamp = tuple[tuple[int, int, int], ...]
-
-
-def paths_stamp(paths: Iterable[str | Path]) -> Stamp:
-    """What changes when any of `paths` is rewritten or replaced (inode, size
-    and mtime of each; zeros for a missing one). Blocking: a stat each."""
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((0, 0, 0))
-    return tuple(out)
-
-
 class CertificateWatch:
     """Tells when the certificate or key file changed (a rotation)."""
 
@@ -157,8 +140,8 @@ class CertificateWatch:
         self.tls = tls
         self._seen = self._stamp()
 
-    def _stamp(self) -> Stamp:
-        return paths_stamp((self.tls.cert, self.tls.key))
+    def _stamp(self) -> tuple[int, ...]:
+        return paths_stamp(self.tls.cert, self.tls.key)
 
     def changed(self) -> bool:
         """Whether the files changed since the last call (blocking: stats them)."""
