@@ -40,8 +40,12 @@ T = TypeVar("T")
 
 
 def need_etcd() -> None:
-    if shutil.which("etcd") is None:
-        sys.exit("no etcd binary on PATH (apt-get install etcd-server)")
+    from ninefold.store.etcd_binary import EtcdNotFound, find_etcd
+
+    try:
+        find_etcd()
+    except EtcdNotFound as exc:
+        sys.exit(str(exc))
 
 
 @contextlib.contextmanager

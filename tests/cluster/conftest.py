@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,16 +12,13 @@ import psutil
 import pytest
 
 from tests.cluster.harness import LocalCluster
-from tests.helpers import EtcdServer, start_etcd
+from tests.helpers import EtcdServer, etcd_or_skip, start_etcd
 
 
 @pytest.fixture
 def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
     """A fresh single-member etcd on 127.0.0.1 (`.endpoint`), killed afterwards."""
-    binary = shutil.which("etcd")
-    if binary is None:
-        pytest.skip("no etcd binary on PATH (apt-get install etcd-server)")
-    server = start_etcd(binary, tmp_path)
+    server = start_etcd(etcd_or_skip(), tmp_path)
     try:
         yield server
     finally:
@@ -36,8 +32,7 @@ def local_cluster(
     """Factory of real 3-node clusters (agents + embedded etcd on 127.0.0.1-3).
 
     Agents are stopped afterwards; their logs are printed when the test failed."""
-    if shutil.which("etcd") is None:
-        pytest.skip("no etcd binary on PATH (apt-get install etcd-server)")
+    etcd_or_skip()
     made: list[LocalCluster] = []
 
     def make(services_yaml: str, **kwargs: object) -> LocalCluster:

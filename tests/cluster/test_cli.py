@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from ninefold.local import LocalCluster
 from tests.cluster.harness import free_base_port, until
+from tests.helpers import etcd_or_skip
 
 pytestmark = pytest.mark.cluster
 
@@ -105,8 +105,7 @@ def fails(result: subprocess.CompletedProcess[str], code: int) -> str:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    if shutil.which("etcd") is None:
-        pytest.skip("no etcd binary on PATH (apt-get install etcd-server)")
+    etcd_or_skip()
     root = tmp_path_factory.mktemp("cli")
     base = free_base_port(ADDRESSES, span=4)
     spec = root / "ninefold.yaml"

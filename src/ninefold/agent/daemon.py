@@ -17,6 +17,7 @@ from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
 from ninefold.agent.membership import LeaseKeeper
+from ninefold.agent.readiness import ServiceNotifier
 from ninefold.agent.reconciler import Reconciler
 from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
 from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
@@ -28,6 +29,7 @@ from ninefold.spec.loading import dump_spec
 from ninefold.store.base import Compare, Put, Store, StoreError
 from ninefold.store.embedded import StoreJoin, find_etcd, member_argv, wait_for_quorum
 from ninefold.store.etcd import EtcdStore, TlsFiles
+from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 
 log = logging.getLogger("ninefold.agent")
@@ -65,6 +67,8 @@ class Agent:
         """This node's certificate files when the spec asks for mutual TLS."""
         self.etcd: SupervisedProcess | None = None
         self.store: Store | None = None
+        self.notifier = ServiceNotifier()
+        """READY/STATUS/STOPPING for a systemd `Type=notify` unit (a no-op otherwise)."""
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -107,8 +111,13 @@ class Agent:
                 await self.etcd.stop()
 
     async def _start_etcd(self, joined: StoreJoin | None) -> None:
-        etcd = find_etcd()
-        argv = member_argv(self.spec, self.node, self.data_dir / "etcd", etcd, self.tls, joined)
+        etcd = await asyncio.to_thread(find_etcd)
+        log.info("store member %s runs %s", self.node.name, etcd.describe())
+        for warning in etcd_warnings(etcd.version):
+            log.warning("%s", warning)
+        argv = member_argv(
+            self.spec, self.node, self.data_dir / "etcd", etcd.path, self.tls, joined
+        )
         spec = ProcessSpec(
             name="etcd",
             argv=argv,
@@ -124,12 +133,15 @@ class Agent:
             self.registry,
         )
         await self.etcd.start()
-        log.info("store member %s started (%s)", self.node.name, argv[0])
+        log.info("store member %s started (pid %s)", self.node.name, self.etcd.pid)
 
     async def _serve(self, store: Store) -> None:
-        waiter = asyncio.create_task(
-            wait_for_quorum(store, self.spec, lambda msg: log.warning("%s", msg))
-        )
+        def waiting(message: str) -> None:
+            log.warning("%s", message)
+            self.notifier.status(message)
+
+        self.notifier.status("waiting for the store")
+        waiter = asyncio.create_task(wait_for_quorum(store, self.spec, waiting))
         stopper = asyncio.create_task(self._stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if self._stop.is_set():
@@ -219,6 +231,10 @@ class Agent:
         if self.spec.gateway.enabled:
             gateway_vip = GatewayVipKeeper(store, self.node, lease, journal, addresses, self.spec)
             tasks.append(asyncio.create_task(gateway_vip.run(), name="gateway-vip"))
+        self.notifier.ready(
+            f"node {self.node.name} serving (API {self.node.host_port(self.node.ports.api)}, "
+            f"gateway {'on' if engine is not None else 'off'})"
+        )
         try:
             stopper = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -227,6 +243,7 @@ class Agent:
                     log.error("%s died: %r", task.get_name(), task.exception())
         finally:
             log.info("agent %s shutting down", self.node.name)
+            self.notifier.stopping("draining and stopping this node's services")
             if gateway_vip is not None:
                 await gateway_vip.stop()  # another gateway takes the VIP now
             for task in tasks:

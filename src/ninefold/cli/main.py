@@ -1051,3 +1051,4 @@ from ninefold.cli.token import token_app  # noqa: E402
 
 app.add_typer(token_app, name="token")
 from ninefold.cli import join as _join  # noqa: E402, F401  (registers `ninefold join`)
+from ninefold.cli import service as _service  # noqa: E402, F401  (registers `ninefold install-service`)

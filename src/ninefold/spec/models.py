@@ -572,6 +572,20 @@ class ClusterSpec(_Model):
         """Whether every node's gateway listens on its mesh port."""
         return mesh_listens(self.gateway, self.security)
 
+    def listen_ports(self, node: NodeSpec) -> list[tuple[str, int]]:
+        """(what, port) of every port `node`'s agent and gateway listen on:
+        the agent's own, the gateway's TLS port and its TCP routes."""
+        runs_store = self.store.mode == "embedded" and node.store
+        ports = node.bound_ports(runs_store, self.mesh_listens)
+        if not self.gateway.enabled:
+            return [(kind, port) for kind, port in ports if kind != "gateway_http"]
+        if self.gateway.tls is not None:
+            ports.append(("gateway_tls", self.gateway.tls.port))
+        for name, service in self.services.items():
+            if service.route is not None and service.route.tcp is not None:
+                ports.append((f"tcp route of {name}", service.route.tcp))
+        return ports
+
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
             if node.name == name:

