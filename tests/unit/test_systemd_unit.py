@@ -213,3 +213,13 @@ def test_without_a_service_manager_the_notifier_does_nothing(tmp_path: Path) -> 
     assert not ServiceNotifier("relative/path").enabled
     # A socket that went away is a warning, never an error for the agent.
     assert ServiceNotifier(str(tmp_path / "gone.sock")).send(ready=1) is False
+
+
+def test_the_agents_children_do_not_inherit_the_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = ServiceNotifier()
+    assert notifier.address == path
+    assert "NOTIFY_SOCKET" not in os.environ  # etcd would say READY=1 for the agent

@@ -17,7 +17,10 @@ log = logging.getLogger("ninefold.agent")
 
 class ServiceNotifier:
     def __init__(self, address: str | None = None) -> None:
-        raw = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        """`address` defaults to $NOTIFY_SOCKET, which is then taken out of the
+        environment: the agent's children (etcd, services) must not speak for
+        it (etcd would send its own READY=1)."""
+        raw = os.environ.pop("NOTIFY_SOCKET", None) if address is None else address
         self.address: str | None = None
         if raw and (raw.startswith("/") or raw.startswith("@")):
             # '@name' is Linux's abstract namespace: a leading NUL byte.
