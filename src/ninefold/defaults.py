@@ -102,6 +102,24 @@ def data_dir(cluster: str, node: str) -> Path:
     return data_root() / cluster / node
 
 
+# --- preflight checks (`ninefold doctor`) -------------------------------------------
+DOCTOR_DISK_FAIL_BYTES = 1 << 30
+"""`ninefold doctor` fails when the filesystem of the data directory has less
+free space than this (1 GiB): the store's database, the logs and the
+instances' volumes are written there, and etcd stops taking writes when its
+disk is full."""
+DOCTOR_DISK_WARN_BYTES = 5 << 30
+"""`ninefold doctor` warns when that filesystem has less free space than this (5 GiB)."""
+DOCTOR_CLOCK_FAIL = 1.0
+"""`ninefold doctor` fails when another node's clock differs from this one's
+by more than this (seconds): half a node lease (LEASE_TTL), and token expiries
+and the event journal's times are compared across machines."""
+DOCTOR_CLOCK_WARN = 0.25
+"""`ninefold doctor` warns above this clock difference (seconds)."""
+DOCTOR_PROBE_TIMEOUT = 1.0
+"""Seconds each request `ninefold doctor` makes to an agent may take."""
+
+
 # --- gateway ---------------------------------------------------------------------------
 GATEWAY_CONNECT_TIMEOUT = 1.0
 GATEWAY_CLIENT_TIMEOUT = 30.0

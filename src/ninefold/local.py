@@ -271,17 +271,8 @@ class LocalCluster:
 
     def _check_ports(self, nodes: list[NodeSpec]) -> None:
         """Refuse to start agents whose ports some other process already holds."""
-        embedded = self.spec.store.mode == "embedded"
         for n in nodes:
-            ports = [("api", n.ports.api)]
-            if embedded and n.store:
-                ports += [("store_client", n.ports.store_client)]
-                ports += [("store_peer", n.ports.store_peer)]
-            if self.spec.gateway.enabled:
-                ports.append(("gateway_http", n.ports.gateway_http))
-            if self.spec.mesh_listens:
-                ports.append(("mesh", n.ports.mesh))
-            for kind, port in ports:
+            for kind, port in self.spec.listen_ports(n):
                 if not port_is_free(n.address, port):
                     raise StartFailed(
                         f"node {n.name}: {n.host_port(port)} ({kind} port) is already in use "

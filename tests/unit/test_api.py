@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,13 @@ async def stored_spec(store: MemoryStore) -> ClusterSpec:
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
+    before = time.time()
     response = await client.get("/v1/health")
+    after = time.time()
     assert response.status_code == 200
-    assert response.json() == {"node": "n1", "store": "ok", "version": "0.1.0"}
+    body = response.json()
+    assert before <= body.pop("time") <= after  # the agent's clock, for `ninefold doctor`
+    assert body == {"node": "n1", "store": "ok", "version": "0.1.0"}
 
 
 async def test_status_is_the_whole_picture(client: httpx.AsyncClient) -> None:
@@ -637,7 +642,9 @@ async def test_store_unavailable_is_503() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         health = await c.get("/v1/health")
         assert health.status_code == 503
-        assert health.json() == {"node": "n1", "store": "unavailable", "version": "0.1.0"}
+        body = health.json()
+        assert isinstance(body.pop("time"), float)  # the clock is told even without a store
+        assert body == {"node": "n1", "store": "unavailable", "version": "0.1.0"}
         for method, path, body in [
             ("GET", "/v1/status", None),
             ("GET", "/v1/nodes", None),

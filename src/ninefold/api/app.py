@@ -7,6 +7,7 @@ the routes, which refer to names local to `create_app`."""
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -151,9 +152,9 @@ def create_app(
         try:
             await asyncio.wait_for(store.get(SPEC_KEY), HEALTH_TIMEOUT)
         except (StoreError, TimeoutError):
-            body = HealthOut(node=node, store="unavailable", version=__version__)
+            body = HealthOut(node=node, store="unavailable", version=__version__, time=time.time())
             return Response(body.model_dump_json(), 503, media_type="application/json")
-        return HealthOut(node=node, store="ok", version=__version__)
+        return HealthOut(node=node, store="ok", version=__version__, time=time.time())
 
     @app.get(
         "/v1/status",

@@ -47,6 +47,11 @@ class HealthOut(_Out):
     node: str
     store: Literal["ok", "unavailable"]
     version: str
+    time: float = Field(
+        description="The agent's wall clock when it answered, in seconds since the epoch "
+        "(`ninefold doctor` compares the nodes' clocks with it)",
+        examples=[1767225600.125],
+    )
 
 
 class NodeOut(_Out):

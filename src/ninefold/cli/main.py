@@ -1050,5 +1050,6 @@ def main() -> None:
 from ninefold.cli.token import token_app  # noqa: E402
 
 app.add_typer(token_app, name="token")
+from ninefold.cli import doctor as _doctor  # noqa: E402, F401  (registers `ninefold doctor`)
 from ninefold.cli import join as _join  # noqa: E402, F401  (registers `ninefold join`)
 from ninefold.cli import service as _service  # noqa: E402, F401  (registers `ninefold install-service`)

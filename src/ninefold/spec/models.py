@@ -573,17 +573,21 @@ class ClusterSpec(_Model):
         return mesh_listens(self.gateway, self.security)
 
     def listen_ports(self, node: NodeSpec) -> list[tuple[str, int]]:
-        """(what, port) of every port `node`'s agent and gateway listen on:
-        the agent's own, the gateway's TLS port and its TCP routes."""
-        runs_store = self.store.mode == "embedded" and node.store
-        ports = node.bound_ports(runs_store, self.mesh_listens)
-        if not self.gateway.enabled:
-            return [(kind, port) for kind, port in ports if kind != "gateway_http"]
-        if self.gateway.tls is not None:
-            ports.append(("gateway_tls", self.gateway.tls.port))
-        for name, service in self.services.items():
-            if service.route is not None and service.route.tcp is not None:
-                ports.append((f"tcp route of {name}", service.route.tcp))
+        """(what, port) of every port `node`'s agent and gateway listen on, on
+        its address; `what` is the spec key that sets it."""
+        ports = [("api", node.ports.api)]
+        if self.store.mode == "embedded" and node.store:
+            ports.append(("store_client", node.ports.store_client))
+            ports.append(("store_peer", node.ports.store_peer))
+        if self.gateway.enabled:
+            ports.append(("gateway_http", node.ports.gateway_http))
+            if self.gateway.tls is not None:
+                ports.append(("gateway.tls", self.gateway.tls.port))
+            for name, service in self.services.items():
+                if service.route is not None and service.route.tcp is not None:
+                    ports.append((f"services.{name}.route.tcp", service.route.tcp))
+        if self.mesh_listens:
+            ports.append(("mesh", node.ports.mesh))
         return ports
 
     def node(self, name: str) -> NodeSpec:
