@@ -10,7 +10,8 @@ STAMP   := $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
 .PHONY: test unit cluster lab lint format demo bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3 -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: python3 -m venv failed: on Debian, apt-get install python3-venv" >&2; exit 1; }
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
