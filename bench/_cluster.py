@@ -26,9 +26,9 @@ import grpc.aio  # noqa: E402
 import psutil  # noqa: E402
 from aetcd import rpc  # noqa: E402
 
-from ninefold.agent.daemon import open_store  # noqa: E402
 from ninefold.spec import ClusterSpec, load_spec  # noqa: E402
 from ninefold.store.base import Store  # noqa: E402
+from ninefold.store.cluster import open_store  # noqa: E402
 from tests.cluster.harness import LocalCluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -59,7 +59,7 @@ from _cluster import (
     write_result,
 )
 
-from ninefold.cluster_view import read_view
+from ninefold.state.view import read_view
 from tests.cluster.harness import LocalCluster
 
 NAME = "agent_footprint"

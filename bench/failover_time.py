@@ -55,10 +55,11 @@ from _cluster import (
 )
 
 from ninefold import defaults
-from ninefold.agent.journal import read_events
-from ninefold.agent.records import NODES, STATUS, Event, InstanceStatus, active_lock
-from ninefold.cluster_view import ClusterView, read_view
 from ninefold.spec import ClusterSpec
+from ninefold.state.keys import NODES, STATUS, active_lock
+from ninefold.state.reads import read_events
+from ninefold.state.records import Event, InstanceStatus
+from ninefold.state.view import ClusterView, read_view
 from ninefold.store.base import Store, StoreError
 from tests.cluster.harness import LocalCluster
 

@@ -28,22 +28,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ninefold.agent.leader import read_spec
-from ninefold.agent.records import (
+from ninefold.spec import ClusterSpec, SpecError, dump_spec, parse_spec
+from ninefold.state.keys import (
     ASSIGN,
     KV,
-    MOVES,
-    RESTARTS,
     SPEC_KEY,
     STATUS,
-    SWITCHOVER,
-    AssignmentRecord,
-    InstanceStatus,
     active_lock,
     drain_key,
+    kv_key,
+    move_key,
+    node_assignments,
     node_key,
+    node_statuses,
+    restart_key,
+    switchover_key,
 )
-from ninefold.spec import ClusterSpec, SpecError, dump_spec, parse_spec
+from ninefold.state.reads import read_spec
+from ninefold.state.records import AssignmentRecord, InstanceStatus
 from ninefold.store.base import Compare, Delete, Put, Store
 
 SWITCHOVER_TTL = 15.0
@@ -70,18 +72,6 @@ class Invalid(OperationError):
     def __init__(self, message: str, issues: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.issues = list(issues)
-
-
-def move_key(instance: str) -> str:
-    return f"{MOVES}{instance}"
-
-
-def switchover_key(service: str) -> str:
-    return f"{SWITCHOVER}{service}"
-
-
-def restart_key(service: str) -> str:
-    return f"{RESTARTS}{service}"
 
 
 def _known(names: Any) -> str:
@@ -227,7 +217,7 @@ async def request_move(store: Store, spec: ClusterSpec, instance: str, node: str
         wanted = ", ".join(f"{k}={v}" for k, v in constraints.items())
         raise Conflict(f"node {node} does not satisfy {current.service}'s constraints ({wanted})")
     if not service.placement.allow_colocate:
-        for item in (await store.list(f"{ASSIGN}{node}/")).items:
+        for item in (await store.list(node_assignments(node))).items:
             other = AssignmentRecord.decode(item.value)
             if other.service == current.service:
                 raise Conflict(f"node {node} already runs {other.instance} of {current.service}")
@@ -259,7 +249,7 @@ async def request_switchover(store: Store, spec: ClusterSpec, service: str, to: 
         if to == active_node:
             raise Conflict(f"the active of {service} already runs on {to}")
         statuses = [
-            InstanceStatus.decode(i.value) for i in (await store.list(f"{STATUS}{to}/")).items
+            InstanceStatus.decode(i.value) for i in (await store.list(node_statuses(to))).items
         ]
         if not any(_can_take_over(s, service) for s in statuses):
             raise Conflict(f"node {to} has no running standby of {service}")
@@ -303,7 +293,7 @@ class KvItem:
 def _kv_key(key: str) -> str:
     if not key:
         raise Invalid("a key must not be empty", ["key: must not be empty"])
-    return f"{KV}{key}"
+    return kv_key(key)
 
 
 def _decode(value: bytes) -> str:
@@ -319,7 +309,7 @@ async def kv_get(store: Store, key: str) -> KvItem:
 
 async def kv_list(store: Store, prefix: str = "") -> list[KvItem]:
     """Every key starting with prefix, sorted by key."""
-    listing = await store.list(f"{KV}{prefix}")
+    listing = await store.list(kv_key(prefix))
     return [KvItem(i.key[len(KV) :], _decode(i.value), i.mod_revision) for i in listing.items]
 
 

@@ -1,6 +1,6 @@
 """Floating addresses: putting a VIP on an interface, announcing it, taking it off.
 
-Deciding who holds a VIP (`vip_step`) is a pure function; the rest does it,
+Deciding who holds a VIP is decide/vip.py (`vip_step`); this module does it,
 through iproute2 (`ip addr`) and a raw packet socket for gratuitous ARP.
 
 Every VIP is added with a short kernel lifetime (`valid_lft`) that the agent
@@ -19,9 +19,6 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Literal
-
-from ninefold import defaults
 
 log = logging.getLogger("ninefold.vip")
 
@@ -31,45 +28,6 @@ BROADCAST_MAC = b"\xff" * 6
 
 class VipError(Exception):
     """An address could not be added, removed or announced; the message says why."""
-
-
-# --- deciding ------------------------------------------------------------------------
-
-VipAction = Literal["campaign", "hold", "release", "wait"]
-
-
-def vip_step(
-    *,
-    me: str,
-    holder: str | None,
-    eligible: bool,
-    candidates: set[str],
-    rank: dict[str, int],
-    preempt: bool,
-    free_for: float,
-    grace: float = defaults.VIP_PREFER_GRACE,
-) -> VipAction:
-    """What this node does about one lock-held VIP now.
-
-    `holder` is the node holding the VIP's lock (None when free); `candidates`
-    the nodes currently eligible to hold it (their gateway answers), `rank`
-    their preference (lower first). A free VIP goes to the most preferred
-    eligible node; the others wait `grace` seconds for it before campaigning
-    themselves. With `preempt`, a holder gives the VIP up as soon as a more
-    preferred node is eligible; without, it keeps it until it fails."""
-    mine = rank.get(me, len(rank))
-    better = any(rank.get(c, len(rank)) < mine for c in candidates if c != me)
-    if holder == me:
-        if not eligible:
-            return "release"
-        if preempt and better:
-            return "release"
-        return "hold"
-    if holder is not None or not eligible:
-        return "wait"
-    if better and free_for < grace:
-        return "wait"
-    return "campaign"
 
 
 # --- ARP -----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ninefold.agent.planning import ClusterState, generation
+from ninefold.decide.plan import generation
 from ninefold.spec import SpecError, dump_spec, parse_spec
+from ninefold.state.snapshot import ClusterState
 
 NODES = """cluster: shop
 nodes:

@@ -17,20 +17,11 @@ import pytest
 from fastapi import FastAPI
 
 from ninefold.agent.journal import EventJournal
-from ninefold.agent.records import (
-    SPEC_KEY,
-    AssignmentRecord,
-    InstanceStatus,
-    NodeRecord,
-    active_lock,
-    assign_key,
-    drain_key,
-    node_key,
-    status_key,
-)
 from ninefold.api import ApiServer, create_app
 from ninefold.api import app as app_module
 from ninefold.spec import ClusterSpec, dump_spec, parse_spec
+from ninefold.state.keys import SPEC_KEY, active_lock, assign_key, drain_key, node_key, status_key
+from ninefold.state.records import AssignmentRecord, InstanceStatus, NodeRecord
 from ninefold.store.base import Compare, Delete, Put, StoreUnavailable, TxnResult
 from ninefold.store.memory import MemoryStore
 from tests.helpers import free_port

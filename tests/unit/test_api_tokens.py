@@ -11,8 +11,8 @@ from fastapi.routing import APIRoute
 
 from ninefold.api import create_app
 from ninefold.api.auth import route_role
-from ninefold.security import tokens
 from ninefold.security.tokens import TokenError, check, new_token, parse_token, role_allows
+from ninefold.state import tokens as token_records
 from ninefold.store.memory import MemoryStore
 from tests.unit.test_api import cluster_spec, seed
 
@@ -63,19 +63,19 @@ def test_roles_are_ordered() -> None:
 async def test_a_join_token_allows_its_uses_then_says_used_up() -> None:
     store = MemoryStore()
     token, record = new_token("join", uses=2, ttl=3600)
-    await tokens.store_token(store, record)
-    assert (await tokens.consume_join_token(store, token)).uses == 1
-    assert (await tokens.consume_join_token(store, token)).uses == 0
+    await token_records.store_token(store, record)
+    assert (await token_records.consume_join_token(store, token)).uses == 1
+    assert (await token_records.consume_join_token(store, token)).uses == 0
     with pytest.raises(TokenError, match="used up"):
-        await tokens.consume_join_token(store, token)
+        await token_records.consume_join_token(store, token)
 
 
 async def test_concurrent_joins_cannot_both_take_the_last_use() -> None:
     store = MemoryStore()
     token, record = new_token("join", uses=1)
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     results = await asyncio.gather(
-        *(tokens.consume_join_token(store, token) for _ in range(5)), return_exceptions=True
+        *(token_records.consume_join_token(store, token) for _ in range(5)), return_exceptions=True
     )
     assert sum(1 for r in results if not isinstance(r, BaseException)) == 1
 
@@ -83,17 +83,17 @@ async def test_concurrent_joins_cannot_both_take_the_last_use() -> None:
 async def test_an_api_token_is_not_a_join_token() -> None:
     store = MemoryStore()
     token, record = new_token("api", "admin")
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     with pytest.raises(TokenError, match="cannot be used as a join token"):
-        await tokens.consume_join_token(store, token)
+        await token_records.consume_join_token(store, token)
 
 
 async def test_bootstrap_works_once() -> None:
     store = MemoryStore()
-    first = await tokens.bootstrap(store)
+    first = await token_records.bootstrap(store)
     assert first is not None
-    assert (await tokens.authenticate(store, first)).role == "admin"
-    assert await tokens.bootstrap(store) is None
+    assert (await token_records.authenticate(store, first)).role == "admin"
+    assert await token_records.bootstrap(store) is None
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ async def test_an_expired_token_and_join_tokens_do_not_open_the_api(
     answer = await client.get("/v1/status", headers=bearer(join.json()["token"]))
     assert answer.status_code == 401 and "join token" in answer.json()["error"]["message"]
     token, record = new_token("api", "admin", now=0.0, ttl=1)
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     expired = await client.get("/v1/status", headers=bearer(token))
     assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
     bad = await client.post("/v1/tokens", json={"kind": "api", "uses": 2}, headers=bearer(admin))

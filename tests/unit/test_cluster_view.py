@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from ninefold.agent.records import (
+from ninefold.spec import parse_spec
+from ninefold.state.keys import (
     GATEWAY_VIP_LOCK,
     SPEC_KEY,
-    AssignmentRecord,
-    InstanceStatus,
-    NodeRecord,
     active_lock,
     assign_key,
     drain_key,
     node_key,
     status_key,
 )
-from ninefold.cluster_view import ClusterView, read_view
-from ninefold.spec import parse_spec
+from ninefold.state.records import AssignmentRecord, InstanceStatus, NodeRecord
+from ninefold.state.view import ClusterView, read_view
 from ninefold.store.memory import MemoryStore
 
 SPEC = """\

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from ninefold.agent.records import InstanceStatus
 from ninefold.gateway.builtin import BuiltinEngine
 from ninefold.gateway.engine import GatewaySettings
 from ninefold.gateway.routes import Backend, MeshHop, RoutingTable, ServiceRoutes, build_table
@@ -21,6 +20,7 @@ from ninefold.security.certs import issue_node_files
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import SpecError, load_spec, parse_spec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
+from ninefold.state.records import InstanceStatus
 from tests.helpers import PeerEcho
 from tests.tls_probes import mesh_get, plain_refused
 

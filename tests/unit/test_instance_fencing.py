@@ -19,10 +19,12 @@ import psutil
 import pytest
 
 from ninefold.agent.instance import InstanceRunner, NodeContext
-from ninefold.agent.journal import EventJournal, read_events
+from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
-from ninefold.agent.records import InstanceStatus, active_lock, status_key
 from ninefold.spec import ClusterSpec, parse_spec
+from ninefold.state.keys import active_lock, status_key
+from ninefold.state.reads import read_events
+from ninefold.state.records import InstanceStatus
 from ninefold.store.base import Store
 from ninefold.store.memory import MemoryStore
 from ninefold.supervisor import LeftoverRegistry

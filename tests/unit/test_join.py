@@ -10,8 +10,6 @@ import httpx
 import pytest
 from cryptography import x509
 
-from ninefold.agent.journal import read_events
-from ninefold.agent.records import SPEC_KEY
 from ninefold.agent.store_join import promote_when_caught_up
 from ninefold.api import create_app
 from ninefold.api.join import fingerprint, initial_cluster
@@ -19,6 +17,9 @@ from ninefold.security import tokens
 from ninefold.security.ca import create_ca, new_key, write_ca
 from ninefold.security.certs import node_csr
 from ninefold.spec import parse_spec
+from ninefold.state import tokens as token_records
+from ninefold.state.keys import SPEC_KEY, token_key
+from ninefold.state.reads import read_events
 from ninefold.store.base import StoreError
 from ninefold.store.embedded import JoinRecordError, StoreJoin, member_argv
 from ninefold.store.etcd import StoreMember
@@ -53,7 +54,7 @@ def join_body(token: str, name: str = "n9", address: str = "10.0.0.9") -> dict[s
 async def test_a_join_adds_the_node_signs_its_key_and_uses_the_token(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("join", uses=2)
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         ca = (await client.get("/v1/ca")).json()
         assert ca["fingerprint"] == fingerprint((ca_dir / "ca.crt").read_bytes())
@@ -65,17 +66,17 @@ async def test_a_join_adds_the_node_signs_its_key_and_uses_the_token(ca_dir: Pat
         assert "n9" in names.get_values_for_type(x509.DNSName)
         stored = parse_spec((await store.get(SPEC_KEY)).value.decode())  # type: ignore[union-attr]
         assert stored.node("n9").address == "10.0.0.9" and not stored.node("n9").store
-        assert (await tokens.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
+        assert (await token_records.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
 
         again = await client.post("/v1/join", json=join_body(token, "n9", "10.0.0.10"))
         assert again.status_code == 409 and "n9" in again.json()["error"]["message"]
-        assert (await tokens.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
+        assert (await token_records.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
 
 
 async def test_joins_without_a_ca_key_or_a_ca_are_refused(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("join")
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     async for client in client_for(store, (ca_dir / "ca.crt", None)):
         answer = await client.post("/v1/join", json=join_body(token))
         assert answer.status_code == 409 and "cannot sign" in answer.json()["error"]["message"]
@@ -87,7 +88,7 @@ async def test_joins_without_a_ca_key_or_a_ca_are_refused(ca_dir: Path) -> None:
 async def test_an_api_token_is_no_join_token(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("api", "admin")
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         answer = await client.post("/v1/join", json=join_body(token))
         assert answer.status_code == 401 and "join token" in answer.json()["error"]["message"]
@@ -96,7 +97,7 @@ async def test_an_api_token_is_no_join_token(ca_dir: Path) -> None:
 async def test_a_damaged_token_record_is_refused_as_unknown(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("join")
-    await store.put(tokens.token_key(record.id), b"{not a record")
+    await store.put(token_key(record.id), b"{not a record")
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         answer = await client.post("/v1/join", json=join_body(token))
         assert answer.status_code == 401 and "unknown" in answer.json()["error"]["message"]
@@ -105,7 +106,7 @@ async def test_a_damaged_token_record_is_refused_as_unknown(ca_dir: Path) -> Non
 async def test_a_store_member_needs_an_embedded_etcd_store(ca_dir: Path) -> None:
     store = await seed(MemoryStore())
     token, record = tokens.new_token("join", uses=1)
-    await tokens.store_token(store, record)
+    await token_records.store_token(store, record)
     async for client in client_for(store, (ca_dir / "ca.crt", ca_dir / "ca.key")):
         answer = await client.post("/v1/join", json={**join_body(token), "store": True})
         assert answer.status_code == 409, answer.text
@@ -113,7 +114,7 @@ async def test_a_store_member_needs_an_embedded_etcd_store(ca_dir: Path) -> None
         # Nothing half-applied: no node added, no use spent.
         stored = parse_spec((await store.get(SPEC_KEY)).value.decode())  # type: ignore[union-attr]
         assert "n9" not in [n.name for n in stored.nodes]
-        assert (await tokens.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
+        assert (await token_records.read_record(store, record.id)).uses == 1  # type: ignore[union-attr]
 
 
 def test_the_added_member_goes_by_the_name_it_will_start_with() -> None:

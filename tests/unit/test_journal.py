@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from ninefold.agent.journal import EventJournal, prune_events, read_events
-from ninefold.agent.records import EVENTS
+from ninefold.agent.journal import EventJournal, prune_events
+from ninefold.state.keys import EVENTS
+from ninefold.state.reads import read_events
 from ninefold.store.base import StoreUnavailable
 from ninefold.store.memory import MemoryStore
 

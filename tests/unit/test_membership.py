@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ninefold.agent.membership import LeaseKeeper
-from ninefold.agent.records import node_key
+from ninefold.state.keys import node_key
 from ninefold.store.base import (
     Compare,
     Delete,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ninefold.agent.planning import ClusterState, Decision, plan
-from ninefold.agent.records import AssignmentRecord, InstanceStatus
+from ninefold.decide.plan import Decision, plan
 from ninefold.spec import ClusterSpec, parse_spec
+from ninefold.state.records import AssignmentRecord, InstanceStatus
+from ninefold.state.snapshot import ClusterState
 
 NODES = """\
 cluster: shop

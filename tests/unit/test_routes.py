@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ninefold.agent.records import InstanceStatus
 from ninefold.gateway.routes import build_table
 from ninefold.spec import parse_spec
+from ninefold.state.records import InstanceStatus
 
 SPEC = parse_spec(
     """

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ninefold.scheduler import (
+from ninefold.decide.placement import (
     Assignment,
     NodeState,
     Plan,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ninefold.agent.records import InstanceStatus
-from ninefold.agent.store_leadership import raft_leader_target
+from ninefold.decide.store_leader import raft_leader_target
+from ninefold.state.records import InstanceStatus
 
 
 def active(node: str, instance: str = "q-0") -> InstanceStatus:

@@ -12,11 +12,12 @@ import pytest
 
 from ninefold import vip as ninefold_vip
 from ninefold.agent.gateway_vip import GatewayVipKeeper
-from ninefold.agent.records import GATEWAY_VIP_LOCK, drain_key
+from ninefold.decide.vip import vip_step
 from ninefold.spec import SpecError, dump_spec, parse_spec
 from ninefold.spec.vip import VipSpec
+from ninefold.state.keys import GATEWAY_VIP_LOCK, drain_key
 from ninefold.store.memory import MemoryStore
-from ninefold.vip import Interface, VipError, garp_frame, pick_interface, vip_step
+from ninefold.vip import Interface, VipError, garp_frame, pick_interface
 from tests.helpers import eventually
 
 BASE = """\

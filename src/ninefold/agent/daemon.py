@@ -17,44 +17,25 @@ from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
 from ninefold.agent.membership import LeaseKeeper
+from ninefold.agent.quorum import wait_for_quorum
 from ninefold.agent.readiness import ServiceNotifier
 from ninefold.agent.reconciler import Reconciler
-from ninefold.agent.records import SPEC_KEY, NodeRecord, node_key
 from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.security.ca import ca_key_path
 from ninefold.security.files import NodeTlsFiles
-from ninefold.spec import ClusterSpec, NodeSpec
+from ninefold.spec import ClusterSpec
 from ninefold.spec.loading import dump_spec
+from ninefold.state.keys import SPEC_KEY, node_key
+from ninefold.state.records import NodeRecord
 from ninefold.store.base import Compare, Put, Store, StoreError
-from ninefold.store.embedded import StoreJoin, find_etcd, member_argv, wait_for_quorum
-from ninefold.store.etcd import EtcdStore, TlsFiles
+from ninefold.store.cluster import open_store
+from ninefold.store.embedded import StoreJoin, find_etcd, member_argv
+from ninefold.store.etcd import EtcdStore
 from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 
 log = logging.getLogger("ninefold.agent")
-
-
-def namespace(cluster: str) -> str:
-    return f"/ninefold/{cluster}/"
-
-
-def store_endpoints(spec: ClusterSpec, node: NodeSpec) -> list[str]:
-    """The store endpoints, this node's own member first."""
-    endpoints = spec.store_endpoints()
-    if spec.store.mode == "embedded" and node.store:
-        own = f"{node.address}:{node.ports.store_client}"
-        endpoints = [own] + [e for e in endpoints if e != own]
-    return endpoints
-
-
-def open_store(
-    spec: ClusterSpec, node: NodeSpec | None = None, tls: NodeTlsFiles | None = None
-) -> Store:
-    """The cluster's store; over mutual TLS with `tls` (a node's files)."""
-    endpoints = store_endpoints(spec, node) if node else spec.store_endpoints()
-    files = TlsFiles(tls.ca, tls.cert, tls.key) if tls is not None else None
-    return EtcdStore(endpoints, namespace(spec.cluster), tls=files)
 
 
 class Agent:
@@ -198,7 +179,8 @@ class Agent:
         log.info(
             "agent %s up (cluster %s, data %s)", self.node.name, self.spec.cluster, self.data_dir
         )
-        # Imported here: the CLI imports this module for open_store, without a web server.
+        # Imported here: the CLI imports this module to run an agent, and most
+        # commands never do, so they need not load the web server.
         from ninefold.api import ApiServer, create_app
         from ninefold.gateway.metrics import render
 

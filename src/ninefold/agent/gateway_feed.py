@@ -11,19 +11,14 @@ import logging
 from ninefold import defaults
 from ninefold.agent.changes import ChangeSignal
 from ninefold.agent.journal import EventJournal
-from ninefold.agent.leader import read_spec
 from ninefold.agent.membership import LeaseKeeper
-from ninefold.agent.records import (
-    SPEC_KEY,
-    STATUS,
-    GatewayReport,
-    InstanceStatus,
-    gateway_key,
-)
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.gateway.policies import AccessPolicies
 from ninefold.gateway.routes import RoutingTable, build_table
 from ninefold.spec import ClusterSpec
+from ninefold.state.keys import SPEC_KEY, STATUS, gateway_key
+from ninefold.state.reads import read_spec
+from ninefold.state.records import GatewayReport, InstanceStatus
 from ninefold.store.base import Store, StoreError
 from ninefold.supervisor import LeftoverRegistry
 

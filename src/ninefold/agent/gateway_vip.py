@@ -19,20 +19,21 @@ from ninefold import defaults
 from ninefold.agent.addresses import FloatingAddresses
 from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal
-from ninefold.agent.leader import read_spec
 from ninefold.agent.membership import LeaseKeeper
-from ninefold.agent.records import (
+from ninefold.decide.vip import vip_step
+from ninefold.health import HealthMonitor, HttpProbe
+from ninefold.spec import ClusterSpec, NodeSpec
+from ninefold.spec.vip import VipSpec
+from ninefold.state.keys import (
     GATEWAY_VIP_LOCK,
     SPEC_KEY,
     VIP_CANDIDATES,
     drain_key,
     last_segment,
+    vip_candidate_key,
 )
-from ninefold.health import HealthMonitor, HttpProbe
-from ninefold.spec import ClusterSpec, NodeSpec
-from ninefold.spec.vip import VipSpec
+from ninefold.state.reads import read_spec
 from ninefold.store.base import LockHold, Store, StoreError, lock_key
-from ninefold.vip import vip_step
 
 log = logging.getLogger("ninefold.vip")
 
@@ -190,7 +191,7 @@ class GatewayVipKeeper:
         state = (eligible, lease)
         if state == self._published:
             return
-        key = f"{VIP_CANDIDATES}{self.me}"
+        key = vip_candidate_key(self.me)
         if eligible and lease:
             await self._store.put(key, b"1", lease)
         else:

@@ -23,20 +23,19 @@ from ninefold.agent.changes import wait_event
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
-from ninefold.agent.records import (
-    GATEWAYS,
-    NODES,
-    SWITCHOVER,
-    GatewayReport,
-    InstanceStatus,
-    active_lock,
-    last_segment,
-    status_key,
-)
 from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
 from ninefold.spec.models import render
+from ninefold.state.keys import (
+    GATEWAYS,
+    NODES,
+    active_lock,
+    last_segment,
+    status_key,
+    switchover_key,
+)
+from ninefold.state.records import GatewayReport, InstanceStatus
 from ninefold.store.base import LockHold, Store, StoreError, lock_key
 from ninefold.supervisor import (
     LeftoverRegistry,
@@ -522,7 +521,7 @@ class InstanceRunner:
         while True:
             self._switchover_seen = False  # re-read after every (re)connect
             try:
-                key = f"{SWITCHOVER}{self.service}"
+                key = switchover_key(self.service)
                 async with contextlib.aclosing(self.ctx.store.watch(key)) as events:
                     async for _event in events:
                         self._switchover_seen = False
@@ -540,7 +539,7 @@ class InstanceRunner:
         its key changed."""
         if self._switchover_seen:
             return self._switchover
-        item = await self.ctx.store.get(f"{SWITCHOVER}{self.service}")
+        item = await self.ctx.store.get(switchover_key(self.service))
         request = None
         if item is not None:
             with contextlib.suppress(ValueError):
@@ -569,7 +568,7 @@ class InstanceRunner:
         await self._take_vip()
         asked = self._switchover is not None
         with contextlib.suppress(StoreError):
-            await self.ctx.store.delete(f"{SWITCHOVER}{self.service}")
+            await self.ctx.store.delete(switchover_key(self.service))
         old = self._last_holder
         self._last_holder = self.holder
         if not old or old == self.holder:

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from ninefold import defaults
-from ninefold.agent.records import EVENTS, Event, event_key
+from ninefold.state.keys import EVENTS, event_key
+from ninefold.state.records import Event
 from ninefold.store.base import Store, StoreError
 
 log = logging.getLogger("ninefold.events")
@@ -30,7 +31,9 @@ class EventJournal:
         log.info("event %s", event.line())
         # Bounded: a journal line must not hold up a failover behind a store
         # that stopped answering; a late write goes on by itself.
-        write = asyncio.ensure_future(self._store.put(event_key(event, self._node), event.encode()))
+        write = asyncio.ensure_future(
+            self._store.put(event_key(event.time, self._node), event.encode())
+        )
         try:
             await asyncio.wait_for(asyncio.shield(write), defaults.EVENTS_WRITE_WAIT)
         except TimeoutError:
@@ -55,23 +58,11 @@ class EventJournal:
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
             try:
-                await self._store.put(event_key(event, self._node), event.encode())
+                await self._store.put(event_key(event.time, self._node), event.encode())
                 return
             except StoreError:
                 continue
         log.warning("could not journal %s %s", event.kind, event.subject)
-
-
-async def read_events(store: Store, limit: int = 100) -> list[Event]:
-    """The newest `limit` events, oldest first."""
-    listing = await store.list(EVENTS)
-    events = []
-    for item in listing.items[-limit:] if limit > 0 else listing.items:
-        try:
-            events.append(Event.decode(item.value))
-        except ValueError:
-            continue
-    return events
 
 
 async def prune_events(store: Store, keep: int = defaults.EVENTS_KEEP) -> int:

@@ -8,72 +8,35 @@ token, so a deposed leader that has not noticed yet cannot write anything.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 
 from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal, prune_events
 from ninefold.agent.membership import LeaseKeeper
-from ninefold.agent.planning import ClusterState, Decision, plan
-from ninefold.agent.records import (
+from ninefold.agent.store_leadership import RaftLeaderPlacement
+from ninefold.decide.plan import Decision, plan
+from ninefold.spec import ClusterSpec
+from ninefold.state.keys import (
     ASSIGN,
     DRAIN,
     GATEWAY_VIP_LOCK,
+    LEADER_LOCK,
     MOVES,
     NODES,
     RESTARTS,
     SPEC_KEY,
     STATUS,
-    AssignmentRecord,
-    InstanceStatus,
     assign_key,
-    last_segment,
+    move_key,
 )
-from ninefold.agent.store_leadership import RaftLeaderPlacement
-from ninefold.spec import ClusterSpec, SpecError, parse_spec
+from ninefold.state.reads import read_spec, read_state
+from ninefold.state.snapshot import ClusterState
 from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
 
 log = logging.getLogger("ninefold.leader")
 
-LEADER = "leader"
 PRUNE_EVERY = 30.0
-
-
-@functools.lru_cache(maxsize=4)
-def _parse_stored_spec(raw: bytes) -> ClusterSpec:
-    """The stored spec changes rarely but is read on every round of every
-    loop (leader, reconciler, gateway feed, API): parse each text once."""
-    return parse_spec(raw.decode(), "<store>")
-
-
-async def read_spec(store: Store, fallback: ClusterSpec) -> ClusterSpec:
-    item = await store.get(SPEC_KEY)
-    if item is None:
-        return fallback
-    try:
-        return _parse_stored_spec(item.value)
-    except SpecError as exc:
-        log.error("the spec in the store does not load, keeping the last good one: %s", exc)
-        return fallback
-
-
-async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
-    nodes = await store.list(NODES)
-    drained = await store.list(DRAIN)
-    assigns = await store.list(ASSIGN)
-    statuses = await store.list(STATUS)
-    restarts = await store.list(RESTARTS)
-    moves = await store.list(MOVES)
-    return ClusterState(
-        spec=spec,
-        alive=frozenset(last_segment(i.key) for i in nodes.items),
-        drained=frozenset(last_segment(i.key) for i in drained.items),
-        assignments=tuple(AssignmentRecord.decode(i.value) for i in assigns.items),
-        statuses=tuple(InstanceStatus.decode(i.value) for i in statuses.items),
-        restart_nonces={last_segment(i.key): i.value.decode() for i in restarts.items},
-        moves={last_segment(i.key): i.value.decode() for i in moves.items},
-    )
 
 
 class LeaderLoop:
@@ -104,7 +67,7 @@ class LeaderLoop:
             RESTARTS,
             MOVES,
             SPEC_KEY,
-            lock_key(LEADER),
+            lock_key(LEADER_LOCK),
             lock_key(GATEWAY_VIP_LOCK),
         )
 
@@ -128,8 +91,8 @@ class LeaderLoop:
             return
         if self.hold is None or self.hold.lease != lease:
             self.hold = None
-            previous = await self._store.lock_holder(LEADER)
-            hold = await self._store.try_lock(LEADER, self._node, lease)
+            previous = await self._store.lock_holder(LEADER_LOCK)
+            hold = await self._store.try_lock(LEADER_LOCK, self._node, lease)
             if hold is None:
                 return
             self.hold = hold
@@ -142,7 +105,7 @@ class LeaderLoop:
                 token=hold.fencing_token,
             )
         else:
-            current = await self._store.lock_holder(LEADER)
+            current = await self._store.lock_holder(LEADER_LOCK)
             if current is None or current.fencing_token != self.hold.fencing_token:
                 self._depose("lost the leader lock")
                 return
@@ -153,7 +116,7 @@ class LeaderLoop:
         if not decision.empty:
             await self._apply(decision, state)
         for instance in state.moves:  # done, or impossible: a request is acted on once
-            await self._store.delete(f"{MOVES}{instance}")
+            await self._store.delete(move_key(instance))
         if decision.unplaced != self._unplaced:
             for instance in sorted(set(decision.unplaced) - set(self._unplaced)):
                 await self._journal.record("unplaced", instance, "no eligible node")
@@ -200,7 +163,7 @@ class LeaderLoop:
         assert self.hold is not None
         ops: list[Put | Delete] = [Delete(assign_key(r.node, r.instance)) for r in decision.remove]
         ops += [Put(assign_key(r.node, r.instance), r.encode()) for r in decision.write]
-        guard = Compare(lock_key(LEADER), "create", "==", self.hold.fencing_token)
+        guard = Compare(lock_key(LEADER_LOCK), "create", "==", self.hold.fencing_token)
         result = await self._store.txn([guard], ops)
         if not result.succeeded:
             self._depose("fencing token no longer current")

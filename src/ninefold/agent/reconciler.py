@@ -7,9 +7,10 @@ import logging
 
 from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.instance import InstanceRunner, NodeContext
-from ninefold.agent.leader import read_spec
-from ninefold.agent.records import ASSIGN, SPEC_KEY, STATUS, AssignmentRecord, last_segment
 from ninefold.spec import ClusterSpec, ServiceSpec
+from ninefold.state.keys import SPEC_KEY, last_segment, node_assignments, node_statuses
+from ninefold.state.reads import read_spec
+from ninefold.state.records import AssignmentRecord
 
 log = logging.getLogger("ninefold.reconciler")
 
@@ -19,7 +20,7 @@ class Reconciler:
         self.ctx = ctx
         self.spec = bootstrap_spec
         self.runners: dict[str, InstanceRunner] = {}
-        self._prefix = f"{ASSIGN}{ctx.node.name}/"
+        self._prefix = node_assignments(ctx.node.name)
         self._signal = ChangeSignal(ctx.store, self._prefix, SPEC_KEY)
 
     def poke(self) -> None:
@@ -70,7 +71,7 @@ class Reconciler:
 
     async def _drop_stale_status(self, desired: set[str]) -> None:
         """Status left by an earlier agent of this node for instances gone since."""
-        listing = await self.ctx.store.list(f"{STATUS}{self.ctx.node.name}/")
+        listing = await self.ctx.store.list(node_statuses(self.ctx.node.name))
         for item in listing.items:
             if last_segment(item.key) not in desired and last_segment(item.key) not in self.runners:
                 await self.ctx.store.delete(item.key)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable, Mapping
 
 from ninefold.agent.journal import EventJournal
-from ninefold.agent.records import InstanceStatus
+from ninefold.decide.store_leader import raft_leader_target
+from ninefold.state.records import InstanceStatus
 from ninefold.store.base import Store, StoreError
 
 log = logging.getLogger("ninefold.leader")
@@ -26,32 +27,6 @@ CHECK_EVERY = 10.0
 """How often the leader looks where the raft leader is (2 small requests),
 besides right after the set of nodes running actives changed."""
 MOVE_AT_MOST_EVERY = 2.0
-
-
-def raft_leader_target(
-    raft_leader: str,
-    members: Iterable[str],
-    alive: Iterable[str],
-    statuses: Iterable[InstanceStatus],
-    vip_holders: Iterable[str] = (),
-) -> str | None:
-    """The member raft leadership should move to, or None to leave it."""
-    actives: dict[str, int] = {}
-    for status in statuses:
-        if status.role == "active":
-            actives[status.node] = actives.get(status.node, 0) + 1
-    for node in vip_holders:
-        actives[node] = actives.get(node, 0) + 1
-    here = actives.get(raft_leader, 0)
-    if here == 0:
-        return None
-    alive_set = set(alive)
-    candidates = sorted(
-        (actives.get(m, 0), m) for m in members if m in alive_set and m != raft_leader
-    )
-    if not candidates or candidates[0][0] >= here:
-        return None
-    return candidates[0][1]
 
 
 class RaftLeaderPlacement:

@@ -19,9 +19,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ninefold import __version__, defaults, operations
-from ninefold.agent.journal import read_events
-from ninefold.agent.leader import read_spec
-from ninefold.agent.records import EVENTS, SPEC_KEY, Event, status_key
 from ninefold.api.auth import document_roles, install_auth, needs
 from ninefold.api.errors import documented, install
 from ninefold.api.join import CaFiles, install_join
@@ -47,9 +44,13 @@ from ninefold.api.models import (
     TokenIn,
     TokenOut,
 )
-from ninefold.cluster_view import read_view
 from ninefold.security import tokens
 from ninefold.spec import ClusterSpec, dump_spec
+from ninefold.state import tokens as token_records
+from ninefold.state.keys import EVENTS, SPEC_KEY, status_key
+from ninefold.state.reads import read_events, read_spec
+from ninefold.state.records import Event
+from ninefold.state.view import read_view
 from ninefold.store.base import Store, StoreError
 from ninefold.supervisor.logs import tail
 
@@ -488,10 +489,10 @@ def create_app(
     async def token_bootstrap() -> TokenCreatedOut:
         """The cluster's first admin token; refused (409) once it exists. From
         then on every route but /v1/health needs a token."""
-        token = await tokens.bootstrap(store)
+        token = await token_records.bootstrap(store)
         if token is None:
             raise operations.Conflict("this cluster was bootstrapped already: ask an admin")
-        record = await tokens.authenticate(store, token)
+        record = await token_records.authenticate(store, token)
         return TokenCreatedOut(token=token, **record.public())
 
     @app.post(
@@ -507,7 +508,7 @@ def create_app(
         if body.kind == "api" and body.uses is not None:
             raise operations.Invalid("uses applies to join tokens (kind: join)")
         token, record = tokens.new_token(body.kind, body.role, body.name, body.ttl, body.uses)
-        await tokens.store_token(store, record)
+        await token_records.store_token(store, record)
         return TokenCreatedOut(token=token, **record.public())
 
     @app.get(
@@ -519,7 +520,7 @@ def create_app(
     )
     async def token_list() -> list[TokenOut]:
         """Every token's record; never a token or its hash."""
-        return [TokenOut(**r.public()) for r in await tokens.list_records(store)]
+        return [TokenOut(**r.public()) for r in await token_records.list_records(store)]
 
     @app.delete(
         "/v1/tokens/{ident}",
@@ -530,7 +531,7 @@ def create_app(
     )
     async def token_revoke(ident: str) -> Response:
         """Revoke a token: it stops working at once."""
-        if not await tokens.revoke(store, ident):
+        if not await token_records.revoke(store, ident):
             raise operations.NotFound(f"no token with id {ident!r}")
         return Response(status_code=204)
 

@@ -18,14 +18,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ninefold.security.tokens import (
-    BOOTSTRAPPED,
-    Role,
-    TokenError,
-    TokenRecord,
-    authenticate,
-    role_allows,
-)
+from ninefold.security.tokens import Role, TokenError, TokenRecord, role_allows
+from ninefold.state.keys import BOOTSTRAPPED
+from ninefold.state.tokens import authenticate
 from ninefold.store.base import Store
 
 REALM = "ninefold"

@@ -28,8 +28,6 @@ from fastapi import Body, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from ninefold import operations
-from ninefold.agent.leader import read_spec
-from ninefold.agent.records import SPEC_KEY
 from ninefold.api.auth import Unauthorized
 from ninefold.api.errors import documented
 from ninefold.security import tokens
@@ -37,6 +35,9 @@ from ninefold.security.ca import fingerprint, load_ca
 from ninefold.security.certs import sign_node_csr
 from ninefold.security.files import TlsError
 from ninefold.spec import ClusterSpec, NodeSpec, SpecError, dump_spec, parse_spec
+from ninefold.state import tokens as token_records
+from ninefold.state.keys import SPEC_KEY
+from ninefold.state.reads import read_spec
 from ninefold.store.base import Compare, Put, Store, StoreError
 from ninefold.store.embedded import url
 from ninefold.store.etcd import EtcdStore, StoreMember
@@ -146,7 +147,7 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
                 "the node that has it, or start its agent with NINEFOLD_CA_KEY"
             )
         try:
-            record, token_revision = await tokens.read_token(store, body.token, "join")
+            record, token_revision = await token_records.read_token(store, body.token, "join")
         except tokens.TokenError as exc:
             raise Unauthorized(str(exc)) from None
         spec_item = await store.get(SPEC_KEY)
@@ -163,7 +164,7 @@ def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: Ca
         except SpecError as exc:
             raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
         member = await _add_learner(store, new_spec, node) if body.store else None
-        _, token_compare, token_put = tokens.spend(record, token_revision)
+        _, token_compare, token_put = token_records.spend(record, token_revision)
         spec_revision = spec_item.mod_revision if spec_item else 0
         compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
         puts = [token_put, Put(SPEC_KEY, text.encode())]

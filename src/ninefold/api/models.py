@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ninefold.agent.records import Health, InstanceState, Role
+from ninefold.state.records import Health, InstanceState, Role
 
 
 class _Out(BaseModel):

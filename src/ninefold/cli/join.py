@@ -172,7 +172,7 @@ async def _wait_until_voter(
     spec: ClusterSpec, name: str, member_id: int, files: NodeTlsFiles, log_path: Path, later: str
 ) -> None:
     """Until the agent has promoted its store learner, showing how far it is."""
-    from ninefold.agent.daemon import open_store
+    from ninefold.store.cluster import open_store
 
     store = open_store(spec, tls=files)
     assert isinstance(store, EtcdStore)

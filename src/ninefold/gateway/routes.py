@@ -7,11 +7,11 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ninefold.agent.records import InstanceStatus
 from ninefold.gateway.access import AccessPolicy
 from ninefold.spec import ClusterSpec
 from ninefold.spec.access import AccessSpec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
+from ninefold.state.records import InstanceStatus
 
 DEFAULT_WEIGHT = 100
 

@@ -11,20 +11,15 @@ agent promotes to a voter once it has caught up (agent/store_join.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
-import socket
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
-from ninefold.store.base import Store, StoreError
 from ninefold.store.etcd_binary import EtcdBinary, EtcdNotFound, find_etcd
 
 log = logging.getLogger("ninefold.store")
@@ -36,7 +31,6 @@ __all__ = [
     "StoreJoin",
     "find_etcd",
     "member_argv",
-    "wait_for_quorum",
 ]
 
 
@@ -138,49 +132,6 @@ class StoreJoin:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise JoinRecordError(f"{data_dir / JOIN_FILE} is damaged: {exc}") from None
-
-
-def reachable(address: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-async def wait_for_quorum(
-    store: Store,
-    spec: ClusterSpec,
-    report: Callable[[str], None],
-    every: float = defaults.STORE_QUORUM_REPORT_EVERY,
-) -> None:
-    """Return once the store answers a linearizable read; say why not meanwhile."""
-    last_report = time.monotonic()
-    started = last_report
-    while True:
-        try:
-            await store.get("spec")
-            return
-        except StoreError:
-            pass
-        now = time.monotonic()
-        if now - last_report >= every:
-            last_report = now
-            report(await asyncio.to_thread(quorum_message, spec, now - started))
-        await asyncio.sleep(0.2)
-
-
-def quorum_message(spec: ClusterSpec, waited: float) -> str:
-    if spec.store.mode == "external":
-        return f"waiting for the store at {', '.join(spec.store.endpoints)} ({waited:.0f}s)"
-    members = spec.store_nodes()
-    up = [m for m in members if reachable(m.address, m.ports.store_client)]
-    down = [f"{m.name} {m.address}:{m.ports.store_client}" for m in members if m not in up]
-    need = len(members) // 2 + 1
-    return (
-        f"waiting for store quorum: {len(up)} of {len(members)} members reachable, "
-        f"{need} needed ({waited:.0f}s; down: {', '.join(down) or 'none'})"
-    )
 
 
 STOP_SIGNAL = int(signal.SIGTERM)

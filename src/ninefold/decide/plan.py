@@ -10,24 +10,10 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ninefold.agent.records import AssignmentRecord, InstanceStatus
-from ninefold.scheduler import Assignment, NodeState, ServiceDemand, schedule
+from ninefold.decide.placement import Assignment, NodeState, ServiceDemand, schedule
 from ninefold.spec import ClusterSpec
-
-
-@dataclass(frozen=True)
-class ClusterState:
-    """Everything the leader reads before deciding."""
-
-    spec: ClusterSpec
-    alive: frozenset[str]
-    drained: frozenset[str]
-    assignments: tuple[AssignmentRecord, ...]
-    statuses: tuple[InstanceStatus, ...] = ()
-    restart_nonces: Mapping[str, str] = field(default_factory=dict)
-    """service -> token of the last `restart` asked for it"""
-    moves: Mapping[str, str] = field(default_factory=dict)
-    """instance -> node an operator asked it to move to"""
+from ninefold.state.records import AssignmentRecord, InstanceStatus
+from ninefold.state.snapshot import ClusterState
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,5 @@
-"""What agents write to the store, and under which keys.
-
-Keyspace (under the cluster's namespace, ``/ninefold/<cluster>/``)::
-
-    spec                     the desired state: the spec as YAML
-    nodes/<node>             NodeRecord, under the node's lease (alive while it is)
-    drain/<node>             present while the node is drained
-    assign/<node>/<inst>     Assignment, written by the leader only
-    status/<node>/<inst>     InstanceStatus, under the node's lease
-    locks/leader             the leader lock (holder = node name)
-    locks/active/<service>   the active lock of an active-passive service
-    events/<time>-<node>     Event, pruned by count
-    restarts/<service>       token of the last restart asked for (rolling restart)
-    moves/<instance>         node an operator asked the instance to move to
-    switchover/<service>     {"to": node or null, "from": holder}, under a short lease
-    kv/<key>                 the users' key-value store
-    gateways/<node>          GatewayReport: in-flight counts to draining backends
-"""
+"""What agents write to the store: one pydantic model per kind of record
+(their keys: state/keys.py)."""
 
 from __future__ import annotations
 
@@ -24,50 +8,6 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-SPEC_KEY = "spec"
-NODES = "nodes/"
-DRAIN = "drain/"
-ASSIGN = "assign/"
-RESTARTS = "restarts/"
-MOVES = "moves/"
-SWITCHOVER = "switchover/"
-KV = "kv/"
-GATEWAYS = "gateways/"
-STATUS = "status/"
-EVENTS = "events/"
-LEADER_LOCK = "leader"
-GATEWAY_VIP_LOCK = "vip/gateway"
-VIP_CANDIDATES = "vipcand/gateway/"
-"""Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
-
-
-def node_key(node: str) -> str:
-    return f"{NODES}{node}"
-
-
-def drain_key(node: str) -> str:
-    return f"{DRAIN}{node}"
-
-
-def assign_key(node: str, instance: str) -> str:
-    return f"{ASSIGN}{node}/{instance}"
-
-
-def status_key(node: str, instance: str) -> str:
-    return f"{STATUS}{node}/{instance}"
-
-
-def gateway_key(node: str) -> str:
-    return f"{GATEWAYS}{node}"
-
-
-def active_lock(service: str) -> str:
-    return f"active/{service}"
-
-
-def last_segment(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
 
 
 class Record(BaseModel):
@@ -154,10 +94,6 @@ class Event(Record):
         extra = " ".join(f"{k}={v}" for k, v in self.data.items())
         parts = [f"{stamp}{frac}", self.kind, self.subject, self.reason, extra]
         return "  ".join(p for p in parts if p)
-
-
-def event_key(event: Event, node: str) -> str:
-    return f"{EVENTS}{int(event.time * 1e9):020d}-{node}"
 
 
 def dumps(data: Any) -> bytes:

@@ -8,20 +8,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ninefold.agent.leader import read_spec
-from ninefold.agent.records import (
+from ninefold.spec import ClusterSpec
+from ninefold.state.keys import (
     ASSIGN,
     DRAIN,
     GATEWAY_VIP_LOCK,
+    LEADER_LOCK,
     NODES,
     STATUS,
-    AssignmentRecord,
-    InstanceStatus,
-    NodeRecord,
     active_lock,
     last_segment,
 )
-from ninefold.spec import ClusterSpec
+from ninefold.state.reads import read_spec
+from ninefold.state.records import AssignmentRecord, InstanceStatus, NodeRecord
 from ninefold.store.base import Store
 
 
@@ -90,7 +89,7 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
         last_segment(i.key): NodeRecord.decode(i.value) for i in (await store.list(NODES)).items
     }
     drained = {last_segment(i.key) for i in (await store.list(DRAIN)).items}
-    leader_hold = await store.lock_holder("leader")
+    leader_hold = await store.lock_holder(LEADER_LOCK)
     leader = leader_hold.holder if leader_hold else None
     assigns = [AssignmentRecord.decode(i.value) for i in (await store.list(ASSIGN)).items]
     statuses = {

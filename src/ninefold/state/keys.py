@@ -1,0 +1,115 @@
+"""Every key of the store, relative to the cluster's namespace
+(``/ninefold/<cluster>/``)::
+
+    spec                       the desired state: the spec as YAML
+    nodes/<node>               NodeRecord, under the node's lease (alive while it is)
+    drain/<node>               present while the node is drained
+    assign/<node>/<inst>       AssignmentRecord, written by the leader only
+    status/<node>/<inst>       InstanceStatus, under the node's lease
+    locks/leader               the leader lock (holder = node name)
+    locks/active/<service>     the active lock of an active-passive service
+    locks/vip/gateway          the gateway VIP's lock (holder = node name)
+    vipcand/gateway/<node>     nodes whose gateway answers, under their lease
+    events/<time>-<node>       Event, pruned by count
+    restarts/<service>         token of the last restart asked for (rolling restart)
+    moves/<instance>           node an operator asked the instance to move to
+    switchover/<service>       {"to": node or null, "from": holder}, under a short lease
+    kv/<key>                   the users' key-value store
+    gateways/<node>            GatewayReport: in-flight counts to draining backends
+    tokens/<id>                TokenRecord (a hash of the secret, never the secret)
+    tokens-bootstrapped        present once the first admin token was made
+
+Locks are named here and kept under ``locks/`` by the store's lock primitive
+(`Store.try_lock`, `store.base.lock_key`).
+"""
+
+from __future__ import annotations
+
+SPEC_KEY = "spec"
+NODES = "nodes/"
+DRAIN = "drain/"
+ASSIGN = "assign/"
+STATUS = "status/"
+RESTARTS = "restarts/"
+MOVES = "moves/"
+SWITCHOVER = "switchover/"
+KV = "kv/"
+GATEWAYS = "gateways/"
+EVENTS = "events/"
+TOKENS = "tokens/"
+BOOTSTRAPPED = "tokens-bootstrapped"
+VIP_CANDIDATES = "vipcand/gateway/"
+"""Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
+
+LEADER_LOCK = "leader"
+"""The leader lock's name (its key: locks/leader)."""
+GATEWAY_VIP_LOCK = "vip/gateway"
+"""The gateway VIP's lock name (its key: locks/vip/gateway)."""
+
+
+def active_lock(service: str) -> str:
+    """The name of an active-passive service's active lock."""
+    return f"active/{service}"
+
+
+def node_key(node: str) -> str:
+    return f"{NODES}{node}"
+
+
+def drain_key(node: str) -> str:
+    return f"{DRAIN}{node}"
+
+
+def assign_key(node: str, instance: str) -> str:
+    return f"{ASSIGN}{node}/{instance}"
+
+
+def node_assignments(node: str) -> str:
+    """The prefix of one node's assignments."""
+    return f"{ASSIGN}{node}/"
+
+
+def status_key(node: str, instance: str) -> str:
+    return f"{STATUS}{node}/{instance}"
+
+
+def node_statuses(node: str) -> str:
+    """The prefix of the statuses of one node's instances."""
+    return f"{STATUS}{node}/"
+
+
+def gateway_key(node: str) -> str:
+    return f"{GATEWAYS}{node}"
+
+
+def vip_candidate_key(node: str) -> str:
+    return f"{VIP_CANDIDATES}{node}"
+
+
+def move_key(instance: str) -> str:
+    return f"{MOVES}{instance}"
+
+
+def switchover_key(service: str) -> str:
+    return f"{SWITCHOVER}{service}"
+
+
+def restart_key(service: str) -> str:
+    return f"{RESTARTS}{service}"
+
+
+def kv_key(key: str) -> str:
+    return f"{KV}{key}"
+
+
+def token_key(ident: str) -> str:
+    return f"{TOKENS}{ident}"
+
+
+def event_key(time: float, node: str) -> str:
+    """Events sort by time: nanoseconds, zero-padded, then the writing node."""
+    return f"{EVENTS}{int(time * 1e9):020d}-{node}"
+
+
+def last_segment(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
