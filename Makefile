@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-## test: lint, then every test tier this machine can run (says which it skips)
+## test: lint (ruff, mypy), then every test tier this machine can run (says which it skips)
 test: $(STAMP) lint
 	@PY=$(PY) sh tests/run_tiers.sh
 
@@ -34,6 +34,7 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m ruff format --check src tests bench examples
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff format src tests bench examples
@@ -48,4 +49,4 @@ bench: $(STAMP)
 	$(PY) bench/agent_footprint.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

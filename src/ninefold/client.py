@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -292,33 +292,38 @@ class ClusterClient:
             f"cluster {self.spec.cluster} unreachable: no agent answers at {self._addresses(tried)}"
         )
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The answer's JSON object (its shape is the API's to keep)."""
+        return cast("dict[str, Any]", self.request(method, path, **kwargs).json())
+
+    def _objects(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """The answer's JSON array of objects."""
+        return cast("list[dict[str, Any]]", self.request(method, path, **kwargs).json())
 
     # -- reading ------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/health")
+        return self._object("GET", "/v1/health")
 
     def status(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/status")
+        return self._object("GET", "/v1/status")
 
     def nodes(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/nodes")
+        return self._objects("GET", "/v1/nodes")
 
     def node(self, name: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/nodes/{_seg(name)}")
+        return self._object("GET", f"/v1/nodes/{_seg(name)}")
 
     def services(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/services")
+        return self._objects("GET", "/v1/services")
 
     def service(self, name: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/services/{_seg(name)}")
+        return self._object("GET", f"/v1/services/{_seg(name)}")
 
     def instances(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/instances")
+        return self._objects("GET", "/v1/instances")
 
     def instance(self, name: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/instances/{_seg(name)}")
+        return self._object("GET", f"/v1/instances/{_seg(name)}")
 
     def instance_log(self, node_url: str, instance: str, lines: int = 100) -> list[str]:
         """The last `lines` lines of an instance's log, from the agent at `node_url`
@@ -336,10 +341,10 @@ class ClusterClient:
 
     def spec_text(self) -> dict[str, Any]:
         """`{"yaml": ..., "revision": n}`: the cluster's current spec."""
-        return self._json("GET", "/v1/spec")
+        return self._object("GET", "/v1/spec")
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/events", params={"limit": limit})
+        return self._objects("GET", "/v1/events", params={"limit": limit})
 
     def stream_events(self, resume: bool = True) -> Iterator[dict[str, Any]]:
         """New events as they happen (server-sent events), until closed.
@@ -400,7 +405,7 @@ class ClusterClient:
     # -- changing -----------------------------------------------------------------
     def put_spec(self, yaml_text: str, dry_run: bool = False) -> dict[str, Any]:
         """Validate (and unless `dry_run`, apply) a spec: `{"diff", "applied", "revision"}`."""
-        return self._json(
+        return self._object(
             "PUT",
             "/v1/spec",
             params={"dry_run": "true" if dry_run else "false"},
@@ -408,48 +413,50 @@ class ClusterClient:
         )
 
     def scale(self, service: str, replicas: int) -> dict[str, Any]:
-        return self._json(
+        return self._object(
             "POST", f"/v1/services/{_seg(service)}/scale", body={"replicas": replicas}
         )
 
     def restart(self, service: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/services/{_seg(service)}/restart")
+        return self._object("POST", f"/v1/services/{_seg(service)}/restart")
 
     def move(self, instance: str, node: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/instances/{_seg(instance)}/move", body={"node": node})
+        return self._object("POST", f"/v1/instances/{_seg(instance)}/move", body={"node": node})
 
     def switchover(self, service: str, to: str | None = None) -> dict[str, Any]:
         body = {"to": to} if to else {}
-        return self._json("POST", f"/v1/services/{_seg(service)}/switchover", body=body)
+        return self._object("POST", f"/v1/services/{_seg(service)}/switchover", body=body)
 
     def drain(self, node: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/nodes/{_seg(node)}/drain")
+        return self._object("POST", f"/v1/nodes/{_seg(node)}/drain")
 
     def undrain(self, node: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/nodes/{_seg(node)}/undrain")
+        return self._object("POST", f"/v1/nodes/{_seg(node)}/undrain")
 
     # -- key-value ------------------------------------------------------------------
     def kv_get(self, key: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/kv/{_key(key)}")
+        return self._object("GET", f"/v1/kv/{_key(key)}")
 
     def kv_list(self, prefix: str = "") -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/kv", params={"prefix": prefix})
+        return self._objects("GET", "/v1/kv", params={"prefix": prefix})
 
     def kv_put(self, key: str, value: str, cas: int | None = None) -> dict[str, Any]:
-        return self._json("PUT", f"/v1/kv/{_key(key)}", params={"cas": cas}, body={"value": value})
+        return self._object(
+            "PUT", f"/v1/kv/{_key(key)}", params={"cas": cas}, body={"value": value}
+        )
 
     def kv_delete(self, key: str, cas: int | None = None) -> dict[str, Any] | None:
         response = self.request("DELETE", f"/v1/kv/{_key(key)}", params={"cas": cas})
         if not response.content:
             return None
         try:
-            return response.json()
+            return cast("dict[str, Any]", response.json())
         except ValueError:
             return None
 
     # -- tokens
     def bootstrap_token(self) -> dict[str, Any]:
-        return self._json("POST", "/v1/bootstrap")
+        return self._object("POST", "/v1/bootstrap")
 
     def create_token(
         self,
@@ -460,10 +467,10 @@ class ClusterClient:
         uses: int | None = None,
     ) -> dict[str, Any]:
         body = {"role": role, "name": name, "kind": kind, "ttl": ttl, "uses": uses}
-        return self._json("POST", "/v1/tokens", body=body)
+        return self._object("POST", "/v1/tokens", body=body)
 
     def tokens(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/tokens")
+        return self._objects("GET", "/v1/tokens")
 
     def revoke_token(self, ident: str) -> None:
         self.request("DELETE", f"/v1/tokens/{_seg(ident)}")

@@ -178,3 +178,48 @@ of `aud` (HAProxy 2.6's json_query cannot iterate an array)."""
 ACCESS_TOKEN_CACHE = 4096
 """Tokens a gateway remembers as verified, per access policy: a token seen
 again skips the signature check (its exp, nbf and iat are checked again)."""
+
+
+# --- inner timings and sizes of the parts (not set by the spec) ---------------------
+
+# supervisor/process.py
+LOG_CHECK_INTERVAL = 10.0
+"""How often the log file of a running child is checked against LOG_MAX_BYTES."""
+
+# gateway/haproxy/config.py
+HAPROXY_MIN_SLOTS = 4
+"""Server slots rendered per backend at least; a reload grows them to twice
+the instance count when a service outgrows its slots."""
+HAPROXY_HARD_STOP_AFTER = 60.0
+"""After a reload, the old HAProxy worker closes connections still open this long."""
+HAPROXY_RUNTIME_TIMEOUT = 2.0
+"""Limit of one request to HAProxy's master CLI."""
+HAPROXY_START_TIMEOUT = 10.0
+"""Longest wait for HAProxy's first worker."""
+HAPROXY_RELOAD_TIMEOUT = 10.0
+"""Longest wait for the new worker of a reload."""
+HAPROXY_STATS_INTERVAL = 0.2
+"""How often the counters behind ``inflight`` and ``snapshot`` are read."""
+
+# gateway/builtin/pool.py
+GATEWAY_POOL_MAX_IDLE = 64
+"""Idle keep-alive connections kept per backend; more are closed on release."""
+GATEWAY_POOL_IDLE_TIMEOUT = 5.0
+"""An idle pooled connection is closed after this long (before most backends'
+own keep-alive timeout, so a reused connection is rarely a stale one)."""
+GATEWAY_POOL_REUSE_UNSAFE_MAX_IDLE = 1.0
+"""A request that is not safe to retry (POST, PATCH) only reuses a connection
+idle for less than this; otherwise it opens a fresh one."""
+GATEWAY_RETRY_BODY_MAX = 64 * 1024
+"""Request bodies up to this size are kept until the response starts, so the
+request can be retried on another backend; a longer one is streamed only."""
+GATEWAY_SWEEP_EVERY = 1.0
+"""How often idle pooled connections and expired down marks are cleared."""
+GATEWAY_LISTEN_BACKLOG = 1024
+"""listen(2) backlog of the builtin gateway's sockets: connections the kernel
+queues before the event loop accepts them (a burst at failover)."""
+
+# store/etcd.py
+STORE_FAILBACK_AFTER = 10.0
+"""Seconds after failing over to another member before trying the first
+(this node's own) member again."""

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 import httpx
 
@@ -159,12 +159,30 @@ class ExecProbe(Probe):
 
 
 class CheckLike(Protocol):
-    """What ``HealthMonitor.from_check`` reads (``spec.models.CheckSpec`` has it)."""
+    """What ``HealthMonitor.from_check`` reads (``spec.models.CheckSpec`` has it);
+    read-only, so a ``list[str]`` command is a ``Sequence[str]`` one."""
 
-    http: str | None
-    tcp: str | None
-    exec: Sequence[str] | None
-    port: str | None
+    @property
+    def http(self) -> str | None: ...
+    @property
+    def tcp(self) -> str | None: ...
+    @property
+    def exec(self) -> Sequence[str] | None: ...
+    @property
+    def port(self) -> str | None: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def fall(self) -> int: ...
+    @property
+    def rise(self) -> int: ...
+    @property
+    def start_grace(self) -> float: ...
+
+
+class _Timing(TypedDict):
     interval: float
     timeout: float
     fall: int
@@ -260,7 +278,7 @@ class HealthMonitor:
 
         An http check without ``port`` uses the first port; tcp names its port.
         """
-        timing = {
+        timing: _Timing = {
             "interval": check.interval,
             "timeout": check.timeout,
             "fall": check.fall,

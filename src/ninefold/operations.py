@@ -5,15 +5,10 @@ through these functions: each validates against the spec and the state in the
 store, then writes one key the agents act upon. None of them waits for the
 outcome; progress shows in the event journal.
 
-Keys written here (under the cluster's namespace, next to those listed in
-`ninefold.agent.records`)::
-
-    spec                     the spec, compare-and-swapped on its mod revision
-    restarts/<service>       time_ns of the last rolling restart asked for
-    moves/<instance>         the node the leader should move the instance to
-    switchover/<service>     {"to": node | null, "from": active holder}, under a 15 s lease
-    drain/<node>             present while the node is drained
-    kv/<key>                 users' own keys
+Keys written here (all of them are in state/keys.py): `spec` (compare-and-
+swapped on its mod revision), `restarts/<service>` (time_ns of the last
+rolling restart asked for), `moves/<instance>`, `switchover/<service>` (under
+a 15 s lease), `drain/<node>` and the users' `kv/<key>`.
 
 Errors are typed: `NotFound`, `Conflict`, `Invalid` (with `issues` lines);
 the store's own `StoreError` passes through.

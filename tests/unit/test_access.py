@@ -294,6 +294,23 @@ def test_refusals(issuer: Issuer, policy: AccessPolicy, case: str) -> None:
     assert authorize(policy, authorization, path) == expected
 
 
+@pytest.mark.parametrize(
+    ("token", "description"),
+    [
+        (lambda issuer: issuer.token(sub=42), access.bad_claim("sub")),
+        (lambda issuer: issuer.token(jti=7), access.bad_claim("jti")),
+        (lambda issuer: _b64(b'{"alg": "RS256"}') + ".@@@.abc", access.MALFORMED),
+    ],
+    ids=["subject not a string", "jti not a string", "payload not base64url"],
+)
+def test_pyjwt_errors_without_a_top_level_name_are_described(
+    issuer: Issuer, policy: AccessPolicy, token: Any, description: str
+) -> None:
+    """PyJWT raises these from jwt.exceptions only: they once reached an
+    AttributeError (jwt.InvalidSubjectError) instead of a 401."""
+    assert authorize(policy, bearer(token(issuer)), "/") == Deny(401, description, "invalid_token")
+
+
 def test_alg_none_is_refused_even_when_pyjwt_would_accept_it(
     issuer: Issuer, policy: AccessPolicy
 ) -> None:

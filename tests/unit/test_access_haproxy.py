@@ -93,6 +93,7 @@ def test_no_rules_no_role_checks(issuer: Issuer, tmp_path: Path) -> None:
     assert "missing role" not in cfg
 
 
+@pytest.mark.process
 @pytest.mark.skipif(haproxy_binary() is None, reason="no haproxy binary")
 @pytest.mark.parametrize("jwks", [False, True])
 def test_haproxy_accepts_rendered_policies(issuer: Issuer, tmp_path: Path, jwks: bool) -> None:

@@ -28,6 +28,11 @@ def test_a_token_is_stored_only_as_a_hash() -> None:
     check(record, secret, "api", now=1059.0)
 
 
+def test_the_public_record_is_every_field_but_the_digest() -> None:
+    _, record = new_token("join", "admin", "n2", ttl=60, uses=2, now=1000.0)
+    assert record.public() == record.model_dump(exclude={"digest"})
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [

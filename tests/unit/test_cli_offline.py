@@ -14,7 +14,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ninefold.cli.main import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, app, new_lines
+from ninefold.cli.console import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from ninefold.cli.inspect import new_lines
+from ninefold.cli.main import app
 from ninefold.client import (
     ApiError,
     ClusterClient,
@@ -79,6 +81,7 @@ def test_unknown_command_and_bad_option_are_usage_errors() -> None:
     assert runner.invoke(app, ["status", "-o", "yaml"]).exit_code == EXIT_USAGE
 
 
+@pytest.mark.process
 def test_unreachable_cluster_exits_3_in_one_line(tmp_path: Path) -> None:
     """Through the real binary: no agent listens on the spec's API ports."""
     ports = free_ports(3)
@@ -220,7 +223,7 @@ def test_client_store_unavailable_everywhere() -> None:
     ],
 )
 def test_client_maps_errors(status: int, code: str, kind: type, exit_code: int) -> None:
-    from ninefold.cli.main import exit_code as exit_of
+    from ninefold.cli.console import exit_code as exit_of
 
     def handler(request: httpx.Request) -> httpx.Response:
         return error(status, code, f"it said {code}")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ninefold.cli.main import EXIT_USAGE, app
+from ninefold.cli.console import EXIT_USAGE
+from ninefold.cli.main import app
 from tests.helpers import api_in_thread, free_port
 
 EXIT_DENIED = 4

@@ -324,3 +324,41 @@ def test_every_interleaving_up_to_depth_14_keeps_one_active() -> None:
         frontier = following
     assert took_over, "no failover was explored"
     assert len(seen) > 1000
+
+
+VIEWS = st.builds(
+    ApView,
+    me=st.just(ME),
+    node=st.just("n1"),
+    role=st.sampled_from(["active", "standby"]),
+    frozen=st.booleans(),
+    gave_up=st.booleans(),
+    standby=st.sampled_from(["hot", "cold"]),
+    has_process=st.booleans(),
+    process_failed=st.booleans(),
+    running=st.booleans(),
+    health=st.sampled_from([None, "healthy", "unhealthy", "starting"]),
+    lease=st.sampled_from([0, LEASE]),
+    my_token=st.sampled_from([None, 40]),
+    lock=st.sampled_from([None, LockView(ME, LEASE, 40), OTHER]),
+    lock_known=st.just(True),
+    read_lease=st.just(LEASE),
+    switchover=st.sampled_from([None, Switchover(ME, None), Switchover("n2/db-1", "n1")]),
+    read_as_active=st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(VIEWS, st.sampled_from([None, LockView(ME, LEASE, 40), OTHER]))
+def test_when_the_lock_is_not_needed_it_changes_nothing(
+    view: ApView, other: LockView | None
+) -> None:
+    """The runner skips the store read when needs_lock says so: then no lock
+    value (and not knowing it) may change the decision."""
+    from ninefold.decide.failover import needs_lock
+
+    if needs_lock(view):
+        return
+    decided = ap_step(view)
+    assert ap_step(replace(view, lock=other)) == decided
+    assert ap_step(replace(view, lock=None, lock_known=False)) == decided

@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ninefold import defaults, doctor
-from ninefold.cli.main import EXIT_FAILED, EXIT_USAGE, app
+from ninefold.cli.console import EXIT_FAILED, EXIT_USAGE
+from ninefold.cli.main import app
 from ninefold.doctor import (
     CHECKS,
     Capabilities,
@@ -223,6 +224,7 @@ def no_etcd_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ninefold.store.etcd_binary.wheel_etcd", lambda: None)
 
 
+@pytest.mark.process
 def test_etcd_found_with_its_version_source_and_path(
     tmp_path: Path, bin_dir: Path, no_etcd_env: None
 ) -> None:
@@ -234,6 +236,7 @@ def test_etcd_found_with_its_version_source_and_path(
     )
 
 
+@pytest.mark.process
 def test_an_old_etcd_warns(tmp_path: Path, bin_dir: Path, no_etcd_env: None) -> None:
     etcd = fake_command(bin_dir, "etcd", "etcd Version: 3.3.27")
     finding = check_etcd(store_member(tmp_path))
@@ -286,6 +289,7 @@ def haproxy_node(tmp_path: Path, extra: str = "") -> Target:
     return one_node(tmp_path, extra="gateway: {engine: haproxy}\n" + extra)
 
 
+@pytest.mark.process
 def test_haproxy_found(tmp_path: Path, bin_dir: Path) -> None:
     binary = fake_command(bin_dir, "haproxy", "HAProxy version 2.6.12-1+deb12u1 2023/12/16")
     assert check_haproxy(haproxy_node(tmp_path)) == Finding(
@@ -308,6 +312,7 @@ def test_no_haproxy_fails(tmp_path: Path, bin_dir: Path, monkeypatch: pytest.Mon
     assert check_haproxy(one_node(tmp_path)).detail == "gateway engine builtin: nothing to install"
 
 
+@pytest.mark.process
 def test_an_old_haproxy_warns_and_fails_for_access_policies(tmp_path: Path, bin_dir: Path) -> None:
     binary = fake_command(bin_dir, "haproxy", "HA-Proxy version 2.2.9-2+deb11u5 2023/04/10")
     finding = check_haproxy(haproxy_node(tmp_path))

@@ -12,6 +12,8 @@ import pytest
 from ninefold.store import etcd_binary
 from ninefold.store.etcd_binary import EtcdNotFound, find_etcd, parse_version
 
+pytestmark = pytest.mark.process  # every test here starts a program
+
 
 def fake_etcd(directory: Path, version: str = "3.4.23", name: str = "etcd") -> Path:
     """A script that answers `--version` the way etcd does."""

@@ -273,6 +273,7 @@ def mesh_tables() -> tuple[RoutingTable, RoutingTable]:
     return build_table(spec, statuses, node="n1"), build_table(spec, statuses, node="n2")
 
 
+@pytest.mark.process
 def test_haproxy_renders_mesh_servers_and_listener(tmp_path: Path) -> None:
     from ninefold.gateway.haproxy import haproxy_binary, render
     from tests.unit.test_haproxy_config import section

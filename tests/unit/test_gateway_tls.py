@@ -357,6 +357,7 @@ def test_haproxy_renders_tls_binds_and_redirect(tmp_path: Path) -> None:
     assert "X-Forwarded-Proto http\n" in plain
 
 
+@pytest.mark.process
 @pytest.mark.skipif(haproxy_binary() is None, reason="no haproxy binary")
 def test_haproxy_accepts_the_tls_configuration(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path, "gw")

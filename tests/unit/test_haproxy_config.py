@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ninefold import defaults
 from ninefold.gateway.engine import LATENCY_BUCKETS, GatewaySettings
 from ninefold.gateway.haproxy import (
     Reload,
@@ -19,7 +20,6 @@ from ninefold.gateway.haproxy import (
     plan_runtime,
     render,
 )
-from ninefold.gateway.haproxy.config import MIN_SLOTS
 from ninefold.gateway.haproxy.metrics import TrafficLedger
 from ninefold.gateway.haproxy.runtime import parse_show_proc, parse_stat, refusals
 from ninefold.gateway.routes import Backend, RoutingTable, ServiceRoutes
@@ -147,7 +147,7 @@ def test_render_backend_balance_timeouts_retries_cookie() -> None:
         "server s2 10.0.0.1:20002 weight 50",
     ]
     assert all(line.endswith("0.0.0.0:1 disabled") for line in servers[2:])
-    assert len(servers) == MIN_SLOTS
+    assert len(servers) == defaults.HAPROXY_MIN_SLOTS
     # no address in a cookie value: HAProxy derives it from the key (dynamic)
     assert not any(" cookie " in line for line in servers)
 
@@ -231,6 +231,7 @@ def test_render_uses_the_given_slots() -> None:
     assert servers[4] == "server s5 10.0.0.1:20002 weight 100"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(haproxy_binary() is None, reason="no haproxy binary")
 @pytest.mark.parametrize("settings_address", ["127.0.0.1", "::1"])
 def test_haproxy_accepts_rendered_files(tmp_path: Path, settings_address: str) -> None:
@@ -259,7 +260,7 @@ def test_allocate_slots_leaves_room_and_keeps_previous() -> None:
     slots = allocate_slots(table(web), previous)
     assert slots.assigned["web"]["10.0.0.1:20003"] == 4
     assert sorted(slots.assigned["web"].values()) == [1, 2, 4]
-    assert allocate_slots(table(service("api"))).capacity["api"] == MIN_SLOTS
+    assert allocate_slots(table(service("api"))).capacity["api"] == defaults.HAPROXY_MIN_SLOTS
 
 
 def plan(old: RoutingTable, new: RoutingTable, checks: dict | None = None) -> RuntimePlan:

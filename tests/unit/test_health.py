@@ -176,6 +176,7 @@ async def test_http_timeout_is_a_failure() -> None:
         await t.stop()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("command", "expected"), [("true", "healthy"), ("false", "unhealthy")])
 async def test_exec_check(command: str, expected: str) -> None:
     changes: list[str] = []
@@ -188,6 +189,7 @@ async def test_exec_check(command: str, expected: str) -> None:
         await mon.stop()
 
 
+@pytest.mark.process
 async def test_exec_timeout_is_a_failure() -> None:
     mon = HealthMonitor.build("exec", command=["sleep", "10"], **{**FAST, "timeout": 0.1})  # type: ignore[arg-type]
     await mon.start()

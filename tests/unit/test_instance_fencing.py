@@ -31,6 +31,8 @@ from ninefold.supervisor import LeftoverRegistry
 from tests.helpers import eventually
 from tests.unit.test_membership import Partitionable
 
+pytestmark = pytest.mark.process  # every test here starts a program
+
 SLEEPER = "import threading; threading.Event().wait()"
 WAIT = 5.0  # deadline of every poll; things normally happen within a second
 

@@ -162,13 +162,8 @@ def test_the_deciders_do_no_io() -> None:
 
 
 def test_no_import_cycles() -> None:
-    found = [c for c in cycles(graph()) if not set(c) <= CLI_UNTIL_SPLIT]
+    found = cycles(graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
-
-
-CLI_UNTIL_SPLIT = {f"ninefold.cli.{m}" for m in ("main", "token", "join", "doctor", "service")}
-"""cli/main.py imports its verbs' modules at its end and they import it back;
-the CLI's split by concern removes this (and this exception)."""
 
 
 def package(module: str) -> str:

@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
-from ninefold.cli.main import EXIT_FAILED, EXIT_USAGE, app
+from ninefold.cli.console import EXIT_FAILED, EXIT_USAGE
+from ninefold.cli.main import app
 from ninefold.security.ca import create_ca, load_ca, new_key, write_ca
 from ninefold.security.certs import (
     issue_node_files,

@@ -26,6 +26,8 @@ from ninefold.supervisor import (
     run_hook,
 )
 
+pytestmark = pytest.mark.process  # every test here starts a program
+
 PY = sys.executable
 FAST = RestartPolicy(backoff=0.05, backoff_max=0.2, limit=3, window=30.0)
 SLEEPER = "import threading; threading.Event().wait()"

@@ -104,6 +104,7 @@ def test_the_unit_wants_absolute_paths() -> None:
         render_unit(parse_spec(PLAIN), "n1", Path("spec.yaml"), Path("/d"), "/usr/bin/python3")
 
 
+@pytest.mark.process
 def test_systemd_finds_nothing_wrong_with_the_unit(tmp_path: Path) -> None:
     verify = "/usr/bin/systemd-analyze"
     if not os.access(verify, os.X_OK):

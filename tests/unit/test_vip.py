@@ -175,6 +175,7 @@ def test_interface_is_the_one_in_the_vips_subnet_or_the_one_named() -> None:
     assert pick_interface(only_vip, "10.99.0.10/24", None) is None
 
 
+@pytest.mark.process
 async def test_without_iproute2_the_error_says_so(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -376,6 +377,7 @@ def test_the_gateway_vip_address_is_the_one_the_agent_started_with() -> None:
     assert effective_vip(none, started) is None
 
 
+@pytest.mark.process
 async def test_an_address_this_node_cannot_hold_is_refused_once_with_an_event() -> None:
     from ninefold.agent.addresses import FloatingAddresses
 

@@ -63,7 +63,7 @@ class FloatingAddresses:
         self._lock = asyncio.Lock()
         self._renewing: asyncio.Task[None] | None = None
         self._last_failure: dict[str, str] = {}
-        self._journaling: set[asyncio.Task[None]] = set()
+        self._journaling: set[asyncio.Task[object]] = set()
         self._can_hold: dict[tuple[str, str | None], tuple[bool, float]] = {}
 
     def holds(self, ip: str) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from ninefold import defaults
 from ninefold.store.base import Store, StoreError
+from ninefold.tasks import cancel_and_wait
 
 log = logging.getLogger("ninefold.changes")
 
@@ -43,11 +44,7 @@ class ChangeSignal:
             self._tasks.append(asyncio.create_task(self._watch(prefix), name=f"watch {prefix}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
     def poke(self) -> None:

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from ninefold import __version__, defaults
 from ninefold.agent.addresses import FloatingAddresses
@@ -34,6 +36,7 @@ from ninefold.store.embedded import StoreJoin, find_etcd, member_argv
 from ninefold.store.etcd import EtcdStore
 from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
+from ninefold.tasks import cancel_and_wait
 
 log = logging.getLogger("ninefold.agent")
 
@@ -83,10 +86,7 @@ class Agent:
         try:
             await self._serve(self.store)
         finally:
-            for task in membership:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*membership, ignore_errors=True)
             await self.store.close()
             if self.etcd is not None:
                 await self.etcd.stop()
@@ -228,17 +228,10 @@ class Agent:
             self.notifier.stopping("draining and stopping this node's services")
             if gateway_vip is not None:
                 await gateway_vip.stop()  # another gateway takes the VIP now
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*tasks, ignore_errors=True)
             await reconciler.stop_all()  # drains through the gateways, ours included
             await addresses.drop_all("agent stopping")
-            if feed_task is not None:
-                feed_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await feed_task
+            await cancel_and_wait(feed_task, ignore_errors=True)
             if engine is not None:
                 await engine.stop()
             await api.stop()
@@ -310,6 +303,7 @@ class Agent:
 
 
 def run_agent(spec: ClusterSpec, node: str, data_dir: Path | None) -> None:
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
 

@@ -140,8 +140,10 @@ class GatewayVipKeeper:
         if ours_before and self.hold is None:
             self.hold = current  # ours from before a store hiccup
         holder = current.holder if current is not None else None
-        if holder == self.me and (
-            self.hold is None or current.fencing_token != self.hold.fencing_token
+        if (
+            current is not None
+            and current.holder == self.me
+            and (self.hold is None or current.fencing_token != self.hold.fencing_token)
         ):
             holder = "(an earlier lease of this node)"
         if current is None:

@@ -23,6 +23,7 @@ from ninefold.agent.changes import wait_event
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
+from ninefold.decide.failover import ApAction, ApView, LockView, Switchover, ap_step, needs_lock
 from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
@@ -35,7 +36,7 @@ from ninefold.state.keys import (
     status_key,
     switchover_key,
 )
-from ninefold.state.records import GatewayReport, InstanceStatus
+from ninefold.state.records import GatewayReport, Health, InstanceState, InstanceStatus, Role
 from ninefold.store.base import LockHold, Store, StoreError, lock_key
 from ninefold.supervisor import (
     LeftoverRegistry,
@@ -45,6 +46,7 @@ from ninefold.supervisor import (
     SupervisedProcess,
     run_hook,
 )
+from ninefold.tasks import cancel_and_wait
 
 log = logging.getLogger("ninefold.instance")
 
@@ -132,7 +134,7 @@ class InstanceRunner:
                 Path(self.values[f"volume.{name}"]).mkdir(parents=True, exist_ok=True)
         self.generation = ""
         self.draining = False
-        self.role = "standby" if self.active_passive else "replica"
+        self.role: Role = "standby" if self.active_passive else "replica"
         self.hold: LockHold | None = None
         self.process: SupervisedProcess | None = None
         self.health: HealthMonitor | None = None
@@ -169,11 +171,7 @@ class InstanceRunner:
         """Stop for good: drain, demote (if active), stop the process, drop status."""
         await self._drain()
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         async with self._role_lock:
             await self._drop_vip(f"{self.instance} stopping")
@@ -262,33 +260,6 @@ class InstanceRunner:
             self.process.signal_group(signal.SIGSTOP)
         self._frozen = True
 
-    async def _after_fence(self) -> None:
-        """Resume a frozen active if our lease (and so our lock) survived;
-        otherwise kill it."""
-        lease = self.ctx.lease.lease
-        if not lease:
-            return  # still at risk
-        hold = self.hold
-        current = await self.ctx.store.lock_holder(active_lock(self.service))
-        self._frozen = False
-        if hold is not None and current is not None and current.fencing_token == hold.fencing_token:
-            await self._run_hook(self.spec.on_promote, "on_promote", role="active")
-            if self.process is not None:
-                self.process.signal_group(signal.SIGCONT)
-            if self.health is not None:
-                await self.health.start()
-            self.role = "active"
-            self._poke()
-            await self._take_vip()
-            await self.ctx.journal.record(
-                "resumed", self.instance, "lease renewed", token=hold.fencing_token
-            )
-            return
-        await self._kill_process()
-        self.hold = None
-        self._poke()
-        await self.ctx.journal.record("fenced", self.instance, "lease lost: killed")
-
     # -- process -------------------------------------------------------------------
     def _env(self, token: int | None, role: str | None = None) -> dict[str, str]:
         env = {k: render(v, self.values) for k, v in self.spec.env.items()}
@@ -373,6 +344,8 @@ class InstanceRunner:
     # -- status ---------------------------------------------------------------------
     def status(self) -> InstanceStatus:
         process = self.process
+        state: InstanceState
+        health: Health
         if self._gave_up:
             state = "failed"
         elif process is None:
@@ -428,15 +401,6 @@ class InstanceRunner:
         self._poke()
 
     # -- active-passive -----------------------------------------------------------------
-    def _eligible(self) -> bool:
-        """May this instance become active now?"""
-        if self.spec.standby == "cold":
-            return True
-        process = self.process
-        if process is None or process.state != "running":
-            return False
-        return self.health is None or self.health.state == "healthy"
-
     async def _campaign_loop(self) -> None:
         key = lock_key(active_lock(self.service))
         watches = [
@@ -452,11 +416,7 @@ class InstanceRunner:
                 except StoreError as exc:
                     log.debug("%s campaign: %s", self.instance, exc)
         finally:
-            for task in watches:
-                task.cancel()
-            for task in watches:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(*watches)
 
     async def _watch_lock(self, key: str) -> None:
         while True:
@@ -469,49 +429,92 @@ class InstanceRunner:
             await asyncio.sleep(0.2)
 
     async def _campaign_step(self) -> None:
-        # Read the store before taking the role lock: a fence must never wait
-        # behind a request to a store that has stopped answering.
+        """One active-passive step: read, decide (decide/failover.py), do.
+
+        The store is read before the role lock is taken: a fence must never
+        wait behind a request to a store that has stopped answering."""
+        read_lease = self.ctx.lease.lease
         read_as_active = self.role == "active" and not self._frozen
-        request: dict[str, str | None] | None = None
-        current: LockHold | None = None
-        if read_as_active:
-            request = await self._switchover_request()
-            current = await self.ctx.store.lock_holder(active_lock(self.service))
+        request = None if self._frozen else await self._switchover_request()
+        lock: LockHold | None = None
+        before = self._view(request, None, False, read_lease, read_as_active)
+        lock_known = needs_lock(before)
+        if lock_known:
+            lock = await self.ctx.store.lock_holder(active_lock(self.service))
         async with self._role_lock:
-            lease = self.ctx.lease.lease
-            if self._frozen:
-                await self._after_fence()
-                return
-            if self._gave_up and self.role != "active":
-                return  # the leader will place this instance elsewhere
-            if self.role == "standby" and self.process is None and self.spec.standby == "hot":
-                if lease:  # restart a fenced hot standby once the lease is back
-                    await self._start_process()
-                return
-            if self.role == "active":
-                if not read_as_active:
-                    return  # became active meanwhile: the next step checks
-                asked = request is not None and request.get("from") == self.holder
-                if asked and request.get("to") != self.ctx.node.name:
-                    await self._demote("switchover", release=True)
-                    return
-                await self._check_still_active(current)
-                return
-            request = await self._switchover_request()
-            if not lease or not self._eligible():
-                return
-            if request is not None and not self._switchover_target(request):
-                return
-            previous = await self.ctx.store.lock_holder(active_lock(self.service))
-            if previous is not None and (previous.holder, previous.lease) != (self.holder, lease):
-                self._last_holder = previous.holder
-                return
-            # Free, or still ours: our lease outlived a store hiccup that made us
-            # fence, so nobody else can have held the lock since.
-            hold = await self.ctx.store.try_lock(active_lock(self.service), self.holder, lease)
-            if hold is None:
-                return
-            await self._promote(hold)
+            view = self._view(request, lock, lock_known, read_lease, read_as_active)
+            await self._carry_out(ap_step(view))
+
+    def _view(
+        self,
+        request: dict[str, str | None] | None,
+        lock: LockHold | None,
+        lock_known: bool,
+        read_lease: int,
+        read_as_active: bool,
+    ) -> ApView:
+        process = self.process
+        return ApView(
+            me=self.holder,
+            node=self.ctx.node.name,
+            role="active" if self.role == "active" else "standby",
+            frozen=self._frozen,
+            gave_up=self._gave_up,
+            standby=self.spec.standby,
+            has_process=process is not None,
+            process_failed=process is not None and process.state == "failed",
+            running=process is not None and process.state == "running",
+            health=self.health.state if self.health is not None else None,
+            lease=self.ctx.lease.lease,
+            my_token=self.hold.fencing_token if self.hold is not None else None,
+            lock=LockView(lock.holder, lock.lease, lock.fencing_token) if lock else None,
+            lock_known=lock_known,
+            read_lease=read_lease,
+            switchover=Switchover(request.get("from"), request.get("to")) if request else None,
+            read_as_active=read_as_active,
+        )
+
+    async def _carry_out(self, action: ApAction) -> None:
+        """Do what the decider said (under the role lock)."""
+        kind = action.kind
+        if kind == "resume":
+            await self._resume()
+        elif kind == "kill-fenced":
+            self._frozen = False
+            await self._kill_process()
+            self.hold = None
+            self._poke()
+            await self.ctx.journal.record("fenced", self.instance, action.reason)
+        elif kind == "restart-standby":
+            await self._start_process()
+        elif kind == "demote":
+            await self._demote(action.reason, release=action.release)
+        elif kind == "stand-by":
+            self._last_holder = action.holder
+        elif kind == "campaign":
+            hold = await self.ctx.store.try_lock(
+                active_lock(self.service), self.holder, self.ctx.lease.lease
+            )
+            if hold is not None:
+                await self._promote(hold)
+
+    async def _resume(self) -> None:
+        """A frozen active whose lease, and so its lock, survived: on again
+        without a restart."""
+        hold = self.hold
+        assert hold is not None
+        self._frozen = False
+        await self._run_hook(self.spec.on_promote, "on_promote", role="active")
+        if self.process is not None:
+            self.process.signal_group(signal.SIGCONT)
+        if self.health is not None:
+            await self.health.start()
+        self.role = "active"
+        self._poke()
+        await self._take_vip()
+        await self.ctx.journal.record(
+            "resumed", self.instance, "lease renewed", token=hold.fencing_token
+        )
 
     @property
     def holder(self) -> str:
@@ -548,12 +551,6 @@ class InstanceRunner:
         self._switchover_seen = True
         return self._switchover
 
-    def _switchover_target(self, request: dict[str, str | None]) -> bool:
-        """May this standby take over during the switchover?"""
-        if request.get("to"):
-            return request["to"] == self.ctx.node.name
-        return request.get("from") != self.holder
-
     _last_holder: str | None = None
 
     async def _promote(self, hold: LockHold) -> None:
@@ -583,17 +580,6 @@ class InstanceRunner:
             new_active=self.holder,
             token=hold.fencing_token,
         )
-
-    async def _check_still_active(self, current: LockHold | None) -> None:
-        assert self.hold is not None
-        if current is None or current.fencing_token != self.hold.fencing_token:
-            # Our lock is gone (lease replaced): stop acting as active.
-            await self._demote("lost the active lock", release=False)
-            return
-        process = self.process
-        unhealthy = self.health is not None and self.health.state == "unhealthy"
-        if process is not None and (process.state == "failed" or unhealthy):
-            await self._demote("unhealthy" if unhealthy else "process failed", release=True)
 
     async def _demote(self, reason: str, release: bool) -> None:
         await self._drop_vip(f"{self.instance} demoted")

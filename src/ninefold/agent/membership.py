@@ -22,7 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ninefold import defaults
+from ninefold.decide.lease import at_risk, remaining
 from ninefold.store.base import LeaseExpired, Store, StoreError
+from ninefold.tasks import cancel_and_wait
 
 log = logging.getLogger("ninefold.membership")
 
@@ -73,7 +75,7 @@ class LeaseKeeper:
         """Seconds until the store could expire our lease, at the earliest."""
         if not self._lease:
             return 0.0
-        return self._last_ack_sent + self._granted - time.monotonic()
+        return remaining(time.monotonic(), self._last_ack_sent, self._granted)
 
     async def start(self) -> None:
         await self._acquire()
@@ -83,11 +85,7 @@ class LeaseKeeper:
         ]
 
     async def stop(self, revoke: bool = True) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._valid.clear()
         if revoke and self._lease:
             with contextlib.suppress(StoreError, TimeoutError):
@@ -158,12 +156,12 @@ class LeaseKeeper:
     async def _watch_deadline(self) -> None:
         while True:
             await asyncio.sleep(0.05)
-            late = time.monotonic() - self._last_ack_sent
-            if self._valid.is_set() and late > self._fence_after:
+            now = time.monotonic()
+            if self._valid.is_set() and at_risk(now, self._last_ack_sent, self._fence_after):
                 log.warning(
                     "lease %x not renewed for %.1fs: demoting before it can expire",
                     self._lease,
-                    late,
+                    now - self._last_ack_sent,
                 )
                 await self._at_risk()
 

@@ -1,12 +1,15 @@
 """Who may call which API route: bearer tokens with a role.
 
-Every route declares the role it needs with `needs(role)`; `/v1/health` and
-the dashboard's static files need none. Checking starts once the cluster is
-bootstrapped (`ninefold token bootstrap` creates the first admin token): before
-that the API is open, as on a cluster that never asked for tokens. The token
-comes in the `Authorization: Bearer` header, or, for the event stream a
-browser opens with EventSource (which cannot set headers), in the
-`access_token` query parameter of a GET (RFC 6750).
+Every route names the role it needs once, where it is declared
+(`ResourceRouter.operation`, api/routing.py): that adds the check `needs(role)`
+and documents the role and the 401 and 403 answers (`role_note`,
+`role_responses`). `/v1/health`, `/v1/bootstrap`, `/v1/ca`, `/v1/join` and the
+dashboard's files need none. Checking starts once the cluster is bootstrapped
+(`ninefold token bootstrap` creates the first admin token): before that the
+API is open, as on a cluster that never asked for tokens. The token comes in
+the `Authorization: Bearer` header, or, for the event stream a browser opens
+with EventSource (which cannot set headers), in the `access_token` query
+parameter of a GET (RFC 6750).
 Answers: 401 with `WWW-Authenticate` without a valid token, 403 without the
 role. No message repeats a token.
 """
@@ -84,7 +87,8 @@ def bearer_token(request: Request) -> str | None:
 
 
 def needs(role: Role) -> Any:
-    """The dependency a route declares: `dependencies=[needs("operate")]`."""
+    """The check of a route that needs `role` (ResourceRouter.operation adds
+    it); `route_role` reads the role back."""
 
     async def check(request: Request) -> None:
         await request.app.state.auth.authorize(request, role)
@@ -118,18 +122,15 @@ def route_role(route: Any) -> Role | None:
     return None
 
 
-def document_roles(app: FastAPI) -> None:
-    """Say in the OpenAPI description which role each route needs, and that it
-    can answer 401 and 403."""
+def role_note(role: Role) -> str:
+    """What a route's OpenAPI description says of the role it needs."""
+    return f"Needs a token with role `{role}` (or higher) once the cluster uses tokens."
+
+
+def role_responses(role: Role) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answers of a route that needs `role`: 401 and 403."""
     ref = {"$ref": "#/components/schemas/ErrorBody"}
-    for route in app.routes:
-        role = route_role(route)
-        if role is None or not hasattr(route, "responses"):
-            continue
-        needs_text = f"Needs a token with role `{role}` (or higher) once the cluster uses tokens."
-        route.description = f"{route.description or ''}\n\n{needs_text}".strip()
-        for status, meaning in ((401, "no valid token"), (403, f"the token lacks role {role}")):
-            route.responses.setdefault(
-                status,
-                {"description": meaning, "content": {"application/json": {"schema": ref}}},
-            )
+    return {
+        status: {"description": meaning, "content": {"application/json": {"schema": ref}}}
+        for status, meaning in ((401, "no valid token"), (403, f"the token lacks role {role}"))
+    }

@@ -20,16 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import Body, FastAPI
+from fastapi import Body
 from pydantic import BaseModel, ConfigDict, Field
 
 from ninefold import operations
 from ninefold.api.auth import Unauthorized
-from ninefold.api.errors import documented
+from ninefold.api.context import Context
+from ninefold.api.routing import ResourceRouter
 from ninefold.security import tokens
 from ninefold.security.ca import fingerprint, load_ca
 from ninefold.security.certs import sign_node_csr
@@ -50,9 +49,6 @@ ADD_MEMBER_LATER = ("unhealthy cluster", "too many learner")
 """etcd's refusals that pass: it takes no member while one added before is
 still a learner, nor until every voter has been connected for 5 s (a member
 promoted just now is not yet)."""
-
-CaFiles = Callable[[], tuple[Path, Path | None] | None]
-"""(CA certificate, CA key or None) of this agent, or None without TLS."""
 
 
 class CaOut(BaseModel):
@@ -116,68 +112,75 @@ def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
     return new, new.node(body.name)
 
 
-def install_join(app: FastAPI, store: Store, fallback: ClusterSpec, ca_files: CaFiles) -> None:
-    @app.get("/v1/ca", response_model=CaOut, tags=["joining"], responses=documented(404))
-    async def cluster_ca() -> CaOut:
-        """The cluster CA's certificate (public), for a machine about to join."""
-        files = ca_files()
-        if files is None:
-            raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
-        pem = await asyncio.to_thread(files[0].read_bytes)
-        cluster = (await read_spec(store, fallback)).cluster
-        return CaOut(cluster=cluster, ca=pem.decode(), fingerprint=fingerprint(pem))
+router = ResourceRouter()
 
-    @app.post(
-        "/v1/join",
-        response_model=JoinedOut,
-        status_code=201,
-        tags=["joining"],
-        responses=documented(404, 409, 422, 503),
-    )
-    async def join(body: Annotated[JoinIn, Body()]) -> JoinedOut:
-        """Add a machine as a node: the join token pays for it (once)."""
-        files = ca_files()
-        if files is None:
-            raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
-        ca_cert, ca_key = files
-        if ca_key is None or not ca_key.exists():
-            where = f" at {ca_key}" if ca_key is not None else ""
-            raise operations.Conflict(
-                f"this node cannot sign certificates (no CA key{where}): join through "
-                "the node that has it, or start its agent with NINEFOLD_CA_KEY"
-            )
-        try:
-            record, token_revision = await token_records.read_token(store, body.token, "join")
-        except tokens.TokenError as exc:
-            raise Unauthorized(str(exc)) from None
-        spec_item = await store.get(SPEC_KEY)
-        spec = await read_spec(store, fallback)
-        new_spec, node = with_node(spec, body)
-        try:
-            ca = await asyncio.to_thread(load_ca, ca_cert, ca_key)
-            cert = await asyncio.to_thread(sign_node_csr, ca, node, body.csr.encode())
-        except TlsError as exc:
-            raise operations.Invalid(str(exc)) from None
-        text = dump_spec(new_spec)
-        try:
-            parse_spec(text)
-        except SpecError as exc:
-            raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
-        member = await _add_learner(store, new_spec, node) if body.store else None
-        _, token_compare, token_put = token_records.spend(record, token_revision)
-        spec_revision = spec_item.mod_revision if spec_item else 0
-        compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
-        puts = [token_put, Put(SPEC_KEY, text.encode())]
-        try:
-            result = await store.txn(compares, puts)
-        except BaseException:
-            await _remove_learner(store, member)
-            raise
-        if not result.succeeded:
-            await _remove_learner(store, member)
-            raise operations.Conflict("the spec or the token changed meanwhile: join again")
-        pem = await asyncio.to_thread(ca_cert.read_bytes)
-        return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode(), store_member=member)
+
+@router.operation("GET", "/v1/ca", role=None, tag="joining", model=CaOut, errors=[404])
+async def cluster_ca(ctx: Context) -> CaOut:
+    """The cluster CA's certificate (public), for a machine about to join."""
+    files = ctx.ca_files()
+    if files is None:
+        raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
+    pem = await asyncio.to_thread(files[0].read_bytes)
+    cluster = (await read_spec(ctx.store, ctx.spec)).cluster
+    return CaOut(cluster=cluster, ca=pem.decode(), fingerprint=fingerprint(pem))
+
+
+# Open: the join token in the body is what authenticates the request.
+@router.operation(
+    "POST",
+    "/v1/join",
+    role=None,
+    tag="joining",
+    model=JoinedOut,
+    status_code=201,
+    errors=[404, 409, 422, 503],
+)
+async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
+    """Add a machine as a node: the join token pays for it (once)."""
+    store = ctx.store
+    files = ctx.ca_files()
+    if files is None:
+        raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
+    ca_cert, ca_key = files
+    if ca_key is None or not ca_key.exists():
+        where = f" at {ca_key}" if ca_key is not None else ""
+        raise operations.Conflict(
+            f"this node cannot sign certificates (no CA key{where}): join through "
+            "the node that has it, or start its agent with NINEFOLD_CA_KEY"
+        )
+    try:
+        record, token_revision = await token_records.read_token(store, body.token, "join")
+    except tokens.TokenError as exc:
+        raise Unauthorized(str(exc)) from None
+    spec_item = await store.get(SPEC_KEY)
+    spec = await read_spec(store, ctx.spec)
+    new_spec, node = with_node(spec, body)
+    try:
+        ca = await asyncio.to_thread(load_ca, ca_cert, ca_key)
+        cert = await asyncio.to_thread(sign_node_csr, ca, node, body.csr.encode())
+    except TlsError as exc:
+        raise operations.Invalid(str(exc)) from None
+    text = dump_spec(new_spec)
+    try:
+        parse_spec(text)
+    except SpecError as exc:
+        raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
+    member = await _add_learner(store, new_spec, node) if body.store else None
+    _, token_compare, token_put = token_records.spend(record, token_revision)
+    spec_revision = spec_item.mod_revision if spec_item else 0
+    compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
+    puts = [token_put, Put(SPEC_KEY, text.encode())]
+    try:
+        result = await store.txn(compares, puts)
+    except BaseException:
+        await _remove_learner(store, member)
+        raise
+    if not result.succeeded:
+        await _remove_learner(store, member)
+        raise operations.Conflict("the spec or the token changed meanwhile: join again")
+    pem = await asyncio.to_thread(ca_cert.read_bytes)
+    return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode(), store_member=member)
 
 
 def initial_cluster(members: list[StoreMember], new_name: str, new_peer: str) -> str:

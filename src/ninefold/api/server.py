@@ -20,7 +20,7 @@ from ninefold.security.tls import ReloadingServerContext
 
 log = logging.getLogger("ninefold.api")
 
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 5
 """Seconds a stopping server gives requests in flight before cancelling them."""
 
 

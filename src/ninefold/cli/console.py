@@ -1,5 +1,6 @@
 """What every `ninefold` command prints with: the two consoles, one-line
-errors with their exit codes, progress on long waits."""
+errors, progress on long waits; and the exit codes (the one place they are
+defined, with how API errors map to them)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,43 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ninefold.client import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+    Unreachable,
+)
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_DENIED = 4
 
+EXIT_CODES: list[tuple[type[ApiError], int]] = [
+    (Unreachable, EXIT_UNREACHABLE),
+    (StoreUnavailable, EXIT_UNREACHABLE),
+    (Unauthorized, EXIT_DENIED),
+    (Forbidden, EXIT_DENIED),
+    (NotFound, EXIT_USAGE),
+    (Invalid, EXIT_USAGE),
+    (Conflict, EXIT_FAILED),
+]
+"""How API errors become exit codes; anything else is EXIT_FAILED."""
+
 out = Console()
 err = Console(stderr=True)
+
+
+def exit_code(exc: ApiError) -> int:
+    """The exit code an API error means (EXIT_CODES)."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_FAILED
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

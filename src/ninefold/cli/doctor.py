@@ -1,7 +1,7 @@
 """`ninefold doctor`: preflight checks of this machine for one node of a spec.
 
 The checks are in `ninefold.doctor`; this module picks the node and renders
-the findings. Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+the findings."""
 
 from __future__ import annotations
 
@@ -13,27 +13,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ninefold import defaults
-from ninefold.cli.main import (
+from ninefold.cli.common import (
     DEFAULT_SPEC,
-    EXIT_FAILED,
-    EXIT_USAGE,
     SpecOption,
     TableOutput,
-    app,
     check_output,
-    fail,
     known_node,
     load,
-    out,
-    print_json,
-    say,
 )
+from ninefold.cli.console import EXIT_FAILED, EXIT_USAGE, fail, out, print_json, say
 from ninefold.doctor import Finding, NodeChoiceError, Target, blocking, pick_node, run_checks
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
-@app.command()
 def doctor(
     spec: SpecOption = DEFAULT_SPEC,
     node: Annotated[

@@ -1,6 +1,4 @@
-"""`ninefold join`: make this machine a node of a running cluster.
-
-Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+"""`ninefold join`: make this machine a node of a running cluster."""
 
 from __future__ import annotations
 
@@ -16,14 +14,13 @@ import httpx
 import typer
 
 from ninefold import defaults
-from ninefold.cli.console import progress
-from ninefold.cli.main import (
+from ninefold.cli.console import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    app,
     exit_code,
     fail,
+    progress,
     say,
 )
 from ninefold.client import error_of
@@ -57,7 +54,6 @@ def _answer(response: httpx.Response) -> Any:
     raise fail(f"the cluster refused the join: {error.message}", exit_code(error))
 
 
-@app.command()
 def join(
     address: Annotated[str, typer.Argument(help="A node's API, host[:port] (port 7070).")],
     token: Annotated[

@@ -1,6 +1,4 @@
-"""`ninefold install-service`: a systemd unit for this machine's agent.
-
-Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+"""`ninefold install-service`: a systemd unit for this machine's agent."""
 
 from __future__ import annotations
 
@@ -15,8 +13,8 @@ from typing import Annotated
 import typer
 
 from ninefold import defaults
-from ninefold.cli.console import EXIT_FAILED, EXIT_USAGE, fail, say
-from ninefold.cli.main import DEFAULT_SPEC, SpecOption, app, load
+from ninefold.cli.common import DEFAULT_SPEC, SpecOption, known_node, load
+from ninefold.cli.console import EXIT_FAILED, fail, say
 from ninefold.systemd_unit import capabilities, render_unit, unit_name
 
 UNIT_DIR = Path("/etc/systemd/system")
@@ -41,7 +39,6 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-@app.command("install-service")
 def install_service(
     node: Annotated[str, typer.Option("--node", "-n", help="This machine's node in the spec.")],
     spec: SpecOption = DEFAULT_SPEC,
@@ -73,9 +70,7 @@ def install_service(
     """Write a systemd unit (Type=notify) that runs this node's agent from this
     installation; the capabilities in it are only those the spec needs."""
     cluster = load(spec)
-    if not any(n.name == node for n in cluster.nodes):
-        names = ", ".join(n.name for n in cluster.nodes)
-        raise fail(f"{spec}: no node named {node!r} (nodes: {names})", EXIT_USAGE)
+    known_node(cluster, spec, node)
     where = (data_dir or defaults.data_dir(cluster.cluster, node)).absolute()
     text = render_unit(cluster, node, spec.resolve(), where, sys.executable, user)
     if output is not None and str(output) == "-":

@@ -1,6 +1,4 @@
-"""`ninefold token ...`: API tokens with a role, join tokens with a number of uses.
-
-Imported at the end of `ninefold.cli.main`, whose helpers it uses."""
+"""`ninefold token ...`: API tokens with a role, join tokens with a number of uses."""
 
 from __future__ import annotations
 
@@ -13,20 +11,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ninefold.cli.main import (
+from ninefold.cli.common import (
     DEFAULT_SPEC,
-    EXIT_USAGE,
     SpecOption,
     TableOutput,
     calling,
     check_output,
     connect,
-    err,
-    fail,
-    out,
-    print_json,
-    say,
 )
+from ninefold.cli.console import EXIT_USAGE, err, fail, out, print_json, say
 from ninefold.spec import SpecError, parse_duration
 
 token_app = typer.Typer(

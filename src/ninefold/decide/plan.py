@@ -157,7 +157,7 @@ def plan(state: ClusterState) -> Decision:
     wanted = {}
     for a in result.assignments:
         current_record = by_instance.get(a.instance)
-        kept = current_record is not None and current_record.node == a.node
+        kept = current_record if current_record and current_record.node == a.node else None
         wanted[a.instance] = AssignmentRecord(
             service=a.service,
             instance=a.instance,
@@ -165,7 +165,7 @@ def plan(state: ClusterState) -> Decision:
             avoid=sorted(a.avoid),
             # A new or moved instance starts with the new generation; one that
             # stays keeps its own until `rolling` picks it.
-            generation=current_record.generation if kept else generations[a.service],
+            generation=kept.generation if kept is not None else generations[a.service],
         )
     rolled = rolling(state, wanted, generations)
     for instance in rolled:

@@ -238,7 +238,7 @@ def _verify_token(policy: AccessPolicy, token: str) -> dict[str, Any] | Deny:
     options: dict[str, Any] = {"require": required, "verify_aud": spec.audience is not None}
     for key in candidates:
         try:
-            return jwt.decode(  # type: ignore[no-any-return]
+            return jwt.decode(
                 token,
                 key.key,
                 algorithms=[alg],
@@ -288,9 +288,10 @@ def _describe(exc: jwt.InvalidTokenError) -> str:
         return WRONG_AUDIENCE
     if isinstance(exc, jwt.InvalidIssuedAtError):
         return bad_claim("iat")
-    if isinstance(exc, jwt.InvalidSubjectError):
+    # not exported by the top-level `jwt` package (PyJWT 2.10+)
+    if isinstance(exc, jwt.exceptions.InvalidSubjectError):
         return bad_claim("sub")
-    if isinstance(exc, jwt.InvalidJTIError):
+    if isinstance(exc, jwt.exceptions.InvalidJTIError):
         return bad_claim("jti")
     if isinstance(exc, jwt.InvalidAlgorithmError):
         return BAD_ALGORITHM

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import math
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from functools import lru_cache
 
 from ninefold.gateway.routes import Backend
@@ -151,8 +151,8 @@ def choose(
     balancer: Balancer,
     backends: Sequence[Backend],
     client_ip: str = "",
-    tried: Container[str] = NOTHING,
-    down: Container[str] = NOTHING,
+    tried: Collection[str] = NOTHING,
+    down: Collection[str] = NOTHING,
 ) -> Backend | None:
     """Pick a backend neither tried for this request nor marked down; a down
     backend only when it is all that is left untried."""

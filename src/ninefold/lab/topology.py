@@ -118,7 +118,7 @@ def check_addresses(spec: ClusterSpec) -> ipaddress.IPv4Network:
                 "own network namespace and needs their addresses in one /24, e.g. 10.99.0.11"
             )
         if subnet is None:
-            subnet = ipaddress.ip_network(f"{address}/{PREFIX}", strict=False)
+            subnet = ipaddress.IPv4Network(f"{address}/{PREFIX}", strict=False)
         if address not in subnet:
             raise UnsuitableSpec(
                 f"node {node.name}: address {node.address} is not in {subnet}, the /24 of "

@@ -14,7 +14,7 @@ import hmac
 import re
 import secrets
 import time
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +32,18 @@ class TokenError(Exception):
     repeating the token."""
 
 
+class PublicToken(TypedDict):
+    """A token's record without its digest."""
+
+    id: str
+    kind: Kind
+    role: Role
+    name: str
+    created: float
+    expires: float | None
+    uses: int | None
+
+
 class TokenRecord(BaseModel):
     """What the store keeps of a token: never the token itself."""
 
@@ -47,9 +59,17 @@ class TokenRecord(BaseModel):
     uses: int | None = None
     """Join tokens: uses left (None: unlimited)."""
 
-    def public(self) -> dict[str, object]:
+    def public(self) -> PublicToken:
         """The record as `token list` shows it: no digest."""
-        return self.model_dump(exclude={"digest"})
+        return PublicToken(
+            id=self.id,
+            kind=self.kind,
+            role=self.role,
+            name=self.name,
+            created=self.created,
+            expires=self.expires,
+            uses=self.uses,
+        )
 
 
 def role_allows(have: Role, need: Role) -> bool:

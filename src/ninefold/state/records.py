@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ class Record(BaseModel):
         return self.model_dump_json().encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> Any:
+    def decode(cls, raw: bytes) -> Self:
         return cls.model_validate_json(raw)
 
 
@@ -38,7 +38,7 @@ class AssignmentRecord(Record):
     node: str
     avoid: list[str] = []
     generation: str = ""
-    """What the instance runs (see planning.generation); a change restarts it."""
+    """What the instance runs (see decide/plan.py generation); a change restarts it."""
 
 
 InstanceState = Literal["starting", "running", "backoff", "failed", "stopped", "standby"]

@@ -9,6 +9,7 @@ cancelled when the consumer stops iterating.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import ipaddress
 import logging
@@ -122,10 +123,6 @@ the new files."""
 RETIRED_CHANNEL_GRACE = 30.0
 """Seconds a channel replaced by one with new TLS files stays open for the
 calls and watches still on it (a closed watch is simply made again)."""
-
-FAILBACK_AFTER = 10.0  # TODO(defaults)
-"""Seconds after failing over to another member before trying the first
-(this node's own) member again."""
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -430,7 +427,7 @@ class EtcdStore(Store):
                 await channel.close()
 
     # -- membership changes (a node joining as a store member, see api/join.py)
-    async def members(self) -> list[StoreMember]:
+    async def members(self) -> builtins.list[StoreMember]:
         """The store's members as etcd lists them (learners included)."""
         resp = await self._rpc(
             lambda stubs: rpc.ClusterStub(stubs.channel).MemberList(
@@ -457,7 +454,7 @@ class EtcdStore(Store):
         self._current = 0
         return True
 
-    async def add_learner(self, peer_url: str) -> tuple[int, list[StoreMember]]:
+    async def add_learner(self, peer_url: str) -> tuple[int, builtins.list[StoreMember]]:
         """Add a learner reached at peer_url: it gets the log but does not vote,
         so the quorum does not grow until it is promoted (after catching up).
         Returns its id and the members after the change."""
@@ -492,7 +489,10 @@ class EtcdStore(Store):
         if self._closed:
             raise StoreError("store is closed")
         await self._follow_tls_files()
-        if self._current and time.monotonic() - self._failed_over_at > FAILBACK_AFTER:
+        if (
+            self._current
+            and time.monotonic() - self._failed_over_at > defaults.STORE_FAILBACK_AFTER
+        ):
             self._current = 0
         index = self._current
         attempt.index = index

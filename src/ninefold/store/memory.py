@@ -10,6 +10,7 @@ bounded history, and leases that expire on a clock. Tests drive time through
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import itertools
 import math
@@ -155,11 +156,11 @@ class MemoryStore(Store):
             for event in backlog:
                 yield event
             while True:
-                event = await watcher.queue.get()
-                if event is None:
+                queued = await watcher.queue.get()
+                if queued is None:
                     return
-                if event.revision >= start:
-                    yield event
+                if queued.revision >= start:
+                    yield queued
         finally:
             self._watchers.discard(watcher)
 
@@ -244,7 +245,7 @@ class MemoryStore(Store):
         """Apply ops atomically as one revision; returns how many keys went."""
         self._validate(ops)
         revision = self._revision + 1
-        events: list[WatchEvent] = []
+        events: builtins.list[WatchEvent] = []
         deleted = 0
         for op in ops:
             if isinstance(op, Put):
@@ -291,10 +292,10 @@ class MemoryStore(Store):
         if lease is not None:
             lease.keys.discard(kv.key)
 
-    def _matching(self, op: Delete) -> list[str]:
+    def _matching(self, op: Delete) -> builtins.list[str]:
         return sorted(k for k in self._data if _covers(op, k))
 
-    def _publish(self, events: list[WatchEvent]) -> None:
+    def _publish(self, events: builtins.list[WatchEvent]) -> None:
         self._history.extend(events)
         while len(self._history) > self._history_limit:
             self._compacted = self._history.popleft().revision

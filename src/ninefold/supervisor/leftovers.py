@@ -137,7 +137,7 @@ class LeftoverRegistry:
 
     def records(self) -> list[LeftoverRecord]:
         """All readable records; unreadable ones and stray temp files are removed."""
-        out = []
+        out: list[LeftoverRecord] = []
         if not self.dir.is_dir():
             return out
         for path in sorted(self.dir.iterdir()):

@@ -44,8 +44,6 @@ from ninefold.supervisor.restart import RestartPolicy, RestartTracker
 
 log = logging.getLogger(__name__)
 
-LOG_CHECK_INTERVAL = 10.0  # TODO(defaults)
-"""How often the log file of a running child is checked against LOG_MAX_BYTES."""
 GROUP_POLL_INTERVAL = 0.02
 """How often a stopping process group is checked for remaining members."""
 KILL_WAIT = 5.0
@@ -392,7 +390,7 @@ class SupervisedProcess:
         # Polling: the members are not our children, nothing tells us when they exit.
         while await asyncio.to_thread(group_members, pgid) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(GROUP_POLL_INTERVAL)
-        if proc.returncode is None or await asyncio.to_thread(group_members, pgid):
+        if proc.returncode is None or bool(await asyncio.to_thread(group_members, pgid)):
             log.info("%s: group %d ignored the stop signal, SIGKILL", self.spec.name, pgid)
             killpg_quiet(pgid, signal.SIGKILL)
             try:
@@ -403,7 +401,7 @@ class SupervisedProcess:
     async def _watch_log(self) -> None:
         spec = self.spec
         while True:
-            await asyncio.sleep(LOG_CHECK_INTERVAL)
+            await asyncio.sleep(defaults.LOG_CHECK_INTERVAL)
             try:
                 async with self._log_lock:
                     await asyncio.to_thread(

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ninefold import defaults
@@ -38,9 +39,6 @@ from ninefold.gateway.tls import (
 
 log = logging.getLogger("ninefold.gateway")
 
-SWEEP_EVERY = 1.0  # TODO(defaults)
-"""How often idle pooled connections and expired down marks are cleared."""
-LISTEN_BACKLOG = 1024  # TODO(defaults)
 MATCH_CACHE_SIZE = 1024
 MATCH_CACHE_URL_MAX = 512
 
@@ -122,7 +120,13 @@ class _Routing:
     """Routing decisions already taken with this table, by (Host, URL)."""
 
 
-_MISS = object()
+class _Miss(enum.Enum):
+    """Not in the match cache (None there is a cached "no route")."""
+
+    MISS = enum.auto()
+
+
+_MISS = _Miss.MISS
 
 
 class BuiltinEngine(Engine):
@@ -179,7 +183,7 @@ class BuiltinEngine(Engine):
             raise
         if tls is not None:
             self._tls_watcher = self.loop.create_task(self._watch_certificate(tls))
-        self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
+        self._sweeper = self.loop.call_later(defaults.GATEWAY_SWEEP_EVERY, self._sweep)
         for port in self._routing.tcp:
             await self._listen_tcp(port)
         log.debug("builtin gateway listening on %s:%s", self.settings.address, self.port)
@@ -284,16 +288,14 @@ class BuiltinEngine(Engine):
     def tcp_service(self, port: int) -> ServiceState | None:
         return self._routing.tcp.get(port)
 
-    def choose(
-        self, svc: ServiceState, client_ip: str, tried: Iterable[str] | frozenset[str]
-    ) -> Backend | None:
+    def choose(self, svc: ServiceState, client_ip: str, tried: Collection[str]) -> Backend | None:
         down = self._down
         if not down:
-            return svc.balancer.pick(svc.live, client_ip, tried)  # type: ignore[arg-type]
+            return svc.balancer.pick(svc.live, client_ip, tried)
         now = self.loop.time()
         for key in [k for k, until in down.items() if until <= now]:
             del down[key]
-        return balance.choose(svc.balancer, svc.live, client_ip, tried, down)  # type: ignore[arg-type]
+        return balance.choose(svc.balancer, svc.live, client_ip, tried, down)
 
     def is_down(self, key: str) -> bool:
         until = self._down.get(key)
@@ -345,7 +347,7 @@ class BuiltinEngine(Engine):
             self.settings.address,
             self.settings.http_port,
             reuse_address=True,
-            backlog=LISTEN_BACKLOG,
+            backlog=defaults.GATEWAY_LISTEN_BACKLOG,
         )
         self._servers.append(main)
         if main.sockets:
@@ -353,26 +355,39 @@ class BuiltinEngine(Engine):
         for vip in self.settings.vips:
             sock = freebind_socket(vip, self.port)
             self._servers.append(
-                await self.loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
+                await self.loop.create_server(
+                    factory, sock=sock, backlog=defaults.GATEWAY_LISTEN_BACKLOG
+                )
             )
 
     async def _listen_https(self, tls: TlsSettings) -> None:
         def factory() -> ClientConnection:
             return ClientConnection(self, scheme=b"https")
 
-        options = {
-            "ssl": self._tls_context,
-            "ssl_handshake_timeout": defaults.GATEWAY_TLS_HANDSHAKE_TIMEOUT,
-            "backlog": LISTEN_BACKLOG,
-        }
+        context = self._tls_context
+        handshake = defaults.GATEWAY_TLS_HANDSHAKE_TIMEOUT
         server = await self.loop.create_server(
-            factory, self.settings.address, tls.port, reuse_address=True, **options
+            factory,
+            self.settings.address,
+            tls.port,
+            reuse_address=True,
+            ssl=context,
+            ssl_handshake_timeout=handshake,
+            backlog=defaults.GATEWAY_LISTEN_BACKLOG,
         )
         self._servers.append(server)
         self.tls_port = server.sockets[0].getsockname()[1] if server.sockets else tls.port
         for vip in self.settings.vips:
             sock = freebind_socket(vip, self.tls_port)
-            self._servers.append(await self.loop.create_server(factory, sock=sock, **options))
+            self._servers.append(
+                await self.loop.create_server(
+                    factory,
+                    sock=sock,
+                    ssl=context,
+                    ssl_handshake_timeout=handshake,
+                    backlog=defaults.GATEWAY_LISTEN_BACKLOG,
+                )
+            )
 
     async def _listen_mesh(self, port: int) -> None:
         """The mesh listener: mutual TLS with the node's certificate (reloaded
@@ -390,7 +405,7 @@ class BuiltinEngine(Engine):
             ssl=tls.context,
             ssl_handshake_timeout=defaults.GATEWAY_TLS_HANDSHAKE_TIMEOUT,
             reuse_address=True,
-            backlog=LISTEN_BACKLOG,
+            backlog=defaults.GATEWAY_LISTEN_BACKLOG,
         )
         self._servers.append(server)
         self.mesh_port = server.sockets[0].getsockname()[1] if server.sockets else port
@@ -421,7 +436,7 @@ class BuiltinEngine(Engine):
                     self.settings.address,
                     port,
                     reuse_address=True,
-                    backlog=LISTEN_BACKLOG,
+                    backlog=defaults.GATEWAY_LISTEN_BACKLOG,
                 )
             )
             for vip in self.settings.vips:
@@ -429,7 +444,7 @@ class BuiltinEngine(Engine):
                     await self.loop.create_server(
                         lambda: TcpClient(self, port),
                         sock=freebind_socket(vip, port),
-                        backlog=LISTEN_BACKLOG,
+                        backlog=defaults.GATEWAY_LISTEN_BACKLOG,
                     )
                 )
         except OSError as exc:
@@ -442,7 +457,7 @@ class BuiltinEngine(Engine):
         down = self._down
         for key in [k for k, until in down.items() if until <= now]:
             del down[key]
-        self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
+        self._sweeper = self.loop.call_later(defaults.GATEWAY_SWEEP_EVERY, self._sweep)
 
 
 def _copy(c: Counters) -> Counters:

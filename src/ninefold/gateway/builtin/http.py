@@ -2,7 +2,7 @@
 it carries to backends.
 
 Request bodies are streamed to the backend as they arrive; up to
-RETRY_BODY_MAX bytes of one are also kept, so a request failing before its
+defaults.GATEWAY_RETRY_BODY_MAX bytes of one are also kept, so a request failing before its
 response started can be replayed on another backend. Response bodies are
 streamed to the client, re-chunked when the backend did not give a length.
 Pipelined requests are served one after the other.
@@ -27,7 +27,6 @@ from ninefold.gateway.builtin.pool import (
     BODY_CHUNKED,
     BODY_NONE,
     BODY_RAW,
-    POOL_REUSE_UNSAFE_MAX_IDLE,
     BackendConnection,
     Pool,
 )
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
     from ninefold.gateway.builtin.engine import BuiltinEngine, ServiceState
     from ninefold.gateway.routes import Backend
 
-RETRY_BODY_MAX = 64 * 1024  # TODO(defaults)
-"""Request bodies up to this size are kept until the response starts, so the
-request can be retried on another backend; a longer one is streamed only."""
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 
@@ -572,7 +568,7 @@ class Exchange:
                 return
         self.held.append(data)
         self.held_size += len(data)
-        if self.held_size > RETRY_BODY_MAX:
+        if self.held_size > defaults.GATEWAY_RETRY_BODY_MAX:
             self.replayable = False
             if upstream is None:
                 self.client.pause(ClientConnection.PAUSE_BODY)
@@ -620,7 +616,9 @@ class Exchange:
         now = engine.loop.time()
         self.t_attempt = now
         if not fresh:
-            conn = pool.take(now, None if self.idempotent else POOL_REUSE_UNSAFE_MAX_IDLE)
+            conn = pool.take(
+                now, None if self.idempotent else defaults.GATEWAY_POOL_REUSE_UNSAFE_MAX_IDLE
+            )
             if conn is not None:
                 self._attach(conn, reused=True)
                 return

@@ -40,7 +40,7 @@ async def open_upstream(
     for a refused connection."""
     hop = backend.mesh
     if hop is None:
-        return await loop.create_connection(factory, backend.address, backend.port)  # type: ignore[return-value]
+        return await loop.create_connection(factory, backend.address, backend.port)
     if mesh is None:
         raise ConnectionRefusedError(f"{backend.instance}: mtls, but this node has no certificate")
     try:
@@ -54,7 +54,7 @@ async def open_upstream(
     if ssl_object is None or ssl_object.selected_alpn_protocol() != hop.alpn:
         transport.abort()
         raise ConnectionRefusedError(f"mesh listener of {hop.node}: no instance {hop.instance}")
-    return transport, protocol  # type: ignore[return-value]
+    return transport, protocol
 
 
 class MeshListener:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpResponseParser
 
+from ninefold import defaults
 from ninefold.gateway.builtin.mesh import open_upstream
 
 if TYPE_CHECKING:
@@ -16,14 +17,6 @@ if TYPE_CHECKING:
     from ninefold.gateway.mesh import MeshClientContext
     from ninefold.gateway.routes import Backend
 
-POOL_MAX_IDLE = 64  # TODO(defaults)
-"""Idle keep-alive connections kept per backend; more are closed on release."""
-POOL_IDLE_TIMEOUT = 5.0  # TODO(defaults)
-"""An idle pooled connection is closed after this long (before most backends'
-own keep-alive timeout, so a reused connection is rarely a stale one)."""
-POOL_REUSE_UNSAFE_MAX_IDLE = 1.0  # TODO(defaults)
-"""A request that is not safe to retry (POST, PATCH) only reuses a connection
-idle for less than this; otherwise it opens a fresh one."""
 
 # How a response body is passed to the client.
 BODY_NONE = 0
@@ -73,7 +66,7 @@ class Pool:
         return None
 
     def release(self, conn: BackendConnection, now: float) -> None:
-        if not self.open or conn.closed or len(self.idle) >= POOL_MAX_IDLE:
+        if not self.open or conn.closed or len(self.idle) >= defaults.GATEWAY_POOL_MAX_IDLE:
             conn.close()
             return
         conn.idle_since = now
@@ -93,9 +86,11 @@ class Pool:
         self.close_idle()
 
     def sweep(self, now: float) -> None:
-        """Close connections idle longer than POOL_IDLE_TIMEOUT (oldest first)."""
+        """Close connections idle longer than defaults.GATEWAY_POOL_IDLE_TIMEOUT (oldest first)."""
         idle = self.idle
-        while idle and (idle[0].closed or now - idle[0].idle_since > POOL_IDLE_TIMEOUT):
+        while idle and (
+            idle[0].closed or now - idle[0].idle_since > defaults.GATEWAY_POOL_IDLE_TIMEOUT
+        ):
             idle.popleft().close()
 
 

@@ -46,11 +46,6 @@ from ninefold.gateway.routes import MESH_ALPN_PREFIX, Backend, RoutingTable, Ser
 from ninefold.spec import ClusterSpec
 from ninefold.spec.models import CheckSpec
 
-MIN_SLOTS = 4  # TODO(defaults)
-"""Server slots rendered per backend at least; a reload grows them to twice
-the instance count when a service outgrows its slots."""
-HARD_STOP_AFTER = 60.0  # TODO(defaults)
-"""After a reload, the old HAProxy worker closes connections still open this long."""
 MAX_WEIGHT = 256
 """HAProxy's largest server weight."""
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
@@ -180,12 +175,12 @@ def _unique(backends: Iterable[Backend]) -> dict[str, Backend]:
 
 def allocate_slots(table: RoutingTable, previous: SlotMap | None = None) -> SlotMap:
     """Slots for a fresh configuration: room for twice the instances (at least
-    MIN_SLOTS); instances keep the slot they had in ``previous`` when it fits."""
+    defaults.HAPROXY_MIN_SLOTS); instances keep the slot they had in ``previous`` when it fits."""
     capacity: dict[str, int] = {}
     assigned: dict[str, dict[str, int]] = {}
     for name, routes in table.services.items():
         keys = list(_unique(routes.backends))
-        cap = max(MIN_SLOTS, 2 * len(keys))
+        cap = max(defaults.HAPROXY_MIN_SLOTS, 2 * len(keys))
         before = previous.assigned.get(name, {}) if previous else {}
         mine = {k: s for k, s in before.items() if k in keys and s <= cap}
         free = sorted(set(range(1, cap + 1)) - set(mine.values()))
@@ -215,7 +210,8 @@ def checks_for(spec: ClusterSpec) -> dict[str, CheckSpec | None]:
         if check is None or check.kind == "exec":
             out[name] = None
             continue
-        port = check.tcp if check.kind == "tcp" else (check.port or (svc.ports or [None])[0])
+        first = svc.ports[0] if svc.ports else None
+        port = check.tcp if check.kind == "tcp" else (check.port or first)
         out[name] = check if port == svc.route_port() else None
     return out
 
@@ -333,7 +329,7 @@ def render(
         " expose-fd listeners",
         "    stats timeout 10s",
         "    log stderr format raw daemon notice",
-        f"    hard-stop-after {_ms(HARD_STOP_AFTER)}",
+        f"    hard-stop-after {_ms(defaults.HAPROXY_HARD_STOP_AFTER)}",
         "",
         "defaults",
         "    log global",
@@ -514,7 +510,7 @@ def _backend(
         )
     by_slot = {s: k for k, s in slots.assigned.get(name, {}).items()}
     backends = _unique(routes.backends)
-    for slot in range(1, slots.capacity.get(name, MIN_SLOTS) + 1):
+    for slot in range(1, slots.capacity.get(name, defaults.HAPROXY_MIN_SLOTS) + 1):
         backend = backends.get(by_slot.get(slot, ""))
         if backend is None:
             lines.append(f"    server {server_name(slot)} {EMPTY_SLOT} disabled")
@@ -616,10 +612,10 @@ def plan_runtime(
             freed.append(slot)
             commands.append(f"set server {be}/{server_name(slot)} state maint")
         for key, backend in after.items():
-            slot = current.get(key)
-            if slot is None:
+            held = current.get(key)
+            if held is None:
                 continue
-            server = f"{be}/{server_name(slot)}"
+            server = f"{be}/{server_name(held)}"
             was = before.get(key)
             if was is None or was.weight != backend.weight:
                 commands.append(f"set server {server} weight {_weight(backend)}")

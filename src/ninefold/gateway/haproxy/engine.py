@@ -17,7 +17,7 @@
   re-rendered after runtime changes too, so a reload or a restart of HAProxy
   always starts from the current state.
 - ``inflight`` and ``snapshot`` read what a small task polls from
-  ``show stat`` every STATS_INTERVAL (see metrics.py for the mapping and the
+  ``show stat`` every defaults.HAPROXY_STATS_INTERVAL (see metrics.py for the mapping and the
   latency approximation); ``apply`` polls once more before it returns, so a
   drain is visible in ``inflight`` at once.
 """
@@ -69,12 +69,6 @@ from ninefold.supervisor import (
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 10.0  # TODO(defaults)
-"""Longest wait for HAProxy's first worker."""
-RELOAD_TIMEOUT = 10.0  # TODO(defaults)
-"""Longest wait for the new worker of a reload."""
-STATS_INTERVAL = 0.2  # TODO(defaults)
-"""How often the counters behind ``inflight`` and ``snapshot`` are read."""
 VALIDATE_TIMEOUT = 10.0
 """Limit of ``haproxy -c``."""
 _SUN_PATH_MAX = 107
@@ -187,7 +181,7 @@ class HaproxyEngine(Engine):
             )
             await self._process.start()
             try:
-                await self._wait_for_worker(START_TIMEOUT)
+                await self._wait_for_worker(defaults.HAPROXY_START_TIMEOUT)
             except BaseException:
                 await self._process.stop()
                 self._process = None
@@ -308,7 +302,7 @@ class HaproxyEngine(Engine):
         previous = await asyncio.to_thread(path.read_text, encoding="utf-8")
         await self._install_table(table, slots, binary)
         await self._refresh()  # the old worker's last counters
-        before = await self._cli.processes(retry_for=RELOAD_TIMEOUT)
+        before = await self._cli.processes(retry_for=defaults.HAPROXY_RELOAD_TIMEOUT)
         try:
             with contextlib.suppress(HaproxyCliError):  # the master hangs up on a reload
                 await self._cli.master("reload")
@@ -321,7 +315,7 @@ class HaproxyEngine(Engine):
 
     async def _wait_reloaded(self, before: Processes) -> Processes:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + RELOAD_TIMEOUT
+        deadline = loop.time() + defaults.HAPROXY_RELOAD_TIMEOUT
         while True:
             procs = await self._cli.processes(retry_for=max(0.0, deadline - loop.time()))
             if any(pid not in before.workers for pid in procs.workers):
@@ -332,7 +326,9 @@ class HaproxyEngine(Engine):
             ):
                 raise HaproxyReloadError(f"haproxy refused the new configuration{self._log_tail()}")
             if loop.time() >= deadline:
-                raise HaproxyReloadError(f"no new haproxy worker after {RELOAD_TIMEOUT:g}s")
+                raise HaproxyReloadError(
+                    f"no new haproxy worker after {defaults.HAPROXY_RELOAD_TIMEOUT:g}s"
+                )
             await asyncio.sleep(0.02)
 
     async def _wait_for_worker(self, timeout: float) -> Processes:
@@ -351,7 +347,7 @@ class HaproxyEngine(Engine):
             await asyncio.sleep(0.02)
 
     async def _worker(self) -> int:
-        procs = await self._cli.processes(retry_for=RELOAD_TIMEOUT)
+        procs = await self._cli.processes(retry_for=defaults.HAPROXY_RELOAD_TIMEOUT)
         if procs.worker is None:
             raise HaproxyCliError("haproxy has no worker")
         return procs.worker
@@ -370,7 +366,7 @@ class HaproxyEngine(Engine):
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(STATS_INTERVAL)
+            await asyncio.sleep(defaults.HAPROXY_STATS_INTERVAL)
             try:
                 async with self._lock:
                     if self._process is not None and self._process.state == "running":

@@ -15,8 +15,8 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-RUNTIME_TIMEOUT = 2.0  # TODO(defaults)
-"""Limit of one request to HAProxy's master CLI."""
+from ninefold import defaults
+
 BATCH = 40
 """Commands sent on one CLI line (joined by ';')."""
 
@@ -93,7 +93,9 @@ def refusals(reply: str) -> list[str]:
 
 
 class HaproxyCli:
-    def __init__(self, master_socket: str, timeout: float = RUNTIME_TIMEOUT) -> None:
+    def __init__(
+        self, master_socket: str, timeout: float = defaults.HAPROXY_RUNTIME_TIMEOUT
+    ) -> None:
         self.master_socket = master_socket
         self.timeout = timeout
 
