@@ -21,6 +21,9 @@ GATEWAY_HTTP_PORT = 8080
 MESH_PORT = 8444
 """The gateway's mesh listener (mutual TLS from other nodes' gateways to this
 node's instances of `route.mtls` services), with `security.tls`."""
+VOLUME_PORT = 8445
+"""Where an agent receives replicated volumes' transfers (rsync through the
+agent, mutual TLS with `security.tls`)."""
 INSTANCE_PORT_RANGE = (20000, 29999)
 """Named ports of service instances are allocated from this range."""
 
@@ -223,3 +226,21 @@ queues before the event loop accepts them (a burst at failover)."""
 STORE_FAILBACK_AFTER = 10.0
 """Seconds after failing over to another member before trying the first
 (this node's own) member again."""
+
+
+# --- replicated volumes ----------------------------------------------------------
+FRESHER_COPY_GRACE = 1.0
+"""A standby with an older copy leaves a free active lock this long to the
+standby with the freshest copy, then campaigns all the same."""
+MIRROR_DEBOUNCE = 0.05
+"""Changes seen within this long of each other go out in one transfer."""
+MIRROR_RESYNC_INTERVAL = 5.0
+"""A mirror transfers at least this often even without a change it saw (a
+standby that came back, a change inotify missed)."""
+MIRROR_RETRY_MAX = 2.0
+"""Longest wait between retries of a failed transfer (it is retried until it succeeds)."""
+MIRROR_TRANSFER_TIMEOUT = 300.0
+"""One transfer taking longer is stopped and retried."""
+MIRROR_FLUSH_TIMEOUT = 30.0
+"""A planned handover (switchover, drain, move) waits this long at most for the
+last changes to reach the standbys."""

@@ -1,5 +1,6 @@
-"""Stopping background tasks: cancel them all, then wait until each has
-finished, so nothing they hold (a socket, a watch, a lock) outlives the caller."""
+"""Small asyncio helpers the agent's loops share: stopping background tasks
+(cancel them all, then wait until each has finished, so nothing they hold
+outlives the caller) and waiting for an event with a timeout."""
 
 from __future__ import annotations
 
@@ -21,3 +22,14 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, ignore_errors: bool 
     for task in running:
         with contextlib.suppress(*quiet):
             await task
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until event is set or timeout passes.
+
+    asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow
+    a cancellation that arrives as the event is set, and the task then never
+    stops."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

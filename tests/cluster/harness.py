@@ -76,11 +76,13 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.addresses = {f"n{i + 1}": f"127.0.0.{i + 1}" for i in range(self.nodes)}
-        self.base = free_base_port(list(self.addresses.values()), span=7)
+        self.base = free_base_port(list(self.addresses.values()), span=8)
         self.tcp_port = self.base + 5
         """A port for a TCP route: write @TCPPORT@ in the services."""
         self.mesh_port = self.base + 6
         """Every node's `ports.mesh` (bound with security.tls only)."""
+        self.volume_port = self.base + 7
+        """Every node's `ports.volumes` (bound when a volume is replicated)."""
         self.spec_path = self.root / "cluster.yaml"
         self.write_spec(self.services_yaml)
 
@@ -94,7 +96,7 @@ class LocalCluster:
                 f"labels: {{{labels}}}, "
                 f"ports: {{store_client: {self.base}, store_peer: {self.base + 1}, "
                 f"api: {self.base + 2}, gateway_http: {self.base + 3}, "
-                f"mesh: {self.mesh_port}}}}}"
+                f"mesh: {self.mesh_port}, volumes: {self.volume_port}}}}}"
             )
         services = services_yaml.replace("@TCPPORT@", str(self.tcp_port))
         return "\n".join(lines) + "\n" + services

@@ -362,3 +362,10 @@ def test_when_the_lock_is_not_needed_it_changes_nothing(
     decided = ap_step(view)
     assert ap_step(replace(view, lock=other)) == decided
     assert ap_step(replace(view, lock=None, lock_known=False)) == decided
+
+
+def test_a_standby_with_an_older_copy_leaves_the_lock_to_the_fresher_one_for_a_while() -> None:
+    older = replace(STANDBY, fresher_copy_elsewhere=True, free_for=0.2, fresher_grace=1.0)
+    assert ap_step(older) == ApAction("wait")
+    assert ap_step(replace(older, free_for=1.5)) == ApAction("campaign")
+    assert ap_step(replace(older, fresher_copy_elsewhere=False)) == ApAction("campaign")

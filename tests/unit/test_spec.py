@@ -495,7 +495,8 @@ def test_design_sketch_loads() -> None:
     assert web.check_port() == "main"
     assert queue.mode == "active-passive"
     assert queue.on_promote == ["./promote.sh"]
-    assert queue.volumes == {"data": None}
+    assert queue.model_dump()["volumes"] == {"data": None}  # the short form, kept as written
+    assert queue.volumes["data"].path is None and not queue.volumes["data"].replicated
     assert spec.store_endpoints() == ["127.0.0.1:2379", "127.0.0.2:2379", "127.0.0.3:2379"]
     assert [n.name for n in spec.store_nodes()] == ["n1", "n2", "n3"]
     assert spec.node("n2").zone == "b"

@@ -9,20 +9,9 @@ from collections.abc import Awaitable, Callable
 
 from ninefold import defaults
 from ninefold.store.base import Store, StoreError
-from ninefold.tasks import cancel_and_wait
+from ninefold.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("ninefold.changes")
-
-
-async def wait_event(event: asyncio.Event, timeout: float) -> None:
-    """Wait until event is set or timeout passes.
-
-    asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow
-    a cancellation that arrives as the event is set, and the task then never
-    stops."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
 
 
 class ChangeSignal:

@@ -37,6 +37,8 @@ from ninefold.store.etcd import EtcdStore
 from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 from ninefold.tasks import cancel_and_wait
+from ninefold.volumes.mirror import parse_volume_id
+from ninefold.volumes.transport import VolumeListener
 
 log = logging.getLogger("ninefold.agent")
 
@@ -142,6 +144,8 @@ class Agent:
             data_dir=self.data_dir,
             registry=self.registry,
             addresses=addresses,
+            volume_port=self.node.ports.volumes,
+            tls_dir=self.tls.directory if self.tls is not None else None,
         )
         reconciler = Reconciler(ctx, self.spec)
         leader = LeaderLoop(store, self.node.name, lease, journal, self.spec)
@@ -153,6 +157,7 @@ class Agent:
                 zone=self.node.zone,
                 region=self.node.region,
                 api_port=self.node.ports.api,
+                volume_port=self.node.ports.volumes if self.spec.replicates_volumes else 0,
                 pid=os.getpid(),
                 version=__version__,
             )
@@ -200,10 +205,13 @@ class Agent:
         if await api.start():
             scheme = "https" if self.tls is not None else "http"
             log.info("API on %s://%s/v1/", scheme, self.node.host_port(self.node.ports.api))
+        volumes = await self._start_volume_listener(reconciler)
         try:
             engine, feed_task = await self._start_gateway(store, lease)
         except BaseException:
             await api.stop()
+            if volumes is not None:
+                await volumes.stop()
             raise
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),
@@ -235,7 +243,33 @@ class Agent:
             if engine is not None:
                 await engine.stop()
             await api.stop()
+            if volumes is not None:
+                await volumes.stop()
             await lease.stop(revoke=True)
+
+    async def _start_volume_listener(self, reconciler: Reconciler) -> VolumeListener | None:
+        """Where the other nodes' actives push replicated volumes to this node
+        (only when the spec replicates a volume): into the directory of this
+        node's standby instance of that service, never into an active's."""
+        if not self.spec.replicates_volumes:
+            return None
+
+        def resolve(volume_id: str) -> Path | None:
+            parsed = parse_volume_id(volume_id)
+            if parsed is None:
+                return None
+            service, volume, token = parsed
+            for runner in reconciler.runners.values():
+                if runner.service == service:
+                    return runner.receives(volume, token)
+            return None
+
+        listener = VolumeListener(
+            self.node.address, self.node.ports.volumes, tls=self.tls, resolve=resolve
+        )
+        await listener.start()
+        log.info("volume transfers on %s", self.node.host_port(self.node.ports.volumes))
+        return listener
 
     def _ca_files(self) -> tuple[Path, Path | None] | None:
         """(CA certificate, CA key if this machine has one) for `GET /v1/ca` and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -19,15 +20,15 @@ from pathlib import Path
 
 from ninefold import defaults
 from ninefold.agent.addresses import FloatingAddresses
-from ninefold.agent.changes import wait_event
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
 from ninefold.decide.failover import ApAction, ApView, LockView, Switchover, ap_step, needs_lock
+from ninefold.decide.volumes import behind, fresher_elsewhere
 from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
-from ninefold.spec.models import render
+from ninefold.spec.models import VolumeSpec, render
 from ninefold.state.keys import (
     GATEWAYS,
     NODES,
@@ -35,8 +36,16 @@ from ninefold.state.keys import (
     last_segment,
     status_key,
     switchover_key,
+    volume_copies,
 )
-from ninefold.state.records import GatewayReport, Health, InstanceState, InstanceStatus, Role
+from ninefold.state.records import (
+    CopyRecord,
+    GatewayReport,
+    Health,
+    InstanceState,
+    InstanceStatus,
+    Role,
+)
 from ninefold.store.base import LockHold, Store, StoreError, lock_key
 from ninefold.supervisor import (
     LeftoverRegistry,
@@ -46,7 +55,17 @@ from ninefold.supervisor import (
     SupervisedProcess,
     run_hook,
 )
-from ninefold.tasks import cancel_and_wait
+from ninefold.tasks import cancel_and_wait, wait_event
+from ninefold.volumes.layout import volume_dir
+from ninefold.volumes.mirror import (
+    Push,
+    PushOutcome,
+    Snapshot,
+    Target,
+    VolumeMirror,
+    targets_of,
+)
+from ninefold.volumes.transport import push
 
 log = logging.getLogger("ninefold.instance")
 
@@ -68,6 +87,10 @@ class NodeContext:
     taken_ports: set[int] = field(default_factory=set)
     addresses: FloatingAddresses | None = None
     """The node's floating addresses (None where no VIP can be held: tests)."""
+    volume_port: int = 0
+    """Where agents receive replicated volumes (spec's default node port)."""
+    tls_dir: Path | None = None
+    """This node's certificate files for volume transfers (None: plain TCP)."""
 
     @property
     def log_dir(self) -> Path:
@@ -89,8 +112,8 @@ def placeholder_values(
         values["port"] = str(ports[spec.ports[0]])
     for name, port in ports.items():
         values[f"port.{name}"] = str(port)
-    for name, path in spec.volumes.items():
-        values[f"volume.{name}"] = path or str(ctx.data_dir / "volumes" / service / name)
+    for name, volume in spec.volumes.items():
+        values[f"volume.{name}"] = str(volume_dir(ctx.data_dir, service, name, volume))
     return values
 
 
@@ -129,8 +152,8 @@ class InstanceRunner:
         self.active_passive = spec.mode == "active-passive"
         self.ports = allocate_ports(ctx.node.address, instance, spec.ports, ctx.taken_ports)
         self.values = placeholder_values(ctx, service, instance, spec, self.ports)
-        for name, path in spec.volumes.items():
-            if path is None:
+        for name, volume in spec.volumes.items():
+            if volume.path is None or volume.replicated:
                 Path(self.values[f"volume.{name}"]).mkdir(parents=True, exist_ok=True)
         self.generation = ""
         self.draining = False
@@ -145,6 +168,11 @@ class InstanceRunner:
         """Wakes the status publisher."""
         self._campaign_wake = asyncio.Event()
         """Wakes the active-passive campaign."""
+        self.mirrors: list[VolumeMirror] = []
+        """This node's active's replicated volumes being sent to the standbys."""
+        self.highest_token = 0
+        """The greatest active lock token seen: pushes from an older active are refused."""
+        self._free_since: float | None = None
         self._stopping = False
         self._gave_up = False
         self._frozen = False
@@ -180,6 +208,9 @@ class InstanceRunner:
             if self._frozen:
                 await self._kill_process()
             await self._stop_process()
+            if self.role == "active" and not self._frozen:
+                await self._hand_over_volumes(reason)
+            await self._stop_mirrors()
             await self._release()
         self.ctx.taken_ports.difference_update(self.ports.values())
         with contextlib.suppress(StoreError):
@@ -256,6 +287,7 @@ class InstanceRunner:
         if self._frozen:
             return
         await self._drop_vip("lease at risk")
+        await self._stop_mirrors()  # a fenced active sends nothing more
         if self.process is not None:
             self.process.signal_group(signal.SIGSTOP)
         self._frozen = True
@@ -439,10 +471,17 @@ class InstanceRunner:
         lock: LockHold | None = None
         before = self._view(request, None, False, read_lease, read_as_active)
         lock_known = needs_lock(before)
+        fresher = False
         if lock_known:
             lock = await self.ctx.store.lock_holder(active_lock(self.service))
+            if lock is not None:
+                self.highest_token = max(self.highest_token, lock.fencing_token)
+                self._free_since = None
+            else:
+                self._free_since = self._free_since or time.monotonic()
+                fresher = await self._fresher_copy_elsewhere()
         async with self._role_lock:
-            view = self._view(request, lock, lock_known, read_lease, read_as_active)
+            view = self._view(request, lock, lock_known, read_lease, read_as_active, fresher)
             await self._carry_out(ap_step(view))
 
     def _view(
@@ -452,6 +491,7 @@ class InstanceRunner:
         lock_known: bool,
         read_lease: int,
         read_as_active: bool,
+        fresher: bool = False,
     ) -> ApView:
         process = self.process
         return ApView(
@@ -472,6 +512,9 @@ class InstanceRunner:
             read_lease=read_lease,
             switchover=Switchover(request.get("from"), request.get("to")) if request else None,
             read_as_active=read_as_active,
+            fresher_copy_elsewhere=fresher,
+            free_for=time.monotonic() - self._free_since if self._free_since else 0.0,
+            fresher_grace=defaults.FRESHER_COPY_GRACE,
         )
 
     async def _carry_out(self, action: ApAction) -> None:
@@ -512,6 +555,7 @@ class InstanceRunner:
         self.role = "active"
         self._poke()
         await self._take_vip()
+        await self._start_mirrors(hold.fencing_token)
         await self.ctx.journal.record(
             "resumed", self.instance, "lease renewed", token=hold.fencing_token
         )
@@ -563,6 +607,7 @@ class InstanceRunner:
         self.role = "active"
         self._poke()
         await self._take_vip()
+        await self._start_mirrors(hold.fencing_token)
         asked = self._switchover is not None
         with contextlib.suppress(StoreError):
             await self.ctx.store.delete(switchover_key(self.service))
@@ -585,12 +630,129 @@ class InstanceRunner:
         await self._drop_vip(f"{self.instance} demoted")
         await self._run_hook(self.spec.on_demote, "on_demote")
         await self._stop_process()
+        if release:  # still the lock's holder: hand the last changes over first
+            await self._hand_over_volumes(reason)
+        await self._stop_mirrors()
         if release:
             await self._release()
         self.hold = None
         self.role = "standby"
         self._poke()
         await self.ctx.journal.record("demoted", self.instance, reason, service=self.service)
+
+    # -- replicated volumes ---------------------------------------------------------
+    def _replicated(self) -> list[tuple[str, VolumeSpec]]:
+        return [(n, v) for n, v in sorted(self.spec.volumes.items()) if v.replicated]
+
+    async def _fresher_copy_elsewhere(self) -> bool:
+        """Whether a living node has a fresher copy of one of the service's
+        replicated volumes than this node (one store read per volume)."""
+        volumes = self._replicated()
+        if not volumes:
+            return False
+        alive = [last_segment(i.key) for i in (await self.ctx.store.list(NODES)).items]
+        for name, _volume in volumes:
+            listing = await self.ctx.store.list(volume_copies(self.service, name))
+            copies = [CopyRecord.decode(i.value) for i in listing.items]
+            if fresher_elsewhere(self.ctx.node.name, copies, alive):
+                return True
+        return False
+
+    async def _start_mirrors(self, token: int) -> None:
+        """The new active sends its replicated volumes to the other instances'
+        nodes, and says how far behind its data is when a fresher copy died."""
+        await self._stop_mirrors()
+        for name, volume in self._replicated():
+            with contextlib.suppress(StoreError):
+                listing = await self.ctx.store.list(volume_copies(self.service, name))
+                late = behind(
+                    self.ctx.node.name, [CopyRecord.decode(i.value) for i in listing.items]
+                )
+                if late is not None:
+                    await self.ctx.journal.record(
+                        "volume-behind", f"{self.service}/{name}",
+                        f"{self.instance} became active with data {late.seconds:.1f}s "
+                        f"({late.transfers} transfer(s)) behind the freshest copy, which is gone",
+                        seconds=round(late.seconds, 3), transfers=late.transfers,
+                    )  # fmt: skip
+            mirror = VolumeMirror(
+                store=self.ctx.store,
+                node=self.ctx.node.name,
+                service=self.service,
+                name=name,
+                volume=volume,
+                directory=Path(self.values[f"volume.{name}"]),
+                token=token,
+                push=self._pusher(volume),
+                record=self.ctx.journal.record,
+                targets=functools.partial(
+                    targets_of, self.ctx.store, self.service, self.ctx.node.name,
+                    self.ctx.volume_port,
+                ),
+                snapshot=self._snapshotter(volume),
+            )  # fmt: skip
+            await mirror.start()
+            self.mirrors.append(mirror)
+
+    def _pusher(self, volume: VolumeSpec) -> Push:
+        tls_dir = self.ctx.tls_dir
+
+        async def push_to(source: Path, target: Target, volume_id: str) -> PushOutcome:
+            return await push(
+                source, target.address, target.port, volume_id,
+                tls_dir=tls_dir, exclude=volume.exclude,
+                timeout=defaults.MIRROR_TRANSFER_TIMEOUT,
+            )  # fmt: skip
+
+        return push_to
+
+    def _snapshotter(self, volume: VolumeSpec) -> Snapshot | None:
+        command = volume.snapshot
+        if not command:
+            return None
+
+        async def snapshot() -> int:
+            env = self._env(self.hold.fencing_token if self.hold else None)
+            env["NINEFOLD_HOOK"] = "snapshot"
+            return await run_hook(
+                [render(a, self.values) for a in command],
+                env,
+                render(self.spec.workdir, self.values) if self.spec.workdir else None,
+                defaults.HOOK_TIMEOUT,
+                self.ctx.log_dir / f"{self.instance}.log",
+            )
+
+        return snapshot
+
+    async def _hand_over_volumes(self, reason: str) -> None:
+        """A planned handover: the last changes reach the standbys before the
+        lock goes (the process has stopped writing)."""
+        for mirror in self.mirrors:
+            started = time.monotonic()
+            done = await mirror.flush()
+            took = time.monotonic() - started
+            await self.ctx.journal.record(
+                "volume-handed-over" if done else "volume-handover-incomplete",
+                mirror.volume_id.rpartition("@")[0],
+                f"{reason}: last changes {'sent' if done else 'NOT all sent'} in {took:.2f}s",
+                seconds=round(took, 3),
+            )
+
+    async def _stop_mirrors(self) -> None:
+        mirrors, self.mirrors = self.mirrors, []
+        for mirror in mirrors:
+            await mirror.stop()
+
+    def receives(self, volume: str, token: int) -> Path | None:
+        """Where a push of `volume` from an active with `token` lands on this
+        node; None when refused: this instance is (or was, frozen) the active,
+        or the sender's token is older than an active this node has seen."""
+        if self.role == "active" or self._frozen or token < self.highest_token:
+            return None
+        spec = self.spec.volumes.get(volume)
+        if spec is None or not spec.replicated:
+            return None
+        return Path(self.values[f"volume.{volume}"])
 
     async def _take_vip(self) -> None:
         """The active holds the service's VIP (once its promotion is done)."""

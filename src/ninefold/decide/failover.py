@@ -15,6 +15,9 @@ behind a store that stopped answering; then, under the role lock, it builds an
 - An active gives up the role when a switchover names it as the old active
   (and not as the target), when the lock is no longer its own (lease
   replaced), and when its process failed or its health check says unhealthy.
+- A standby whose copy of a replicated volume is older than another living
+  standby's leaves a free lock to that one for `fresher_grace` seconds, then
+  campaigns all the same (the fresher one may not be able to).
 - A standby campaigns only with a lease, when eligible (cold standbys always
   are; hot ones when running and healthy or unchecked), when a switchover does
   not exclude it, and when the lock is free or still its own (same holder and
@@ -85,6 +88,12 @@ class ApView:
     read_as_active: bool = True
     """The store was read while this instance was active (an active that was
     promoted after the reads is checked at the next step)."""
+    fresher_copy_elsewhere: bool = False
+    """A living standby holds a fresher copy of a replicated volume."""
+    free_for: float = 0.0
+    """Seconds since this instance first saw the lock free."""
+    fresher_grace: float = 1.0
+    """How long a standby with an older copy leaves a free lock to the fresher one."""
 
 
 ApActionKind = Literal[
@@ -163,6 +172,8 @@ def ap_step(view: ApView) -> ApAction:
     lock = view.lock
     if lock is not None and (lock.holder, lock.lease) != (view.me, view.lease):
         return ApAction("stand-by", holder=lock.holder)
+    if lock is None and view.fresher_copy_elsewhere and view.free_for < view.fresher_grace:
+        return WAIT  # the standby with the freshest data goes first; if it cannot, we do
     return ApAction("campaign")
 
 

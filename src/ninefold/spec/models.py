@@ -24,8 +24,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -222,7 +224,7 @@ def render(template: str, values: Mapping[str, str]) -> str:
 
 
 def _placeholder_problems(
-    template: str, ports: list[str], volumes: Mapping[str, str | None], has_vip: bool = False
+    template: str, ports: list[str], volumes: Mapping[str, object], has_vip: bool = False
 ) -> list[str]:
     try:
         names = placeholder_names(template)
@@ -298,6 +300,9 @@ class NodePorts(_Model):
     mesh: Port = defaults.MESH_PORT
     """The gateway's mesh listener (mutual TLS), bound only with `security.tls`
     and the gateway enabled."""
+    volumes: Port = defaults.VOLUME_PORT
+    """Where the agent receives replicated volumes' transfers (mutual TLS with
+    `security.tls`), bound only when a service has a replicated volume."""
 
 
 class NodeSpec(_Model):
@@ -318,14 +323,19 @@ class NodeSpec(_Model):
         """Whether this node's labels carry every constraint's key with its value."""
         return all(self.labels.get(key) == value for key, value in constraints.items())
 
-    def bound_ports(self, runs_store: bool, mesh: bool = False) -> list[tuple[str, int]]:
+    def bound_ports(
+        self, runs_store: bool, mesh: bool = False, volumes: bool = False
+    ) -> list[tuple[str, int]]:
         """(kind, port) of every port this node's agent listens on (`mesh`: its
-        gateway has a mesh listener, see `mesh_listens`)."""
+        gateway has a mesh listener, see `mesh_listens`; `volumes`: the spec
+        replicates a volume)."""
         kinds = ["api", "gateway_http"]
         if runs_store:
             kinds += ["store_client", "store_peer"]
         if mesh:
             kinds.append("mesh")
+        if volumes:
+            kinds.append("volumes")
         return [(kind, getattr(self.ports, kind)) for kind in kinds]
 
 
@@ -397,6 +407,51 @@ class RestartSpec(_Model):
         return value
 
 
+def _short_volume(value: Any) -> Any:
+    """`null` and a path are the short forms of a volume."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"path": _host_path(value)}  # an error names the volume, not its path
+    return value
+
+
+class VolumeSpec(_Model):
+    """A directory an instance keeps its data in (`{volume.NAME}`); with
+    `replicate: continuous`, mirrored from the active (or instance 0) to the
+    other instances' nodes (docs/volumes.md)."""
+
+    path: HostPath | None = None
+    """Where on the node; default `<data dir>/volumes/<service>/<name>`."""
+    replicate: Literal["none", "continuous"] = "none"
+    exclude: list[Text] = []
+    """rsync patterns (globs) left out of the mirror, e.g. `*.tmp`, `cache/`."""
+    snapshot: Argv | None = None
+    """Run in the service's environment before each transfer, so the copy is
+    consistent (a database's dump or checkpoint)."""
+
+    @model_validator(mode="after")
+    def _replication_options_need_replication(self) -> Self:
+        if self.replicate == "none" and (self.exclude or self.snapshot):
+            raise ValueError("exclude and snapshot need replicate: continuous")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _short_form(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A plain volume is written (and hashed into the generation) in its
+        short form, so specs from before replication keep their meaning."""
+        if self.replicate == "none":
+            return self.path
+        return handler(self)
+
+    @property
+    def replicated(self) -> bool:
+        return self.replicate != "none"
+
+
+Volume = Annotated[VolumeSpec, BeforeValidator(_short_volume)]
+
+
 class PlacementSpec(_Model):
     spread: Literal["zone", "region", "none"] = "zone"
     constraints: dict[str, Text] = {}
@@ -408,7 +463,7 @@ class ServiceSpec(_Model):
     env: dict[EnvName, Text] = {}
     workdir: str | None = None
     ports: list[PortName] = Field(default_factory=lambda: ["main"])
-    volumes: dict[VolumeName, HostPath | None] = {}
+    volumes: dict[VolumeName, Volume] = {}
     replicas: AtLeastOne = 1
     mode: Literal["replicated", "active-passive"] = "replicated"
     standby: Literal["hot", "cold"] = "hot"
@@ -588,7 +643,15 @@ class ClusterSpec(_Model):
                     ports.append((f"services.{name}.route.tcp", service.route.tcp))
         if self.mesh_listens:
             ports.append(("mesh", node.ports.mesh))
+        if self.replicates_volumes:
+            ports.append(("volumes", node.ports.volumes))
         return ports
+
+    @property
+    def replicates_volumes(self) -> bool:
+        """Whether some service has a replicated volume (the agents then listen
+        on their `volumes` port)."""
+        return any(v.replicated for s in self.services.values() for v in s.volumes.values())
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -632,19 +695,20 @@ def cluster_problems(
     """Cross checks over whichever parts validated; None skips the checks needing a part."""
     out: list[Problem] = []
     mesh = mesh_listens(gateway, security)
+    volumes = any(v.replicated for s in services.values() for v in s.volumes.values())
     if nodes is not None:
         embedded = store is not None and store.mode == "embedded"
-        out += node_problems(nodes, embedded, mesh)
+        out += node_problems(nodes, embedded, mesh, volumes)
         if embedded and not any(node.store for node in nodes):
             out.append(Problem(("nodes",), "an embedded store needs a node with store: true"))
     for name, service in services.items():
         out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
         if nodes is not None:
             out += placement_problems(name, service, nodes)
-    out += route_problems(services, nodes or [], mesh)
+    out += route_problems(services, nodes or [], mesh, volumes)
     out += vip_problems(services, nodes, gateway)
     if gateway is not None:
-        out += gateway.port_problems(nodes, services, mesh)
+        out += gateway.port_problems(nodes, services, mesh, volumes)
     if security is not None:
         out += mtls_problems(services, security)
     return out
@@ -697,14 +761,19 @@ def vip_problems(
 
 
 def route_problems(
-    services: Mapping[str, ServiceSpec], nodes: list[NodeSpec], mesh: bool = False
+    services: Mapping[str, ServiceSpec],
+    nodes: list[NodeSpec],
+    mesh: bool = False,
+    volumes: bool = False,
 ) -> list[Problem]:
     """Two services on one TCP listen port or one HTTP host+prefix; a TCP
     listen port that is also a port of some node's agent."""
     out: list[Problem] = []
     tcp: dict[int, str] = {}
     http: dict[tuple[str | None, str], str] = {}
-    node_ports = {port: kind for node in nodes for kind, port in node.bound_ports(node.store, mesh)}
+    node_ports = {
+        port: kind for node in nodes for kind, port in node.bound_ports(node.store, mesh, volumes)
+    }
     for name, service in services.items():
         route = service.route
         if route is None:
@@ -730,7 +799,9 @@ def route_problems(
     return out
 
 
-def node_problems(nodes: list[NodeSpec], embedded_store: bool, mesh: bool = False) -> list[Problem]:
+def node_problems(
+    nodes: list[NodeSpec], embedded_store: bool, mesh: bool = False, volumes: bool = False
+) -> list[Problem]:
     """Duplicate names, and ports two agents (or one agent twice) would both listen on."""
     out: list[Problem] = []
     names: dict[str, int] = {}
@@ -742,7 +813,7 @@ def node_problems(nodes: list[NodeSpec], embedded_store: bool, mesh: bool = Fals
         names.setdefault(node.name, j)
         clashes: dict[str, list[str]] = {}
         mine: dict[int, str] = {}
-        for kind, port in node.bound_ports(embedded_store and node.store, mesh):
+        for kind, port in node.bound_ports(embedded_store and node.store, mesh, volumes):
             if port in mine:
                 msg = f"port {port} is also this node's {mine[port]} port"
                 out.append(Problem(("nodes", j, "ports", kind), msg))

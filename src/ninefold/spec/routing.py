@@ -125,15 +125,16 @@ class GatewaySpec(_Model):
         nodes: list[NodeSpec] | None,
         services: Mapping[str, ServiceSpec],
         mesh: bool = False,
+        volumes: bool = False,
     ) -> list[Problem]:
         """The TLS port must be none of an agent's ports nor a TCP route's
-        (`mesh`: the agents listen on their mesh ports too)."""
+        (`mesh`, `volumes`: the agents listen on those ports too)."""
         if self.tls is None:
             return []
         port = self.tls.port
         loc = ("gateway", "tls", "port")
         for node in nodes or []:
-            for kind, bound in node.bound_ports(node.store, mesh):
+            for kind, bound in node.bound_ports(node.store, mesh, volumes):
                 if bound == port:
                     return [Problem(loc, f"port {port} is node '{node.name}'s {kind} port")]
         for name, service in services.items():

@@ -16,6 +16,8 @@
     switchover/<service>       {"to": node or null, "from": holder}, under a short lease
     kv/<key>                   the users' key-value store
     gateways/<node>            GatewayReport: in-flight counts to draining backends
+    volumes/<svc>/<vol>/<node> CopyRecord: the generation of that node's copy of a
+                               replicated volume (kept when the node dies)
     tokens/<id>                TokenRecord (a hash of the secret, never the secret)
     tokens-bootstrapped        present once the first admin token was made
 
@@ -36,6 +38,7 @@ SWITCHOVER = "switchover/"
 KV = "kv/"
 GATEWAYS = "gateways/"
 EVENTS = "events/"
+VOLUMES = "volumes/"
 TOKENS = "tokens/"
 BOOTSTRAPPED = "tokens-bootstrapped"
 VIP_CANDIDATES = "vipcand/gateway/"
@@ -100,6 +103,15 @@ def restart_key(service: str) -> str:
 
 def kv_key(key: str) -> str:
     return f"{KV}{key}"
+
+
+def volume_copies(service: str, volume: str) -> str:
+    """The prefix of every copy's record of one replicated volume."""
+    return f"{VOLUMES}{service}/{volume}/"
+
+
+def copy_key(service: str, volume: str, node: str) -> str:
+    return f"{VOLUMES}{service}/{volume}/{node}"
 
 
 def token_key(ident: str) -> str:

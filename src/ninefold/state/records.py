@@ -27,6 +27,8 @@ class NodeRecord(Record):
     zone: str
     region: str
     api_port: int
+    volume_port: int = 0
+    """Where its agent receives replicated volumes (0: not listening)."""
     pid: int
     started: float = Field(default_factory=time.time)
     version: str = ""
@@ -98,3 +100,25 @@ class Event(Record):
 
 def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+class CopyRecord(Record):
+    """One node's copy of a replicated volume, as its last completed transfer
+    left it. Its generation (token, seq) orders copies by freshness: the
+    fencing token of the active that sent it, then that active's transfer
+    count."""
+
+    node: str
+    source: str
+    """The node whose active sent it (equal to `node` for the active's own copy)."""
+    token: int
+    seq: int
+    synced_at: float
+    """Wall-clock time the transfer that made this copy started: everything the
+    active had written before then is in it."""
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        return (self.token, self.seq)

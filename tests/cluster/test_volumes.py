@@ -1,0 +1,160 @@
+"""Replicated volumes on a real 3-node cluster: the active's data follows a
+failover. A writer service writes numbered files into its volume, fsyncs each,
+and logs it outside the volume once written: the log is the judge of what was
+acknowledged."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import LocalCluster, until
+
+pytestmark = pytest.mark.cluster
+
+Factory = Callable[..., LocalCluster]
+
+WRITER = r"""
+import os, sys, time, pathlib
+volume, log, me = pathlib.Path(sys.argv[1]), open(sys.argv[2], "a"), sys.argv[3]
+n = 0
+while True:  # a cold standby: this runs only on the active
+    name = volume / f"w-{me}-{n:06d}"
+    with open(name, "w") as f:
+        f.write(f"{time.time()}\n")
+        f.flush(); os.fsync(f.fileno())
+    log.write(f"{name.name} {time.time()}\n"); log.flush()
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def spec(tmp_path: Path) -> str:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    logs = tmp_path / "acks"
+    logs.mkdir(exist_ok=True)
+    return f"""
+services:
+  db:
+    mode: active-passive
+    replicas: 3
+    standby: cold
+    command:
+      [{sys.executable}, {script}, "{{volume.data}}", "{logs}/{{instance}}.log", "{{instance}}"]
+    volumes: {{data: {{replicate: continuous}}}}
+"""
+
+
+def active(c: LocalCluster) -> tuple[str, int] | None:
+    svc = next(s for s in c.status()["services"] if s["name"] == "db")
+    return (svc["active"], svc["fencing_token"]) if svc["active"] else None
+
+
+def acked(tmp_path: Path, before: float | None = None) -> set[str]:
+    names = set()
+    for log in (tmp_path / "acks").glob("*.log"):
+        for line in log.read_text().splitlines():
+            name, _, at = line.partition(" ")
+            if at and (before is None or float(at) < before):
+                names.add(name)
+    return names
+
+
+def volume(c: LocalCluster, node: str) -> Path:
+    return c.data_dir(node) / "volumes" / "db" / "data"
+
+
+def files(c: LocalCluster, node: str) -> set[str]:
+    return {p.name for p in volume(c, node).glob("w-*")}
+
+
+def test_the_active_is_mirrored_and_a_failover_keeps_what_was_acknowledged(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    c = local_cluster(spec(tmp_path))
+    c.start_all()
+    first, token = until("an active db", lambda: active(c), 60)
+    node = first.split("/")[0]
+    others = [n for n in c.addresses if n != node]
+    until("a few writes", lambda: len(acked(tmp_path)) > 20, 30)
+
+    # Lag: every write acknowledged a second ago is on both standbys.
+    for _ in range(3):
+        cutoff = time.time() - 1.0
+        want = acked(tmp_path, before=cutoff)
+        for other in others:
+            missing = want - files(c, other)
+            assert not missing, f"{other} lacks {len(missing)} writes older than 1 s"
+        time.sleep(0.5)
+
+    killed_at = time.time()
+    c.kill(node)
+    second, new_token = until(
+        "another active", lambda: (a := active(c)) and a[0] != first and a, 30
+    )
+    assert new_token > token
+    new_node = second.split("/")[0]
+    # Every write acknowledged more than a second before the kill survived.
+    lost = acked(tmp_path, before=killed_at - 1.0) - files(c, new_node)
+    assert not lost, f"{len(lost)} acknowledged writes lost: {sorted(lost)[:5]}"
+
+
+def test_a_planned_switchover_loses_no_acknowledged_write(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    import httpx
+
+    c = local_cluster(spec(tmp_path))
+    c.start_all()
+    first, _ = until("an active db", lambda: active(c), 60)
+    until("a few writes", lambda: len(acked(tmp_path)) > 20, 30)
+    api = f"http://{c.addresses['n1']}:{c.base + 2}"
+    answer = httpx.post(f"{api}/v1/services/db/switchover", json={}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    second, _ = until("another active", lambda: (a := active(c)) and a[0] != first and a, 30)
+    new_node = second.split("/")[0]
+    # The old active stopped before the hand-over: everything it acknowledged is there.
+    old = first.split("/")[1]
+    mine = {n for n in acked(tmp_path) if n.startswith(f"w-{old}-")}
+    lost = mine - files(c, new_node)
+    assert not lost, f"{len(lost)} acknowledged writes lost in a switchover"
+    handed = [e for e in c.events() if e["kind"] == "volume-handed-over"]
+    assert handed, "no volume-handed-over event"
+
+
+def test_with_tls_the_transfers_use_the_cluster_ca_and_refuse_strangers(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    from ninefold.security.ca import create_ca, write_ca
+    from ninefold.security.certs import issue_node_files
+    from ninefold.spec import load_spec
+    from tests.cluster.test_mtls import TlsCluster
+    from tests.tls_probes import plain_refused, tls_refused
+
+    c = local_cluster(spec(tmp_path))
+    c.__class__ = TlsCluster
+    c.write_spec(spec(tmp_path))
+    ca = create_ca(c.name)
+    write_ca(ca, c.root / "ca" / "ca.key", c.root / "ca" / "ca.crt")
+    nodes = load_spec(c.spec_path).nodes
+    for node in nodes:
+        issue_node_files(ca, node, c.data_dir(node.name))
+    stranger = issue_node_files(create_ca("other"), nodes[0], tmp_path / "stranger")
+    c.start_all()
+    first, _ = until("an active db", lambda: active(c), 60)
+    node = first.split("/")[0]
+    until("a few writes", lambda: len(acked(tmp_path)) > 10, 30)
+    cutoff = time.time() - 1.0
+    want = acked(tmp_path, before=cutoff)
+    for other in (n for n in c.addresses if n != node):
+        until(f"{other}'s copy over mTLS", lambda o=other: want <= files(c, o), 10)
+        address = c.addresses[other]
+        assert plain_refused(address, c.volume_port), "the volume port took plain text"
+        ca_file = c.root / "ca" / "ca.crt"
+        assert tls_refused(address, c.volume_port, ca_file, stranger.cert, stranger.key)
+        assert tls_refused(address, c.volume_port, ca_file), "took a client without a cert"
