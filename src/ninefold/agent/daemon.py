@@ -264,8 +264,15 @@ class Agent:
                     return runner.receives(volume, token)
             return None
 
+        nodes = {node.address for node in self.spec.nodes}
         listener = VolumeListener(
-            self.node.address, self.node.ports.volumes, tls=self.tls, resolve=resolve
+            self.node.address,
+            self.node.ports.volumes,
+            tls=self.tls,
+            resolve=resolve,
+            # Without TLS, at least only the spec's nodes (a join adds to the
+            # stored spec; such a node pushes once this agent restarts).
+            allow_peer=None if self.tls is not None else nodes.__contains__,
         )
         await listener.start()
         log.info("volume transfers on %s", self.node.host_port(self.node.ports.volumes))
