@@ -523,6 +523,52 @@ def check_setpriv(target: Target) -> Finding:
     return Finding("setpriv", "ok", found)
 
 
+RSYNC_MIN = (3, 1, 3)
+"""Replicated volumes pass --modify-window=-1 (exact modification times),
+which rsync has from 3.1.3 on."""
+_RSYNC_VERSION = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)\.(\d+)")
+
+
+def rsync_version(binary: str) -> tuple[int, int, int] | None:
+    """The version `binary --version` prints, None when it does not run or says none."""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _RSYNC_VERSION.search(done.stdout)
+    if found is None:
+        return None
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+def check_rsync(target: Target) -> Finding:
+    """Replicated volumes are sent and received by rsync on every node."""
+    if not target.spec.replicates_volumes:
+        return Finding("rsync", "skip", "no replicated volume in the spec")
+    found = shutil.which("rsync")
+    if found is None:
+        return Finding(
+            "rsync", "fail", "no rsync on PATH: replicated volumes cannot be sent or received",
+            "apt-get install rsync",
+        )  # fmt: skip
+    version = rsync_version(found)
+    if version is None:
+        return Finding(
+            "rsync", "fail", f"{found} does not say its version", "apt-get install rsync"
+        )
+    text = ".".join(map(str, version))
+    if version < RSYNC_MIN:
+        need = ".".join(map(str, RSYNC_MIN))
+        return Finding(
+            "rsync", "fail", f"rsync {text} ({found}) is older than {need}",
+            f"install rsync {need} or later",
+        )  # fmt: skip
+    return Finding("rsync", "ok", f"rsync {text} ({found})")
+
+
 # --- clocks ---------------------------------------------------------------------------------
 
 
@@ -715,6 +761,7 @@ CHECKS: tuple[Check, ...] = (
     check_ip,
     check_capabilities,
     check_setpriv,
+    check_rsync,
     check_clock,
     check_disk,
     check_data_dir,

@@ -38,6 +38,7 @@ from ninefold.doctor import (
     check_ip,
     check_name,
     check_ports,
+    check_rsync,
     check_setpriv,
     pick_node,
     run_checks,
@@ -111,7 +112,7 @@ def test_every_check_runs_and_a_broken_one_is_a_finding(tmp_path: Path) -> None:
     names = [check_name(c) for c in CHECKS]
     assert names == [
         "address", "ports", "etcd", "haproxy", "ip", "capabilities",
-        "setpriv", "clock", "disk", "data dir",
+        "setpriv", "rsync", "clock", "disk", "data dir",
     ]  # fmt: skip
 
 
@@ -427,6 +428,29 @@ def test_setpriv_missing_warns(tmp_path: Path, bin_dir: Path) -> None:
     assert finding.fix == "apt-get install util-linux"
     setpriv = fake_command(bin_dir, "setpriv", "")
     assert check_setpriv(one_node(tmp_path)) == Finding("setpriv", "ok", str(setpriv))
+
+
+REPLICATED = """services:
+  db:
+    command: [sleep, infinity]
+    mode: active-passive
+    volumes: {data: {replicate: continuous}}
+"""
+
+
+@pytest.mark.process
+def test_rsync_is_checked_only_for_replicated_volumes(tmp_path: Path, bin_dir: Path) -> None:
+    assert check_rsync(one_node(tmp_path)).status == "skip"
+    missing = check_rsync(one_node(tmp_path, extra=REPLICATED))
+    assert (missing.status, missing.fix) == ("fail", "apt-get install rsync")
+    assert missing.detail == "no rsync on PATH: replicated volumes cannot be sent or received"
+    old = fake_command(bin_dir, "rsync", "rsync  version 3.1.2  protocol version 31")
+    too_old = check_rsync(one_node(tmp_path, extra=REPLICATED))
+    assert too_old == Finding(
+        "rsync", "fail", f"rsync 3.1.2 ({old}) is older than 3.1.3", "install rsync 3.1.3 or later"
+    )
+    fake_command(bin_dir, "rsync", "rsync  version 3.2.7  protocol version 31")
+    assert check_rsync(one_node(tmp_path, extra=REPLICATED)).detail == f"rsync 3.2.7 ({old})"
 
 
 # --- 6. clocks ------------------------------------------------------------------------------------
