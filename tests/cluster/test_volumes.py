@@ -158,3 +158,34 @@ def test_with_tls_the_transfers_use_the_cluster_ca_and_refuse_strangers(
         ca_file = c.root / "ca" / "ca.crt"
         assert tls_refused(address, c.volume_port, ca_file, stranger.cert, stranger.key)
         assert tls_refused(address, c.volume_port, ca_file), "took a client without a cert"
+
+
+def test_a_returning_old_actives_own_changes_are_set_aside_not_lost(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    c = local_cluster(spec(tmp_path))
+    c.start_all()
+    first, _ = until("an active db", lambda: active(c), 60)
+    node = first.split("/")[0]
+    until("a few writes", lambda: len(acked(tmp_path)) > 10, 30)
+    c.kill(node)
+    # What the old active wrote that nobody received (it was cut off).
+    (volume(c, node) / "only-on-the-old-active").write_text("mine")
+    second, _ = until("another active", lambda: (a := active(c)) and a[0] != first and a, 30)
+    new_writes = f"w-{second.split('/')[1]}-"
+    c.start(node)
+
+    def set_aside() -> list[Path]:
+        return sorted(volume(c, node).parent.glob("data.set-aside-*"))
+
+    aside = until("the old copy set aside", set_aside, 60)[0]
+    assert (aside / "only-on-the-old-active").read_text() == "mine"
+    until(
+        "the new active's data on the old node",
+        lambda: any(n.startswith(new_writes) for n in files(c, node)),
+        30,
+    )
+    leftovers = sorted(p.name for p in volume(c, node).iterdir() if not p.name.startswith("w-"))
+    assert "only-on-the-old-active" not in leftovers, (leftovers, set_aside(), c.events()[-12:])
+    events = [e for e in c.events() if e["kind"] == "volume-set-aside"]
+    assert events and events[-1]["data"]["path"] == str(aside)

@@ -276,6 +276,14 @@ class Agent:
         )
         await listener.start()
         log.info("volume transfers on %s", self.node.host_port(self.node.ports.volumes))
+
+        def abort(service: str) -> int:
+            return listener.abort(
+                lambda volume_id: volume_id.startswith(f"{service}/"),
+                "this node's instance became the active",
+            )
+
+        reconciler.ctx.abort_transfers = abort
         return listener
 
     def _ca_files(self) -> tuple[Path, Path | None] | None:

@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ninefold.state.keys import (
     GATEWAYS,
     NODES,
     active_lock,
+    copy_key,
     last_segment,
     status_key,
     switchover_key,
@@ -91,6 +93,9 @@ class NodeContext:
     """Where agents receive replicated volumes (spec's default node port)."""
     tls_dir: Path | None = None
     """This node's certificate files for volume transfers (None: plain TCP)."""
+    abort_transfers: Callable[[str], int] | None = None
+    """Ends the volume transfers coming in for a service (its instance here
+    became the active: nothing may write into its copy from now on)."""
 
     @property
     def log_dir(self) -> Path:
@@ -173,6 +178,13 @@ class InstanceRunner:
         self.highest_token = 0
         """The greatest active lock token seen: pushes from an older active are refused."""
         self._free_since: float | None = None
+        self._background: set[asyncio.Task[object]] = set()
+        self._was_source: dict[str, int] = {}
+        self._copies_known = False
+        """Set once `_was_source` is read: no push is taken before (it could
+        land on a copy that must be set aside first)."""
+        """Replicated volumes whose copy here was last written by this node as
+        the active (volume -> its token): what a newer active did not get."""
         self._stopping = False
         self._gave_up = False
         self._frozen = False
@@ -184,6 +196,7 @@ class InstanceRunner:
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
+        await self._load_own_copies()
         if not self.active_passive or self.spec.standby == "hot":
             await self._start_process()
         self._poke()  # a cold standby has no process event to announce it
@@ -600,7 +613,9 @@ class InstanceRunner:
     async def _promote(self, hold: LockHold) -> None:
         """Become active: start (cold), run on_promote, and only then say so,
         so no gateway routes to an active whose promotion is not done."""
-        self.hold = hold
+        self.hold = hold  # from now on no push is taken into this copy
+        if self.ctx.abort_transfers is not None and self._replicated():
+            self.ctx.abort_transfers(self.service)
         if self.process is None:  # cold standby starts now, with its token
             await self._start_process(hold.fencing_token, role="active")
         await self._run_hook(self.spec.on_promote, "on_promote", role="active")
@@ -743,16 +758,65 @@ class InstanceRunner:
         for mirror in mirrors:
             await mirror.stop()
 
+    async def _load_own_copies(self) -> None:
+        """Which replicated volumes this node last wrote as the active: a
+        newer active's first push sets such a copy aside first. A store that
+        does not answer is asked again (pushes are refused meanwhile)."""
+        for name, _volume in self._replicated():
+            for attempt in range(20):
+                try:
+                    key = copy_key(self.service, name, self.ctx.node.name)
+                    item = await self.ctx.store.get(key)
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+            else:
+                log.warning("%s: own copy of %s unknown; a newer push may overwrite it",
+                            self.instance, name)  # fmt: skip
+                continue
+            if item is not None:
+                record = CopyRecord.decode(item.value)
+                if record.source == self.ctx.node.name:
+                    self._was_source[name] = record.token
+        self._copies_known = True
+
     def receives(self, volume: str, token: int) -> Path | None:
         """Where a push of `volume` from an active with `token` lands on this
         node; None when refused: this instance is (or was, frozen) the active,
-        or the sender's token is older than an active this node has seen."""
-        if self.role == "active" or self._frozen or token < self.highest_token:
+        or the sender's token is older than an active this node has seen.
+
+        A copy this node last wrote as an older active may hold changes the
+        new active never received (it died, or was cut off): before the new
+        active's first push it is moved aside, whole, into a dated directory
+        next to the volume, never merged or deleted."""
+        if self.role == "active" or self.hold is not None or self._frozen:
             return None
+        if token < self.highest_token:
+            return None
+        if not self._copies_known:
+            return None  # refused for now; the active retries
         spec = self.spec.volumes.get(volume)
         if spec is None or not spec.replicated:
             return None
-        return Path(self.values[f"volume.{volume}"])
+        directory = Path(self.values[f"volume.{volume}"])
+        old = self._was_source.pop(volume, None)
+        if old is not None and old < token and directory.is_dir() and any(directory.iterdir()):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = directory.with_name(f"{directory.name}.set-aside-{stamp}-token{old}")
+            directory.rename(aside)
+            directory.mkdir()
+            log.warning("%s: %s set aside in %s", self.instance, volume, aside)
+            reason = (
+                f"{self.instance}'s copy from its time as the active (token {old}) "
+                f"moved to {aside} before the new active's (token {token}) first transfer"
+            )
+            event = self.ctx.journal.record(
+                "volume-set-aside", f"{self.service}/{volume}", reason, path=str(aside), token=old
+            )
+            task = asyncio.get_running_loop().create_task(event)
+            self._background.add(task)  # the loop keeps tasks only weakly
+            task.add_done_callback(self._background.discard)
+        return directory
 
     async def _take_vip(self) -> None:
         """The active holds the service's VIP (once its promotion is done)."""

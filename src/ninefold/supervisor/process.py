@@ -99,6 +99,15 @@ def describe_exit(returncode: int) -> str:
 _SETPRIV = shutil.which("setpriv")
 
 
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` made to receive SIGKILL when the calling process dies (through
+    setpriv; unchanged without it): for short-lived helpers such as a volume
+    transfer, which must not outlive a dead agent and go on writing."""
+    if _SETPRIV is None:
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+
+
 def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> list[str]:
     """The command line that starts argv with PDEATHSIG set.
 

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ninefold.security.files import NodeTlsFiles
 from ninefold.security.tls import ReloadingServerContext
+from ninefold.supervisor.process import dies_with_parent
 
 log = logging.getLogger("ninefold.volumes")
 
@@ -375,8 +376,9 @@ class VolumeListener:
         writer = transfer.writer
         started = time.monotonic()
         try:
+            argv = [self.rsync, "--server", *options, ".", f"{transfer.directory}/"]
             proc = await asyncio.create_subprocess_exec(
-                self.rsync, "--server", *options, ".", f"{transfer.directory}/",
+                *dies_with_parent(argv),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -659,7 +661,7 @@ async def push(
     started = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *args,
+            *dies_with_parent(args),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
