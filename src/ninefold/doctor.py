@@ -47,8 +47,8 @@ HAPROXY_TESTED = (2, 6)
 """The HAProxy series ninefold is tested with (Debian 12's); older ones warn."""
 HAPROXY_JWT = (2, 5)
 """The first HAProxy with `jwt_verify`, which access policies need."""
-HAPROXY_VERSION_TIMEOUT = 2.0
-"""Seconds `haproxy -v` may take."""
+VERSION_TIMEOUT = 2.0
+"""Seconds `haproxy -v` or `rsync --version` may take."""
 CLOCK_SAMPLES = 3
 """Requests per node to estimate its clock; the one with the shortest round trip counts."""
 CAP_NET_ADMIN = 12
@@ -354,23 +354,24 @@ def check_etcd(target: Target) -> Finding:
 _HAPROXY_VERSION = re.compile(r"HA-?Proxy version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
-def haproxy_version(binary: str) -> tuple[int, int, int] | None:
-    """The version `binary -v` prints, None when it does not run or says none."""
+def program_version(argv: list[str], pattern: re.Pattern[str]) -> tuple[int, int, int] | None:
+    """The version a program prints for `argv` (major, minor, patch; a
+    missing patch is 0), None when it does not run or says none."""
     try:
         done = subprocess.run(
-            [binary, "-v"],
-            capture_output=True,
-            text=True,
-            timeout=HAPROXY_VERSION_TIMEOUT,
-            check=False,
+            argv, capture_output=True, text=True, timeout=VERSION_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    found = _HAPROXY_VERSION.search(done.stdout + done.stderr)
+    found = pattern.search(done.stdout + done.stderr)
     if found is None:
         return None
     major, minor, patch = found.groups()
     return int(major), int(minor), int(patch or 0)
+
+
+def haproxy_version(binary: str) -> tuple[int, int, int] | None:
+    return program_version([binary, "-v"], _HAPROXY_VERSION)
 
 
 def check_haproxy(target: Target) -> Finding:
@@ -530,18 +531,7 @@ _RSYNC_VERSION = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)\.(\d+)")
 
 
 def rsync_version(binary: str) -> tuple[int, int, int] | None:
-    """The version `binary --version` prints, None when it does not run or says none."""
-    try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = _RSYNC_VERSION.search(done.stdout)
-    if found is None:
-        return None
-    major, minor, patch = (int(part) for part in found.groups())
-    return major, minor, patch
+    return program_version([binary, "--version"], _RSYNC_VERSION)
 
 
 def check_rsync(target: Target) -> Finding:

@@ -224,3 +224,28 @@ def test_the_agents_children_do_not_inherit_the_notify_socket(
     notifier = ServiceNotifier()
     assert notifier.address == path
     assert "NOTIFY_SOCKET" not in os.environ  # etcd would say READY=1 for the agent
+
+
+@pytest.mark.process
+def test_install_service_start_says_what_systemctl_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ninefold.cli import service
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text('#!/bin/sh\necho "Failed to $1: Access denied" >&2\nexit 1\n')
+    systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(service, "systemd_runs", lambda: True)
+    spec = tmp_path / "ninefold.yaml"
+    spec.write_text(PLAIN)
+    result = CliRunner().invoke(
+        app,
+        ["install-service", "--spec", str(spec), "--node", "n1", "--start",
+         "-o", str(tmp_path / "n1.service")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "systemctl daemon-reload: Failed to daemon-reload: Access denied" in result.output
+    assert "Traceback" not in result.output

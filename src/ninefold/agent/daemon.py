@@ -32,8 +32,9 @@ from ninefold.state.keys import SPEC_KEY, node_key
 from ninefold.state.records import NodeRecord
 from ninefold.store.base import Compare, Put, Store, StoreError
 from ninefold.store.cluster import open_store
-from ninefold.store.embedded import StoreJoin, find_etcd, member_argv
+from ninefold.store.embedded import StoreJoin, member_argv
 from ninefold.store.etcd import EtcdStore
+from ninefold.store.etcd_binary import find_etcd
 from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
 from ninefold.tasks import cancel_and_wait
@@ -274,7 +275,17 @@ class Agent:
             # stored spec; such a node pushes once this agent restarts).
             allow_peer=None if self.tls is not None else nodes.__contains__,
         )
-        await listener.start()
+        try:
+            await listener.start()
+        except OSError as exc:
+            # Like the gateway: the node goes on without it; its standbys'
+            # copies fall behind, which the actives' events say.
+            log.error(
+                "volume transfers cannot listen on %s: %s (ports.volumes; `ninefold doctor`)",
+                self.node.host_port(self.node.ports.volumes),
+                exc.strerror or exc,
+            )
+            return None
         log.info("volume transfers on %s", self.node.host_port(self.node.ports.volumes))
 
         def abort(service: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import typer
 from ninefold import defaults
 from ninefold.cli.common import DEFAULT_SPEC, SpecOption, known_node, load
 from ninefold.cli.console import EXIT_FAILED, fail, say
-from ninefold.systemd_unit import capabilities, render_unit, unit_name
+from ninefold.systemd_unit import agent_argv, capabilities, render_unit, unit_name
 
 UNIT_DIR = Path("/etc/systemd/system")
 
@@ -88,18 +89,11 @@ def install_service(
         say(f"start it with: systemctl daemon-reload && systemctl enable --now {name}")
         return
     if shutil.which("systemctl") is None or not systemd_runs():
-        raise fail(f"systemd does not run this machine; start the agent with: {text_exec(text)}")
+        by_hand = shlex.join(agent_argv(sys.executable, spec.resolve(), node, where))
+        raise fail(f"systemd does not run this machine; start the agent with: {by_hand}")
     for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", name]):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             said = (done.stderr or done.stdout).strip().splitlines()
             raise fail(f"{' '.join(argv)}: {said[-1] if said else done.returncode}")
     say(f"{name} enabled and started; follow it with: journalctl -fu {name}")
-
-
-def text_exec(unit: str) -> str:
-    """The ExecStart= command line of a unit's text."""
-    for line in unit.splitlines():
-        if line.startswith("ExecStart="):
-            return line.removeprefix("ExecStart=")
-    raise ValueError("the unit has no ExecStart=")

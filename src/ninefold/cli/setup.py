@@ -185,7 +185,8 @@ def agent(
     for noisy in ("grpc", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ninefold.agent.daemon import run_agent
-    from ninefold.store.embedded import EtcdNotFound, JoinRecordError
+    from ninefold.store.embedded import JoinRecordError
+    from ninefold.store.etcd_binary import EtcdNotFound
 
     try:
         run_agent(cluster, node, data_dir)

@@ -20,18 +20,8 @@ from pathlib import Path
 from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec, NodeSpec
-from ninefold.store.etcd_binary import EtcdBinary, EtcdNotFound, find_etcd
 
 log = logging.getLogger("ninefold.store")
-
-__all__ = [
-    "EtcdBinary",
-    "EtcdNotFound",
-    "JoinRecordError",
-    "StoreJoin",
-    "find_etcd",
-    "member_argv",
-]
 
 
 class JoinRecordError(Exception):

@@ -21,14 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ninefold import defaults
 from ninefold.spec.models import VolumeSpec
-from ninefold.state.keys import NODES, copy_key, last_segment, node_statuses
+from ninefold.state.keys import NODES, STATUS, copy_key, last_segment
 from ninefold.state.records import CopyRecord, InstanceStatus, NodeRecord
 from ninefold.store.base import Store, StoreError
 from ninefold.tasks import cancel_and_wait, wait_event
@@ -66,7 +66,6 @@ class TargetState:
     failures: int = 0
     retry_at: float = 0.0
     last_error: str = ""
-    lags: list[float] = field(default_factory=list)
 
 
 async def targets_of(store: Store, service: str, me: str, volume_port: int) -> list[Target]:
@@ -76,15 +75,14 @@ async def targets_of(store: Store, service: str, me: str, volume_port: int) -> l
         for item in (await store.list(NODES)).items
     }
     found: dict[str, Target] = {}
-    for name, record in nodes.items():
-        if name == me:
+    for item in (await store.list(STATUS)).items:  # one read, not one per node
+        status = InstanceStatus.decode(item.value)
+        record = nodes.get(status.node)
+        if status.service != service or status.state == "failed" or record is None:
             continue
-        statuses = await store.list(node_statuses(name))
-        for item in statuses.items:
-            status = InstanceStatus.decode(item.value)
-            if status.service == service and status.state != "failed":
-                port = record.volume_port or volume_port
-                found[name] = Target(name, record.address, port)
+        if status.node != me:
+            port = record.volume_port or volume_port
+            found[status.node] = Target(status.node, record.address, port)
     return [found[n] for n in sorted(found)]
 
 
@@ -281,8 +279,6 @@ class VolumeMirror:
             )  # fmt: skip
         state.failures, state.last_error = 0, ""
         state.synced_seq, state.synced_started = seq, started
-        if changed_at is not None:
-            state.lags = [*state.lags[-99:], time.monotonic() - changed_at]
         await self._write(CopyRecord(
             node=target.node, source=self.node, token=self.token, seq=seq, synced_at=wall,
             bytes_sent=result.bytes_sent, seconds=result.seconds,
@@ -301,7 +297,3 @@ def parse_volume_id(volume_id: str) -> tuple[str, str, int] | None:
     if not sep or not slash or not token.isdigit() or not service or not name:
         return None
     return service, name, int(token)
-
-
-def excludes(volume: VolumeSpec) -> Sequence[str]:
-    return tuple(volume.exclude)
