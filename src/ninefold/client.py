@@ -325,6 +325,11 @@ class ClusterClient:
     def instance(self, name: str) -> dict[str, Any]:
         return self._object("GET", f"/v1/instances/{_seg(name)}")
 
+    def volumes(self, service: str | None = None) -> dict[str, Any]:
+        """`{"time", "volumes": [...]}`: the replicated volumes' copies (of
+        `service` only, if given; NotFound if the cluster has no such service)."""
+        return self._object("GET", "/v1/volumes", params={"service": service})
+
     def instance_log(self, node_url: str, instance: str, lines: int = 100) -> list[str]:
         """The last `lines` lines of an instance's log, from the agent at `node_url`
         (only the agent of the node running the instance has it)."""

@@ -244,3 +244,22 @@ MIRROR_TRANSFER_TIMEOUT = 300.0
 MIRROR_FLUSH_TIMEOUT = 30.0
 """A planned handover (switchover, drain, move) waits this long at most for the
 last changes to reach the standbys."""
+MIRROR_SEED_TIMEOUT = 6 * 3600.0
+"""A first copy (seeding) may take this long before it is stopped and resumed."""
+MIRROR_PUBLISH_INTERVAL = 1.0
+"""A mirror writes each copy's record (generation, lag, bytes behind) to the
+store at most this often, at once when a copy completes its first transfer or
+a handover; under constant writes that is one put per copy per second."""
+MIRROR_VERIFY_INTERVAL = 3600.0
+"""Default of a volume's `verify`: how often each copy is compared with the
+source by checksum."""
+MIRROR_TRACKED_CHANGES = 100_000
+"""Changed paths a mirror remembers for bytes behind and for telling a real
+divergence from a change not yet sent; beyond that both are left unknown."""
+REPLICATED_SOURCE_CHECK = 2.0
+"""How often an instance of a replicated service asks whether its node should
+be the source of its replicated volumes (instance 0's, or the lowest ordinal
+with a complete copy)."""
+SEED_WAIT_ALONE = 30.0
+"""An instance waiting for its first copy starts without one after this long
+if no living node has a complete copy to send it."""

@@ -1,7 +1,9 @@
 """The example services of examples/shop.yaml on a real 3-node cluster: the hit
-counter answers through a gateway from both replicas, and the Domain Registry
+counter answers through a gateway from both replicas, the Domain Registry
 (seed 004's API) keeps its data in the cluster's key-value store, so a hyperty
-written through one node's gateway is read, listed and deleted through others."""
+written through one node's gateway is read, listed and deleted through others,
+and the notes' files follow their active through a switchover. Every spec in
+examples/ is valid (and the lab's fit the lab)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from ninefold.lab import topology
+from ninefold.spec import load_spec
 from tests.cluster.harness import LocalCluster, until
 
 pytestmark = pytest.mark.cluster
@@ -172,3 +176,76 @@ def test_registry_serves_seed_004_api_from_the_kv_store(local_cluster: Factory) 
 
     # round robin: both replicas answered, each reading what the other wrote
     assert served_by == {"registry-0", "registry-1"}
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    for name, service in spec.services.items():
+        for word in service.command:  # agents start in the spec's directory
+            if word.startswith("services/"):
+                assert (path.parent / word).is_file(), f"{name}: no {word}"
+    if not spec.nodes[0].address.startswith("127."):
+        topology.plan(spec, "nf0000")  # made for `ninefold lab up`
+
+
+def test_static_site_is_seed_003s_mirrored_web_servers_behind_a_vip() -> None:
+    spec = load_spec(EXAMPLES / "static-site.yaml")
+    web = spec.services["web"]
+    assert (web.mode, web.replicas) == ("replicated", 2)
+    assert web.volumes["docroot"].replicated
+    assert "{volume.docroot}" in web.command
+    assert web.route is not None and web.route.http == "/"
+    assert spec.gateway.vip is not None
+    assert spec.replicates_volumes
+
+
+def notes_active(c: LocalCluster) -> str | None:
+    """`node/instance` of the notes' active, if any."""
+    return next(s["active"] for s in c.status()["services"] if s["name"] == "notes")
+
+
+def test_notes_are_files_that_follow_the_active_through_a_switchover(
+    local_cluster: Factory,
+) -> None:
+    c = start_shop(local_cluster)
+    until("notes active, standby healthy", lambda: len(c.serving("notes")) == 2, 60)
+    first = until("a notes active", lambda: notes_active(c), 30)
+    node, _, instance = first.partition("/")
+    g1, g2, g3 = (gateway(c, n) for n in ("n1", "n2", "n3"))
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        until("notes routed", lambda: http.get(g1 + "/notes/healthz").status_code == 200, 30)
+        stored: dict[str, str] = {}
+        for i in range(20):
+            r = http.post(g1 + "/notes/", content=f"note {i}".encode())
+            assert r.status_code == 200, r.text
+            assert r.json()["instance"] == r.headers["x-served-by"] == instance
+            stored[r.json()["id"]] = f"note {i}"
+        listed = http.get(g2 + "/notes/").json()
+        assert [(n["id"], n["text"]) for n in listed] == list(stored.items())  # oldest first
+        some = next(iter(stored))
+        assert http.get(f"{g3}/notes/{some}").text == "note 0"
+        assert http.get(f"{g3}/notes/0000000000000000000-notes-9").status_code == 404
+        assert http.post(g1 + "/notes/", content=b"").status_code == 400
+        assert http.delete(g1 + "/notes/").status_code == 405
+        volume = c.data_dir(node) / "volumes" / "notes" / "data"
+        assert {p.stem for p in volume.glob("*.note")} == set(stored)
+
+        # A planned switchover: the old active stops, its last changes are
+        # sent, and only then does the standby take over: no note is lost.
+        api = f"http://{c.addresses['n1']}:{c.base + 2}"
+        answer = http.post(f"{api}/v1/services/notes/switchover", json={})
+        assert answer.status_code == 202, answer.text
+        second = until(
+            "another notes active", lambda: a if (a := notes_active(c)) != first else None, 30
+        )
+        new = second.partition("/")[2]
+
+        def from_the_new_active() -> httpx.Response | None:
+            r = http.get(g3 + "/notes/")
+            return r if r.status_code == 200 and r.headers["x-served-by"] == new else None
+
+        after = until("the new active answering", from_the_new_active, 30).json()
+        assert {n["id"]: n["text"] for n in after} == stored
+        r = http.post(g2 + "/notes/", content=b"after the switchover")
+        assert (r.status_code, r.json()["instance"]) == (200, new)

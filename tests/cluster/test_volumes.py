@@ -5,6 +5,7 @@ acknowledged."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -189,3 +190,118 @@ def test_a_returning_old_actives_own_changes_are_set_aside_not_lost(
     assert "only-on-the-old-active" not in leftovers, (leftovers, set_aside(), c.events()[-12:])
     events = [e for e in c.events() if e["kind"] == "volume-set-aside"]
     assert events and events[-1]["data"]["path"] == str(aside)
+
+
+def test_a_standby_away_for_30s_catches_up_and_a_diverged_copy_is_repaired(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    c = local_cluster(
+        spec(tmp_path).replace("replicate: continuous", "replicate: continuous, verify: 2s")
+    )
+    c.start_all()
+    first, _ = until("an active db", lambda: active(c), 60)
+    node = first.split("/")[0]
+    away, stayed = [n for n in sorted(c.addresses) if n != node]
+    until("a few writes", lambda: len(acked(tmp_path)) > 20, 30)
+
+    killed_at = time.time()
+    c.kill(away)
+
+    def latest_ack() -> float:
+        return max(
+            (float(line.split()[1]) for log in (tmp_path / "acks").glob("*.log")
+             for line in log.read_text().splitlines() if " " in line),
+            default=0.0,
+        )  # fmt: skip
+
+    until("30 s of writes with the standby away", lambda: latest_ack() >= killed_at + 30, 60)
+    c.start(away)
+    returned_at = time.time()
+    until(
+        "every write acknowledged before its return on the returned standby",
+        lambda: not (acked(tmp_path, before=returned_at) - files(c, away)),
+        60,
+    )
+    caught_up = time.time() - returned_at
+    print(f"caught up {caught_up:.1f}s after a 30 s absence")
+
+    # A copy changed behind the mirror's back (same size, same mtime) is found
+    # by the periodic checksum verification, repaired, and reported.
+    victim = volume(c, stayed) / sorted(files(c, stayed))[0]
+    stamp = victim.stat().st_mtime_ns
+    good = victim.read_bytes()
+    victim.write_bytes(bytes(reversed(good)) if good != good[::-1] else good.upper() + b"")
+    os.utime(victim, ns=(stamp, stamp))
+    assert victim.read_bytes() != good
+
+    def diverged() -> list[dict[str, object]]:
+        return [e for e in c.events() if e["kind"] == "volume-diverged"]
+
+    event = until("a volume-diverged event", diverged, 30)[-1]
+    assert victim.name in str(event["reason"]) and stayed in str(event["reason"])
+    until("the diverged file repaired", lambda: victim.read_bytes() == good, 30)
+
+
+SITE_SERVER = r"""
+import http.server, os, sys, functools
+docroot, port, started = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(started, "w") as f:  # what the docroot held when the process started
+    for root, _, names in os.walk(docroot):
+        for name in names:
+            f.write(os.path.relpath(os.path.join(root, name), docroot) + "\n")
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=docroot)
+http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+"""
+
+
+def test_a_replicated_services_copies_follow_instance_0_and_a_new_replica_is_seeded_first(
+    local_cluster: Factory, tmp_path: Path
+) -> None:
+    script = tmp_path / "site.py"
+    script.write_text(SITE_SERVER)
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    c = local_cluster(f"""
+services:
+  web:
+    replicas: 2
+    command:
+      [{sys.executable}, {script}, "{{volume.docroot}}", "{{port.main}}", "{starts}/{{instance}}"]
+    volumes: {{docroot: {{replicate: continuous, exclude: ["*.tmp"]}}}}
+""")  # fmt: skip
+    c.start_all()
+    placed = until("two web replicas", lambda: len(s := c.serving("web")) == 2 and s, 60)
+    source, copy = placed["web-0"], placed["web-1"]
+
+    def docroot(node: str) -> Path:
+        return c.data_dir(node) / "volumes" / "web" / "docroot"
+
+    (docroot(source) / "sub").mkdir()
+    (docroot(source) / "index.html").write_text("<h1>seed 003</h1>\n")
+    (docroot(source) / "sub" / "private.html").write_text("staff only\n")
+    (docroot(source) / "sub" / "private.html").chmod(0o640)
+    (docroot(source) / "upload.tmp").write_text("half\n")
+    (docroot(source) / "big.bin").write_bytes(os.urandom(8_000_000))
+    until("the site on web-1's node", lambda: (docroot(copy) / "big.bin").is_file()
+          and (docroot(copy) / "big.bin").stat().st_size == 8_000_000, 30)  # fmt: skip
+    assert (docroot(copy) / "index.html").read_text() == "<h1>seed 003</h1>\n"
+    assert (docroot(copy) / "sub" / "private.html").stat().st_mode & 0o777 == 0o640
+    assert not (docroot(copy) / "upload.tmp").exists()  # excluded
+
+    (docroot(source) / "sub" / "private.html").unlink()  # deletes are mirrored
+    until("the delete mirrored", lambda: not (docroot(copy) / "sub" / "private.html").exists(), 30)
+    # A change made in a copy that is not the source does not spread, and is undone.
+    (docroot(copy) / "index.html").write_text("defaced\n")
+    home = "<h1>seed 003</h1>\n"
+    until("the copy repaired", lambda: (docroot(copy) / "index.html").read_text() == home, 30)
+    assert (docroot(source) / "index.html").read_text() == "<h1>seed 003</h1>\n"
+
+    # A third replica on the node with no copy gets its first copy before it starts.
+    result = c.cli("scale", "web", "3", "--wait", "90", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "web: every instance ready" in result.stderr + result.stdout
+    third = next(n for n in c.addresses if n not in (source, copy))
+    listing = (starts / "web-2").read_text().split()
+    assert {"index.html", "big.bin"} <= set(listing), listing
+    seeded = [e for e in c.events() if e["kind"] == "volume-seeded" and third in e["reason"]]
+    assert seeded, "no volume-seeded event for the third node"

@@ -208,6 +208,7 @@ async def test_instances(client: httpx.AsyncClient) -> None:
         "fencing_token": None,
         "pid": 100,
         "draining": False,
+        "detail": "",
     }
     error_of(await client.get("/v1/instances/nope-0"), 404, "not_found")
 

@@ -267,6 +267,38 @@ async def test_a_checksum_push_repairs_what_size_and_mtime_cannot_see(
 
 
 @pytest.mark.process
+async def test_a_push_names_the_files_it_sent_when_asked(
+    tmp_path: Path, source: Path, listener: VolumeListener
+) -> None:
+    assert (await send(source, listener)).ok
+    (source / "sub" / "page.html").write_text("changed\n")
+    (source / "new name with spaces").write_text("x\n")
+    result = await push(
+        source, "127.0.0.1", listener.port, VOLUME, tls_dir=None, timeout=30.0, list_sent=True
+    )
+    assert result.ok
+    assert sorted(result.sent_files) == ["new name with spaces", "sub/page.html"]
+
+
+@pytest.mark.process
+async def test_a_first_copy_reports_its_progress_in_bytes(
+    tmp_path: Path, listener: VolumeListener
+) -> None:
+    big = tmp_path / "src"
+    big.mkdir()
+    for i in range(20):
+        (big / f"f{i:02d}").write_bytes(os.urandom(200_000))
+    seen: list[int] = []
+    result = await push(
+        big, "127.0.0.1", listener.port, VOLUME, tls_dir=None, timeout=30.0,
+        progress=seen.append,
+    )  # fmt: skip
+    assert result.ok and result.files_transferred == 20
+    assert seen and seen == sorted(seen)
+    assert seen[-1] == 20 * 200_000
+
+
+@pytest.mark.process
 async def test_an_unknown_volume_is_refused_with_a_clear_error(
     tmp_path: Path, source: Path, listener: VolumeListener, caplog: pytest.LogCaptureFixture
 ) -> None:

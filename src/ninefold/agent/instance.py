@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import signal
@@ -21,27 +20,24 @@ from pathlib import Path
 
 from ninefold import defaults
 from ninefold.agent.addresses import FloatingAddresses
+from ninefold.agent.instance_volumes import InstanceVolumes
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.ports import allocate_ports
 from ninefold.decide.failover import ApAction, ApView, LockView, Switchover, ap_step, needs_lock
-from ninefold.decide.volumes import behind, fresher_elsewhere
 from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
 from ninefold.spec import NodeSpec, ServiceSpec
-from ninefold.spec.models import VolumeSpec, render
+from ninefold.spec.models import render
 from ninefold.state.keys import (
     GATEWAYS,
     NODES,
     active_lock,
-    copy_key,
     last_segment,
     status_key,
     switchover_key,
-    volume_copies,
 )
 from ninefold.state.records import (
-    CopyRecord,
     GatewayReport,
     Health,
     InstanceState,
@@ -59,15 +55,6 @@ from ninefold.supervisor import (
 )
 from ninefold.tasks import cancel_and_wait, wait_event
 from ninefold.volumes.layout import volume_dir
-from ninefold.volumes.mirror import (
-    Push,
-    PushOutcome,
-    Snapshot,
-    Target,
-    VolumeMirror,
-    targets_of,
-)
-from ninefold.volumes.transport import push
 
 log = logging.getLogger("ninefold.instance")
 
@@ -173,18 +160,10 @@ class InstanceRunner:
         """Wakes the status publisher."""
         self._campaign_wake = asyncio.Event()
         """Wakes the active-passive campaign."""
-        self.mirrors: list[VolumeMirror] = []
-        """This node's active's replicated volumes being sent to the standbys."""
-        self.highest_token = 0
-        """The greatest active lock token seen: pushes from an older active are refused."""
+        self.volumes = InstanceVolumes(ctx, service, instance, spec, self.values, self._hook_env)
+        self._seeding = False
+        """Waiting for the first copy of a replicated volume before starting."""
         self._free_since: float | None = None
-        self._background: set[asyncio.Task[object]] = set()
-        self._was_source: dict[str, int] = {}
-        self._copies_known = False
-        """Set once `_was_source` is read: no push is taken before (it could
-        land on a copy that must be set aside first)."""
-        """Replicated volumes whose copy here was last written by this node as
-        the active (volume -> its token): what a newer active did not get."""
         self._stopping = False
         self._gave_up = False
         self._frozen = False
@@ -196,8 +175,16 @@ class InstanceRunner:
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
-        await self._load_own_copies()
-        if not self.active_passive or self.spec.standby == "hot":
+        await self.volumes.load_own_copies()
+        first_copies = [] if self.active_passive else await self._first_copies_needed()
+        if first_copies:
+            self._seeding = True
+            self._tasks.append(
+                asyncio.create_task(
+                    self._seed_then_start(first_copies), name=f"{self.instance} seed"
+                )
+            )
+        elif not self.active_passive or self.spec.standby == "hot":
             await self._start_process()
         self._poke()  # a cold standby has no process event to announce it
         self._tasks.append(
@@ -206,6 +193,10 @@ class InstanceRunner:
         if self.active_passive:
             self._tasks.append(
                 asyncio.create_task(self._campaign_loop(), name=f"{self.instance} ap")
+            )
+        elif self.volumes.replicated:
+            self._tasks.append(
+                asyncio.create_task(self.volumes.source_loop(), name=f"{self.instance} source")
             )
 
     async def stop(self, reason: str = "unassigned") -> None:
@@ -221,9 +212,9 @@ class InstanceRunner:
             if self._frozen:
                 await self._kill_process()
             await self._stop_process()
-            if self.role == "active" and not self._frozen:
-                await self._hand_over_volumes(reason)
-            await self._stop_mirrors()
+            if (self.role == "active" or not self.active_passive) and not self._frozen:
+                await self.volumes.hand_over(reason)
+            await self.volumes.stop_mirrors()
             await self._release()
         self.ctx.taken_ports.difference_update(self.ports.values())
         with contextlib.suppress(StoreError):
@@ -300,7 +291,7 @@ class InstanceRunner:
         if self._frozen:
             return
         await self._drop_vip("lease at risk")
-        await self._stop_mirrors()  # a fenced active sends nothing more
+        await self.volumes.stop_mirrors()  # a fenced active sends nothing more
         if self.process is not None:
             self.process.signal_group(signal.SIGSTOP)
         self._frozen = True
@@ -393,6 +384,8 @@ class InstanceRunner:
         health: Health
         if self._gave_up:
             state = "failed"
+        elif process is None and self._seeding:
+            state = "seeding"
         elif process is None:
             state = "standby" if self.active_passive and not self._stopping else "stopped"
         else:
@@ -417,6 +410,7 @@ class InstanceRunner:
             generation=self.generation,
             restarts=process.restarts if process else 0,
             pid=process.pid if process else None,
+            detail=self.volumes.seeding_detail if self._seeding else "",
         )
 
     async def _publish_loop(self) -> None:
@@ -488,11 +482,12 @@ class InstanceRunner:
         if lock_known:
             lock = await self.ctx.store.lock_holder(active_lock(self.service))
             if lock is not None:
-                self.highest_token = max(self.highest_token, lock.fencing_token)
+                tokens = self.volumes
+                tokens.highest_token = max(tokens.highest_token, lock.fencing_token)
                 self._free_since = None
             else:
                 self._free_since = self._free_since or time.monotonic()
-                fresher = await self._fresher_copy_elsewhere()
+                fresher = await self.volumes.fresher_copy_elsewhere()
         async with self._role_lock:
             view = self._view(request, lock, lock_known, read_lease, read_as_active, fresher)
             await self._carry_out(ap_step(view))
@@ -568,7 +563,7 @@ class InstanceRunner:
         self.role = "active"
         self._poke()
         await self._take_vip()
-        await self._start_mirrors(hold.fencing_token)
+        await self.volumes.start_mirrors(hold.fencing_token)
         await self.ctx.journal.record(
             "resumed", self.instance, "lease renewed", token=hold.fencing_token
         )
@@ -614,7 +609,7 @@ class InstanceRunner:
         """Become active: start (cold), run on_promote, and only then say so,
         so no gateway routes to an active whose promotion is not done."""
         self.hold = hold  # from now on no push is taken into this copy
-        if self.ctx.abort_transfers is not None and self._replicated():
+        if self.ctx.abort_transfers is not None and self.volumes.replicated:
             self.ctx.abort_transfers(self.service)
         if self.process is None:  # cold standby starts now, with its token
             await self._start_process(hold.fencing_token, role="active")
@@ -622,7 +617,7 @@ class InstanceRunner:
         self.role = "active"
         self._poke()
         await self._take_vip()
-        await self._start_mirrors(hold.fencing_token)
+        await self.volumes.start_mirrors(hold.fencing_token)
         asked = self._switchover is not None
         with contextlib.suppress(StoreError):
             await self.ctx.store.delete(switchover_key(self.service))
@@ -646,8 +641,8 @@ class InstanceRunner:
         await self._run_hook(self.spec.on_demote, "on_demote")
         await self._stop_process()
         if release:  # still the lock's holder: hand the last changes over first
-            await self._hand_over_volumes(reason)
-        await self._stop_mirrors()
+            await self.volumes.hand_over(reason)
+        await self.volumes.stop_mirrors()
         if release:
             await self._release()
         self.hold = None
@@ -656,167 +651,32 @@ class InstanceRunner:
         await self.ctx.journal.record("demoted", self.instance, reason, service=self.service)
 
     # -- replicated volumes ---------------------------------------------------------
-    def _replicated(self) -> list[tuple[str, VolumeSpec]]:
-        return [(n, v) for n, v in sorted(self.spec.volumes.items()) if v.replicated]
-
-    async def _fresher_copy_elsewhere(self) -> bool:
-        """Whether a living node has a fresher copy of one of the service's
-        replicated volumes than this node (one store read per volume)."""
-        volumes = self._replicated()
-        if not volumes:
-            return False
-        alive = [last_segment(i.key) for i in (await self.ctx.store.list(NODES)).items]
-        for name, _volume in volumes:
-            listing = await self.ctx.store.list(volume_copies(self.service, name))
-            copies = [CopyRecord.decode(i.value) for i in listing.items]
-            if fresher_elsewhere(self.ctx.node.name, copies, alive):
-                return True
-        return False
-
-    async def _start_mirrors(self, token: int) -> None:
-        """The new active sends its replicated volumes to the other instances'
-        nodes, and says how far behind its data is when a fresher copy died."""
-        await self._stop_mirrors()
-        for name, volume in self._replicated():
-            with contextlib.suppress(StoreError):
-                listing = await self.ctx.store.list(volume_copies(self.service, name))
-                late = behind(
-                    self.ctx.node.name, [CopyRecord.decode(i.value) for i in listing.items]
-                )
-                if late is not None:
-                    await self.ctx.journal.record(
-                        "volume-behind", f"{self.service}/{name}",
-                        f"{self.instance} became active with data {late.seconds:.1f}s "
-                        f"({late.transfers} transfer(s)) behind the freshest copy, which is gone",
-                        seconds=round(late.seconds, 3), transfers=late.transfers,
-                    )  # fmt: skip
-            mirror = VolumeMirror(
-                store=self.ctx.store,
-                node=self.ctx.node.name,
-                service=self.service,
-                name=name,
-                volume=volume,
-                directory=Path(self.values[f"volume.{name}"]),
-                token=token,
-                push=self._pusher(volume),
-                record=self.ctx.journal.record,
-                targets=functools.partial(
-                    targets_of, self.ctx.store, self.service, self.ctx.node.name,
-                    self.ctx.volume_port,
-                ),
-                snapshot=self._snapshotter(volume),
-            )  # fmt: skip
-            await mirror.start()
-            self.mirrors.append(mirror)
-
-    def _pusher(self, volume: VolumeSpec) -> Push:
-        tls_dir = self.ctx.tls_dir
-
-        async def push_to(source: Path, target: Target, volume_id: str) -> PushOutcome:
-            return await push(
-                source, target.address, target.port, volume_id,
-                tls_dir=tls_dir, exclude=volume.exclude,
-                timeout=defaults.MIRROR_TRANSFER_TIMEOUT,
-            )  # fmt: skip
-
-        return push_to
-
-    def _snapshotter(self, volume: VolumeSpec) -> Snapshot | None:
-        command = volume.snapshot
-        if not command:
-            return None
-
-        async def snapshot() -> int:
-            env = self._env(self.hold.fencing_token if self.hold else None)
-            env["NINEFOLD_HOOK"] = "snapshot"
-            return await run_hook(
-                [render(a, self.values) for a in command],
-                env,
-                render(self.spec.workdir, self.values) if self.spec.workdir else None,
-                defaults.HOOK_TIMEOUT,
-                self.ctx.log_dir / f"{self.instance}.log",
-            )
-
-        return snapshot
-
-    async def _hand_over_volumes(self, reason: str) -> None:
-        """A planned handover: the last changes reach the standbys before the
-        lock goes (the process has stopped writing)."""
-        for mirror in self.mirrors:
-            started = time.monotonic()
-            done = await mirror.flush()
-            took = time.monotonic() - started
-            await self.ctx.journal.record(
-                "volume-handed-over" if done else "volume-handover-incomplete",
-                mirror.volume_id.rpartition("@")[0],
-                f"{reason}: last changes {'sent' if done else 'NOT all sent'} in {took:.2f}s",
-                seconds=round(took, 3),
-            )
-
-    async def _stop_mirrors(self) -> None:
-        mirrors, self.mirrors = self.mirrors, []
-        for mirror in mirrors:
-            await mirror.stop()
-
-    async def _load_own_copies(self) -> None:
-        """Which replicated volumes this node last wrote as the active: a
-        newer active's first push sets such a copy aside first. A store that
-        does not answer is asked again (pushes are refused meanwhile)."""
-        for name, _volume in self._replicated():
-            for attempt in range(20):
-                try:
-                    key = copy_key(self.service, name, self.ctx.node.name)
-                    item = await self.ctx.store.get(key)
-                    break
-                except StoreError:
-                    await asyncio.sleep(0.1 * (attempt + 1))
-            else:
-                log.warning("%s: own copy of %s unknown; a newer push may overwrite it",
-                            self.instance, name)  # fmt: skip
-                continue
-            if item is not None:
-                record = CopyRecord.decode(item.value)
-                if record.source == self.ctx.node.name:
-                    self._was_source[name] = record.token
-        self._copies_known = True
-
     def receives(self, volume: str, token: int) -> Path | None:
-        """Where a push of `volume` from an active with `token` lands on this
-        node; None when refused: this instance is (or was, frozen) the active,
-        or the sender's token is older than an active this node has seen.
+        """Where a push of `volume` from a source with `token` lands on this
+        node (instance_volumes.py); never into an active's copy, nor a frozen one's."""
+        may = self.role != "active" and self.hold is None and not self._frozen
+        return self.volumes.receives(volume, token, may)
 
-        A copy this node last wrote as an older active may hold changes the
-        new active never received (it died, or was cut off): before the new
-        active's first push it is moved aside, whole, into a dated directory
-        next to the volume, never merged or deleted."""
-        if self.role == "active" or self.hold is not None or self._frozen:
-            return None
-        if token < self.highest_token:
-            return None
-        if not self._copies_known:
-            return None  # refused for now; the active retries
-        spec = self.spec.volumes.get(volume)
-        if spec is None or not spec.replicated:
-            return None
-        directory = Path(self.values[f"volume.{volume}"])
-        old = self._was_source.pop(volume, None)
-        if old is not None and old < token and directory.is_dir() and any(directory.iterdir()):
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            aside = directory.with_name(f"{directory.name}.set-aside-{stamp}-token{old}")
-            directory.rename(aside)
-            directory.mkdir()
-            log.warning("%s: %s set aside in %s", self.instance, volume, aside)
-            reason = (
-                f"{self.instance}'s copy from its time as the active (token {old}) "
-                f"moved to {aside} before the new active's (token {token}) first transfer"
-            )
-            event = self.ctx.journal.record(
-                "volume-set-aside", f"{self.service}/{volume}", reason, path=str(aside), token=old
-            )
-            task = asyncio.get_running_loop().create_task(event)
-            self._background.add(task)  # the loop keeps tasks only weakly
-            task.add_done_callback(self._background.discard)
-        return directory
+    def _hook_env(self) -> dict[str, str]:
+        return self._env(self.hold.fencing_token if self.hold else None)
+
+    async def _first_copies_needed(self) -> list[str]:
+        for attempt in range(10):
+            try:
+                return await self.volumes.needs_first_copy()
+            except StoreError:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        log.warning("%s: store unreachable; starting without checking for a first copy",
+                    self.instance)  # fmt: skip
+        return []
+
+    async def _seed_then_start(self, volumes: list[str]) -> None:
+        """A replicated instance on a node with no copy: its first copy, then its process."""
+        log.info("%s: waiting for the first copy of %s", self.instance, ", ".join(volumes))
+        await self.volumes.wait_first_copies(volumes, self._poke)
+        self._seeding = False
+        await self._start_process()
+        self._poke()
 
     async def _take_vip(self) -> None:
         """The active holds the service's VIP (once its promotion is done)."""

@@ -90,6 +90,9 @@ class InstanceOut(_Out):
     fencing_token: int | None = None
     pid: int | None = None
     draining: bool = False
+    detail: str = Field(
+        default="", description="what it waits for, e.g. a seeding instance's first copy"
+    )
 
 
 class ServiceDetailOut(ServiceOut):
@@ -109,6 +112,56 @@ class StatusOut(_Out):
     services: list[ServiceOut]
     instances: list[InstanceOut]
     vips: list[VipOut] = []
+
+
+class CopyOut(_Out):
+    node: str
+    role: Literal["source", "copy"] = Field(
+        description="`source`: the copy the others are made from (the active's)"
+    )
+    state: Literal["source", "in-sync", "behind", "seeding", "failing", "down"] = Field(
+        description="the first that applies: `down` (its node is not alive), `failing` "
+        "(the last transfer to it failed), `seeding` (its first transfer is under way), "
+        "`source`, `behind` (changes at the source not in it yet), `in-sync`"
+    )
+    alive: bool = Field(description="whether its node is alive")
+    sent_by: str = Field(description="the node whose active sent its last transfer")
+    token: int = Field(description="fencing token of the active that sent it")
+    seq: int = Field(description="that active's transfer count: with `token`, its generation")
+    lag_seconds: float = Field(
+        description="how long the oldest change at the source not in it has waited (0: none)"
+    )
+    bytes_behind: int = Field(description="size of the files changed at the source, not in it")
+    last_sync: float | None = Field(
+        description="when the last transfer into it completed (the source: when its last "
+        "round started), seconds since the epoch; null: never"
+    )
+    seeding: bool
+    seed_done: int = Field(description="bytes of the first transfer done so far")
+    seed_total: int = Field(description="bytes of the first transfer in all (0: not known yet)")
+    verified_at: float | None = Field(
+        description="when a checksum comparison with the source last completed; null: never"
+    )
+    diverged: int = Field(description="files that comparison found different (and repaired)")
+    error: str = Field(description="why the last transfer to it failed ('' when it succeeded)")
+    written_at: float = Field(description="when its record was last written")
+
+
+class VolumeOut(_Out):
+    service: str
+    volume: str
+    source: str | None = Field(description="the node the copies are made from (null: none yet)")
+    copies: list[CopyOut] = Field(description="the source's first, then by node")
+
+
+class VolumesOut(_Out):
+    time: float = Field(
+        description="the agent's wall clock the lags were computed at, seconds since the epoch "
+        "(ages are relative to it)"
+    )
+    volumes: list[VolumeOut] = Field(
+        description="every volume with `replicate: continuous`, by service then volume"
+    )
 
 
 class SpecOut(_Out):

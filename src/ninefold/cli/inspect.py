@@ -23,7 +23,7 @@ from ninefold.cli.common import (
     connect,
 )
 from ninefold.cli.console import err, fail, out, print_json
-from ninefold.client import ApiError
+from ninefold.client import ApiError, ClusterClient
 
 LOG_FOLLOW_WINDOW = 500
 """Lines fetched per instance on each `logs -f` poll, to find the new ones."""
@@ -38,8 +38,9 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
     check_output(output, "table", "json")
     with connect(spec) as client, calling():
         view = client.status()
+        volumes = replicated_volumes(client)
     if output == "json":
-        print_json(view)
+        print_json({**view, "volumes": volumes} if volumes else view)
         return
     nodes = Table(title=f"cluster {view.get('cluster', '')}", title_justify="left")
     for col in ("NODE", "ADDRESS", "ZONE", "STATE", "ROLE"):
@@ -97,6 +98,43 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
             held = v.get("holder")
             vips.add_row(v.get("address", ""), v.get("service", ""), held or "[red]unheld[/red]")
         out.print(vips)
+    if volumes:
+        out.print(volumes_summary(volumes))
+
+
+def replicated_volumes(client: ClusterClient) -> list[dict[str, Any]]:
+    """The replicated volumes and their copies (`GET /v1/volumes`); none when
+    the agent cannot tell (one older than this client)."""
+    try:
+        return list(client.volumes().get("volumes") or [])
+    except ApiError:
+        return []
+
+
+_COPY_COLOUR = {"source": "cyan", "in-sync": "green", "behind": "yellow", "seeding": "yellow"}
+
+
+def volumes_summary(volumes: list[dict[str, Any]]) -> Table:
+    """One line per copy: volume, node, role, state, lag (`ninefold volumes` shows more)."""
+    table = Table(title="volumes", title_justify="left")
+    for col in ("VOLUME", "NODE", "ROLE", "STATE", "LAG"):
+        table.add_column(col)
+    for v in volumes:
+        name = f"{v.get('service', '')}/{v.get('volume', '')}"
+        for c in v.get("copies") or []:
+            state = str(c.get("state", ""))
+            colour = _COPY_COLOUR.get(state, "red")
+            shown = state
+            done, total = int(c.get("seed_done") or 0), int(c.get("seed_total") or 0)
+            if state == "seeding" and total > 0:
+                shown += f" {min(100, 100 * done // total)}%"
+            lag = "" if c.get("role") == "source" else f"{float(c.get('lag_seconds') or 0):.1f}s"
+            table.add_row(
+                name, c.get("node", ""), c.get("role", ""), Text(shown, style=colour), lag
+            )
+        if not v.get("copies"):
+            table.add_row(name, "", "", Text("no copies yet", style="yellow"), "")
+    return table
 
 
 def event_line(event: dict[str, Any]) -> str:

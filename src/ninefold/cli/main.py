@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from ninefold import __version__
-from ninefold.cli import doctor, inspect, join, operate, service, setup
+from ninefold.cli import doctor, inspect, join, operate, service, setup, volumes
 from ninefold.cli.cert import cert_app
 from ninefold.cli.console import out
 from ninefold.cli.kv import kv_app
@@ -46,6 +46,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("up", setup.up),
     ("down", setup.down),
     ("status", inspect.status),
+    ("volumes", volumes.volumes),
     ("apply", operate.apply),
     ("scale", operate.scale),
     ("restart", operate.restart),

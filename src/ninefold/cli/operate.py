@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import typer
 from rich.text import Text
 
 from ninefold.cli.common import DEFAULT_SPEC, SpecOption, calling, client_for, connect, load
-from ninefold.cli.console import EXIT_USAGE, err, fail, out, say
+from ninefold.cli.console import EXIT_FAILED, EXIT_USAGE, err, fail, out, progress, say
 
 
 def accepted(answer: Any, default: str) -> None:
@@ -82,15 +83,73 @@ def apply(
 # --- changes ---------------------------------------------------------------------------
 
 
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        "-w",
+        min=0,
+        help="Seconds to wait for every instance to run, showing what each waits "
+        "for (a new replica's first copy of a replicated volume, with its progress). "
+        "0: do not wait.",
+    ),
+]
+
+
+def ready(instance: dict[str, Any]) -> bool:
+    """Running and healthy (or unchecked), or a cold standby."""
+    if instance.get("state") == "standby":
+        return True
+    return instance.get("state") == "running" and instance.get("health") in ("healthy", "none")
+
+
+def waiting_for(service: dict[str, Any]) -> str | None:
+    """What the service still waits for (None: every instance ready)."""
+    instances = service.get("instances") or []
+    desired = int(service.get("desired") or 0)
+    busy = [i for i in instances if not ready(i)]
+    if len(instances) >= desired and not busy:
+        return None
+    parts = [f"{service['name']}: {len(instances) - len(busy)} of {desired} ready"]
+    for i in busy:
+        detail = i.get("detail") or i.get("health") or ""
+        parts.append(
+            f"{i['instance']} on {i['node']} {i['state']}" + (f" ({detail})" if detail else "")
+        )
+    return "; ".join(parts)
+
+
+def wait_ready(client: Any, service: str, seconds: float) -> None:
+    """Poll the service until every instance is ready, showing progress; a
+    non-zero exit when `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    with progress(f"{service}: waiting for its instances") as report:
+        while True:
+            with calling():
+                now = client.service(service)
+            pending = waiting_for(now)
+            if pending is None:
+                break
+            report(pending)
+            if time.monotonic() >= deadline:
+                raise fail(f"{service}: not ready after {seconds:g}s: {pending}", EXIT_FAILED)
+            time.sleep(0.5)
+    say(f"{service}: every instance ready")
+
+
 def scale(
     service: Annotated[str, typer.Argument(help="The service.")],
     replicas: Annotated[int, typer.Argument(help="How many instances it should run.", min=1)],
     spec: SpecOption = DEFAULT_SPEC,
+    wait: WaitOption = 0,
 ) -> None:
     """Set how many instances a service runs."""
-    with connect(spec) as client, calling():
-        answer = client.scale(service, replicas)
-    accepted(answer, f"{service} scaled to {replicas}")
+    with connect(spec) as client:
+        with calling():
+            answer = client.scale(service, replicas)
+        accepted(answer, f"{service} scaled to {replicas}")
+        if wait:
+            wait_ready(client, service, wait)
 
 
 def restart(
@@ -107,11 +166,16 @@ def move(
     instance: Annotated[str, typer.Argument(help="The instance, e.g. web-1.")],
     node: Annotated[str, typer.Argument(help="The node it should run on.")],
     spec: SpecOption = DEFAULT_SPEC,
+    wait: WaitOption = 0,
 ) -> None:
     """Move one instance to another node."""
-    with connect(spec) as client, calling():
-        answer = client.move(instance, node)
-    accepted(answer, f"{instance}: moving to {node}")
+    with connect(spec) as client:
+        with calling():
+            answer = client.move(instance, node)
+            service = client.instance(instance)["service"] if wait else ""
+        accepted(answer, f"{instance}: moving to {node}")
+        if wait:
+            wait_ready(client, service, wait)
 
 
 def switchover(

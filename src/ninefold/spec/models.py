@@ -429,11 +429,16 @@ class VolumeSpec(_Model):
     snapshot: Argv | None = None
     """Run in the service's environment before each transfer, so the copy is
     consistent (a database's dump or checkpoint)."""
+    verify: PositiveDuration = defaults.MIRROR_VERIFY_INTERVAL
+    """How often each copy is compared with the source by checksum (what size
+    and mtime cannot see); differences are repaired and reported."""
 
     @model_validator(mode="after")
     def _replication_options_need_replication(self) -> Self:
-        if self.replicate == "none" and (self.exclude or self.snapshot):
-            raise ValueError("exclude and snapshot need replicate: continuous")
+        if self.replicate == "none" and (
+            self.exclude or self.snapshot or "verify" in self.model_fields_set
+        ):
+            raise ValueError("exclude, snapshot and verify need replicate: continuous")
         return self
 
     @model_serializer(mode="wrap")

@@ -43,7 +43,7 @@ class AssignmentRecord(Record):
     """What the instance runs (see decide/plan.py generation); a change restarts it."""
 
 
-InstanceState = Literal["starting", "running", "backoff", "failed", "stopped", "standby"]
+InstanceState = Literal["starting", "seeding", "running", "backoff", "failed", "stopped", "standby"]
 Health = Literal["starting", "healthy", "unhealthy", "none"]
 Role = Literal["replica", "active", "standby"]
 
@@ -118,7 +118,38 @@ class CopyRecord(Record):
     active had written before then is in it."""
     bytes_sent: int = 0
     seconds: float = 0.0
+    """Bytes and seconds of the last completed transfer."""
+    completed_at: float = 0.0
+    """Wall-clock time the last transfer into this copy completed (0: never)."""
+    behind_since: float = 0.0
+    """Wall-clock time of the oldest change at the source not yet in this copy,
+    as the source last saw it (0: none). Lag = now - behind_since."""
+    bytes_behind: int = 0
+    """Size of the files changed at the source and not yet in this copy."""
+    seeding: bool = False
+    """The copy is being made for the first time (its instance waits for it)."""
+    seed_done: int = 0
+    seed_total: int = 0
+    """Bytes of the first transfer done so far, out of how many (rsync's count)."""
+    verified_at: float = 0.0
+    """When a checksum comparison with the source last completed (0: never)."""
+    diverged: int = 0
+    """Files the last checksum comparison found different though unchanged at
+    the source (repaired by that comparison; an event named them)."""
+    error: str = ""
+    """Why the last transfer to this copy failed ("" when it succeeded)."""
+    written_at: float = Field(default_factory=time.time)
+    """When the source wrote this record."""
 
     @property
     def generation(self) -> tuple[int, int]:
         return (self.token, self.seq)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the copy holds a whole transfer (a source's own copy always does)."""
+        return self.source == self.node or self.completed_at > 0
+
+    def lag(self, now: float) -> float:
+        """Seconds the oldest change not in this copy has waited (0: in sync)."""
+        return max(0.0, now - self.behind_since) if self.behind_since else 0.0

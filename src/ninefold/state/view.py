@@ -58,6 +58,8 @@ class InstanceView:
     fencing_token: int | None = None
     pid: int | None = None
     draining: bool = False
+    detail: str = ""
+    """What it waits for, e.g. a seeding instance's first copy and its progress."""
 
 
 @dataclass
@@ -125,6 +127,7 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
                 fencing_token=s.fencing_token if s else None,
                 pid=s.pid if s else None,
                 draining=s.draining if s else False,
+                detail=s.detail if s else "",
             )
         )
     services = []

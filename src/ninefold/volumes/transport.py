@@ -84,9 +84,11 @@ PARTIAL_DIR = ".ninefold-partial"
 volume's directory, in the file's own directory), for the next transfer to
 start from. Not `--partial`: rsync killed or cut off mid-file would put the
 truncated file in place of the good copy the standby had."""
-ALLOWED_OPTIONS = frozenset({"--delete", "--inplace", "--stats", "-@-1"})
+ALLOWED_OPTIONS = frozenset({"--delete", "--inplace", "--stats", "-@-1", "--log-format=X"})
 """Options besides the bundle a receiving server may get, as rsync 3.x passes
-them (`-@-1` is `--modify-window=-1`), and `--partial-dir .ninefold-partial`."""
+them (`-@-1` is `--modify-window=-1`; `--log-format=X` comes with the
+sender's `--out-format`, which lists the files sent), and `--partial-dir
+.ninefold-partial`."""
 _BUNDLE = re.compile(r"-[logDtprc]+(?:e[.A-Za-z0-9]*)?")
 """The short options of `-a` (without -s: options hidden from argv are refused)
 and `-c`, then rsync's `-e.<capabilities>`, e.g. `-logDtpre.iLsfxCIvu`."""
@@ -556,12 +558,16 @@ class PushResult:
     files_transferred: int
     seconds: float
     error: str
+    sent_files: tuple[str, ...] = ()
+    """The regular files sent, relative to the volume (only when asked: `list_sent`)."""
 
 
 RSYNC_ARGS = ("-a", "--delete", f"--partial-dir={PARTIAL_DIR}", "--stats", "--modify-window=-1")
 """`--modify-window=-1`: the quick check compares mtimes to the nanosecond (the
 default compares whole seconds: a file rewritten at the same size within the
 second of the last push would never be sent again)."""
+SENT_MARK = "sent: "
+"""Prefix of the lines `--out-format` prints for each item sent."""
 VANISHED = 24
 """rsync's exit code when some source files vanished during the transfer."""
 _SAFE = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
@@ -615,6 +621,8 @@ def push_command(
     tls_dir: Path | None,
     exclude: Sequence[str] = (),
     checksum: bool = False,
+    list_sent: bool = False,
+    progress: bool = False,
 ) -> list[str]:
     """The rsync command line of a push (relative paths are taken from the
     current directory; ValueError for a host rsync cannot be given)."""
@@ -627,6 +635,8 @@ def push_command(
         "rsync",
         *RSYNC_ARGS,
         *(["--checksum"] if checksum else []),
+        *([f"--out-format={SENT_MARK}%n"] if list_sent else []),
+        *(["--info=progress2", "--no-inc-recursive"] if progress else []),
         *(f"--exclude={pattern}" for pattern in exclude),
         "-e",
         pipe_command(port, volume, tls_dir),
@@ -645,6 +655,8 @@ async def push(
     exclude: Sequence[str] = (),
     timeout: float,
     checksum: bool = False,
+    list_sent: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> PushResult:
     """Send the contents of `source` to the `VolumeListener` at host:port as
     volume `volume` (rsync -a --delete --partial; `exclude`: rsync patterns
@@ -653,10 +665,14 @@ async def push(
     `checksum`: compare whole-file checksums instead of size and mtime (reads
     every file on both sides: the periodic verification, not every push).
     Never raises for a failed transfer: ok=False and why; rsync and its pipe
-    are killed after `timeout` seconds, or when the caller is cancelled."""
+    are killed after `timeout` seconds, or when the caller is cancelled.
+    `list_sent`: name the regular files sent in the result. `progress`: called
+    with the bytes sent so far as rsync reports them (a first copy, which may
+    take long)."""
     args = push_command(
-        source, host, port, volume, tls_dir=tls_dir, exclude=exclude, checksum=checksum
-    )
+        source, host, port, volume, tls_dir=tls_dir, exclude=exclude, checksum=checksum,
+        list_sent=list_sent, progress=progress is not None,
+    )  # fmt: skip
     env = {**os.environ, "LC_ALL": "C"}
     started = time.monotonic()
     try:
@@ -672,7 +688,11 @@ async def push(
         return PushResult(False, 0, 0, 0.0, f"cannot run rsync: {_why(exc)}")
     try:
         async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
+            assert proc.stdout is not None and proc.stderr is not None
+            err_task = asyncio.ensure_future(proc.stderr.read())
+            out = await _read_reporting(proc.stdout, progress)
+            err = await err_task
+            await proc.wait()
     except TimeoutError:
         _kill(proc)
         await proc.wait()
@@ -689,9 +709,36 @@ async def push(
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
     sent = _stat(stdout, "Total bytes sent")
     files = _stat(stdout, "Number of regular files transferred")
+    names = tuple(
+        line[len(SENT_MARK) :]
+        for line in stdout.splitlines()
+        if line.startswith(SENT_MARK) and not line.endswith("/")
+    )
     if code == 0:
-        return PushResult(True, sent, files, seconds, "")
+        return PushResult(True, sent, files, seconds, "", names)
     if code == VANISHED:
         note = "some files vanished at the source during the transfer (rsync 24)"
-        return PushResult(True, sent, files, seconds, note)
-    return PushResult(False, sent, files, seconds, _error_line(stderr, code))
+        return PushResult(True, sent, files, seconds, note, names)
+    return PushResult(False, sent, files, seconds, _error_line(stderr, code), names)
+
+
+_PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
+
+
+async def _read_reporting(
+    stdout: asyncio.StreamReader, progress: Callable[[int], None] | None
+) -> bytes:
+    """All of rsync's stdout; with `progress`, each `--info=progress2` line's
+    byte count is passed on as it comes (those lines end in a carriage return)."""
+    if progress is None:
+        return await stdout.read()
+    chunks: list[bytes] = []
+    tail = b""
+    while data := await stdout.read(CHUNK):
+        chunks.append(data)
+        *lines, tail = re.split(rb"[\r\n]", tail + data)
+        for line in reversed(lines):
+            if match := _PROGRESS.match(line):
+                progress(int(match.group(1).replace(b",", b"")))
+                break
+    return b"".join(chunks)

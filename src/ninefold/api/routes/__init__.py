@@ -14,6 +14,7 @@ from ninefold.api.routes import (
     spec,
     status,
     tokens,
+    volumes,
 )
 from ninefold.api.routing import ResourceRouter
 
@@ -23,6 +24,7 @@ ROUTERS: tuple[ResourceRouter, ...] = (
     nodes.router,
     services.router,
     instances.router,
+    volumes.router,
     spec.router,
     events.router,
     kv.router,

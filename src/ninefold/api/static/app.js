@@ -82,7 +82,7 @@
   // -- classes for states -------------------------------------------------------------
   function stateClass(state) {
     if (["up", "running", "healthy", "active"].includes(state)) return "ok";
-    if (["drained", "starting", "pending", "stopping", "standby", "draining"].includes(state))
+    if (["drained", "starting", "seeding", "pending", "stopping", "standby", "draining"].includes(state))
       return "warn";
     if (["down", "failed", "lost", "unhealthy", "stopped", "crashed"].includes(state)) return "bad";
     return "neutral";
@@ -254,6 +254,97 @@
     renderVips(s);
   }
 
+  // -- volumes: the replicated volumes' copies (GET /v1/volumes) ----------------------
+  const COPY_CLASS = {
+    source: "neutral",
+    "in-sync": "ok",
+    behind: "warn",
+    seeding: "warn",
+    failing: "bad",
+    down: "bad",
+  };
+
+  function humanBytes(n) {
+    let value = Number(n) || 0;
+    for (const unit of ["B", "kB", "MB", "GB", "TB"]) {
+      if (Math.abs(value) < 1000 || unit === "TB") {
+        if (unit === "B") return `${Math.trunc(value)} B`;
+        return `${Math.abs(value) < 10 ? value.toFixed(1) : value.toFixed(0)} ${unit}`;
+      }
+      value /= 1000;
+    }
+    return "";
+  }
+
+  function humanSeconds(s) {
+    const secs = Math.max(0, Number(s) || 0);
+    if (secs < 10) return `${secs.toFixed(1)}s`;
+    const w = Math.trunc(secs);
+    const pad = (n) => String(n).padStart(2, "0");
+    if (w < 60) return `${w}s`;
+    if (w < 3600) return `${Math.trunc(w / 60)}m${pad(w % 60)}s`;
+    if (w < 86400) return `${Math.trunc(w / 3600)}h${pad(Math.trunc((w % 3600) / 60))}m`;
+    return `${Math.trunc(w / 86400)}d${pad(Math.trunc((w % 86400) / 3600))}h`;
+  }
+
+  const ago = (then, now) => (then ? `${humanSeconds(now - then)} ago` : "never");
+
+  function copyState(c) {
+    if (c.state !== "seeding") return c.state;
+    if (c.seed_total > 0) {
+      const pct = Math.min(100, Math.trunc((100 * c.seed_done) / c.seed_total));
+      return `seeding ${pct}% (${humanBytes(c.seed_done)} of ${humanBytes(c.seed_total)})`;
+    }
+    return c.seed_done ? `seeding (${humanBytes(c.seed_done)} so far)` : "seeding";
+  }
+
+  function copyRow(v, c, now) {
+    const source = c.role === "source";
+    let verified = ago(c.verified_at, now);
+    if (c.diverged) verified += `, ${c.diverged} repaired`;
+    let detail = c.error || "";
+    if (!detail && !source && c.sent_by && c.sent_by !== v.source) detail = `last sent by ${c.sent_by}`;
+    const dash = `<span class="muted">–</span>`;
+    return (
+      `<tr data-volume="${esc(`${v.service}/${v.volume}`)}" data-node="${esc(c.node)}" ` +
+      `data-state="${esc(c.state)}">` +
+      `<td><b>${esc(v.service)}</b>/${esc(v.volume)}</td><td>${esc(c.node)}</td>` +
+      `<td>${source ? `<span class="pill ok">source</span>` : "copy"}</td>` +
+      `<td><span class="pill ${COPY_CLASS[c.state] || "neutral"}">${esc(copyState(c))}</span></td>` +
+      `<td class="right">${source ? dash : esc(humanSeconds(c.lag_seconds))}</td>` +
+      `<td class="right">${source ? dash : esc(humanBytes(c.bytes_behind))}</td>` +
+      `<td>${esc(ago(c.last_sync, now))}</td><td>${esc(verified)}</td>` +
+      `<td class="${c.error ? "bad-text" : "muted"} small">${esc(detail)}</td></tr>`
+    );
+  }
+
+  function renderVolumes(answer) {
+    const volumes = answer?.volumes || [];
+    $("volumes-panel").hidden = !volumes.length;
+    if (!volumes.length) return;
+    const now = answer.time || Date.now() / 1000;
+    const rows = [];
+    for (const v of volumes) {
+      if (!v.copies?.length) {
+        rows.push(
+          `<tr data-volume="${esc(`${v.service}/${v.volume}`)}"><td><b>${esc(v.service)}</b>/${esc(v.volume)}</td>` +
+            `<td colspan="8" class="muted">no copies yet</td></tr>`,
+        );
+      }
+      for (const c of v.copies || []) rows.push(copyRow(v, c, now));
+    }
+    setHTML($("volumes"), rows.join(""));
+  }
+
+  async function pollVolumes() {
+    try {
+      renderVolumes(await getJSON(`${API}/volumes`));
+    } catch (_) {
+      // No answer: the last table stays (pollStatus shows the connection); an
+      // agent without the route never shows the panel.
+    }
+  }
+
   // -- metrics: Prometheus text -> per-service rates ----------------------------------
   const LINE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
   const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
@@ -406,7 +497,7 @@
     running = true;
     clearTimeout(timer);
     try {
-      await Promise.all([pollStatus(), pollMetrics()]);
+      await Promise.all([pollStatus(), pollVolumes(), pollMetrics()]);
     } finally {
       running = false;
       if (again) {
