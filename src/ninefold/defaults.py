@@ -263,3 +263,18 @@ with a complete copy)."""
 SEED_WAIT_ALONE = 30.0
 """An instance waiting for its first copy starts without one after this long
 if no living node has a complete copy to send it."""
+
+# --- node pools (docs/pools.md) ---------------------------------------------------------
+POOL_REPLACE_AFTER = 10.0
+"""A pool machine dead this long is fenced and replaced (lab default; minutes for clouds)."""
+POOL_BOOT_TIMEOUT = 120.0
+"""A created machine that has not joined after this long is destroyed and made again."""
+POOL_ROGUE_GRACE = 60.0
+"""A tagged machine the store does not know is destroyed after this long."""
+POOL_BUDGET_REPLACEMENTS = 3
+POOL_BUDGET_WINDOW = 600.0
+"""At most this many machines created per pool per window."""
+POOL_LIST_INTERVAL = 5.0
+"""How often the leader lists a pool's machines at the provider (rogue machines)."""
+HEAL_INTERVAL = 1.0
+"""How often the leader decides on its pools."""

@@ -38,6 +38,7 @@ import psutil
 
 from ninefold import defaults
 from ninefold.client import ApiError, api_scheme, api_verify, node_url
+from ninefold.net import bind_error
 from ninefold.spec import ClusterSpec, NodeSpec
 from ninefold.spec.errors import format_loc
 
@@ -192,18 +193,6 @@ def check_address(target: Target) -> Finding:
 
 
 # --- ports -----------------------------------------------------------------------------
-
-
-def bind_error(address: str, port: int) -> OSError | None:
-    """Why a listener could not bind address:port now; None when it could."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            return exc
-    return None
 
 
 def port_holders(address: str, ports: Iterable[int]) -> dict[int, int]:

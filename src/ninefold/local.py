@@ -18,15 +18,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 import psutil
 
 from ninefold import defaults
-from ninefold.agent.ports import port_is_free
 from ninefold.client import ApiError, api_scheme, api_verify, node_url
+from ninefold.net import port_is_free
 from ninefold.spec import ClusterSpec, NodeSpec, load_spec
 
 Progress = Callable[[str], None]
@@ -330,9 +330,12 @@ def agent_command(spec_path: Path, node: str, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def spawn_agent(argv: list[str], log_path: Path, banner: str, cwd: Path) -> subprocess.Popen[bytes]:
+def spawn_agent(
+    argv: list[str], log_path: Path, banner: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start `argv` detached (its own session), its output appended to `log_path`
-    after a `--- <time> <banner>` line (its directory made first)."""
+    after a `--- <time> <banner>` line (its directory made first); `env` is
+    added to this process's environment."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {banner}\n".encode())
@@ -343,7 +346,7 @@ def spawn_agent(argv: list[str], log_path: Path, banner: str, cwd: Path) -> subp
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
 

@@ -149,7 +149,7 @@ def test_probe_stops_on_sigterm(whole: Lab) -> None:
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
     assert first["ok"] is True
-    proc.send_signal(signal.SIGTERM)  # ip netns exec became the probe: same pid
+    proc.send_signal(signal.SIGTERM)  # nsenter became the probe: same pid
     assert proc.wait(timeout=10) == 0
     rest = [json.loads(line) for line in proc.stdout.read().splitlines()]
     assert all(line["ok"] for line in rest)

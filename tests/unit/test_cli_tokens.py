@@ -128,3 +128,17 @@ def test_join_to_an_address_nobody_answers_is_one_line(tmp_path: Path) -> None:
     assert f"cannot reach https://127.0.0.1:{port}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "n9").exists()
+
+
+def test_a_join_label_without_a_value_is_refused_before_anything_is_asked(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    code, _, err = cli(
+        "join", f"127.0.0.1:{port}", "--token", "nf1.x", "--ca-hash", "sha256:0",
+        "--name", "n9", "--address", "127.0.0.9", "--label", "pool",
+        "--data-dir", str(tmp_path / "n9"),
+    )  # fmt: skip
+    assert code == 2, err
+    assert "--label 'pool': expected KEY=VALUE" in err
+    assert "cannot reach" not in err and len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ from ninefold import __version__, defaults
 from ninefold.agent.addresses import FloatingAddresses
 from ninefold.agent.gateway_feed import GatewayFeed, make_engine
 from ninefold.agent.gateway_vip import GatewayVipKeeper
+from ninefold.agent.healer import Healer
 from ninefold.agent.instance import NodeContext
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
@@ -218,6 +219,8 @@ class Agent:
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(leader.run(), name="leader"),
         ]
+        healer = Healer(store, journal, leader, self.tls.ca if self.tls is not None else None)
+        tasks.append(asyncio.create_task(healer.run(), name="healer"))
         gateway_vip = None
         if self.spec.gateway.enabled:
             gateway_vip = GatewayVipKeeper(store, self.node, lease, journal, addresses, self.spec)

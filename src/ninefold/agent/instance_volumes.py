@@ -143,6 +143,9 @@ class InstanceVolumes:
             )  # fmt: skip
             await mirror.start()
             self.mirrors[name] = mirror
+            # Until a handover completes, this copy may hold what no other has:
+            # a newer source's first push sets it aside (a fence, a partition).
+            self._was_source[name] = token
 
     async def stop_mirrors(self, volumes: list[str] | None = None) -> None:
         """Stop sending at once (a fenced active must not overwrite a newer copy)."""
@@ -153,10 +156,12 @@ class InstanceVolumes:
     async def hand_over(self, reason: str) -> None:
         """A planned handover: the last changes reach the other copies before
         the source lets go (its process has stopped writing)."""
-        for mirror in self.mirrors.values():
+        for name, mirror in self.mirrors.items():
             started = time.monotonic()
             done = await mirror.flush()
             took = time.monotonic() - started
+            if done:  # every copy has all of it: nothing to set aside later
+                self._was_source.pop(name, None)
             await self.ctx.journal.record(
                 "volume-handed-over" if done else "volume-handover-incomplete",
                 mirror.volume_id.rpartition("@")[0],
@@ -315,7 +320,8 @@ class InstanceVolumes:
                 await self.start_mirrors(token, [name])
             elif source is not None and source != me and name in self.mirrors:
                 log.info("%s: %s's copy on %s is the source now", self.instance, name, source)
-                await self.mirrors[name].flush(timeout=5.0)
+                if await self.mirrors[name].flush(timeout=5.0):
+                    self._was_source.pop(name, None)
                 await self.stop_mirrors([name])
 
     async def needs_first_copy(self) -> list[str]:

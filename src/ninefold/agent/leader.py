@@ -75,6 +75,11 @@ class LeaderLoop:
     def is_leader(self) -> bool:
         return self.hold is not None
 
+    @property
+    def spec(self) -> ClusterSpec:
+        """The stored spec as of the last step (kept fresh: the spec's key wakes it)."""
+        return self._spec
+
     def poke(self) -> None:
         self._signal.poke()
 

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import zlib
 from collections.abc import Iterable
 
 from ninefold import defaults
-
-
-def port_is_free(address: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
+from ninefold.net import port_is_free
 
 
 def allocate_ports(

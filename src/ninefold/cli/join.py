@@ -72,6 +72,10 @@ def join(
         str, typer.Option("--address", help="This node's address, as the others reach it.")
     ],
     zone: Annotated[str, typer.Option("--zone", help="This node's zone.")] = "default",
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="A label KEY=VALUE of this node (repeat for more)."),
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Where the agent keeps its data. Default: by cluster."),
@@ -90,6 +94,7 @@ def join(
 ) -> None:
     """Join this machine to a running cluster: fetch a certificate and the spec,
     then start an agent (no file to edit); with --store its store member too."""
+    _labels(labels or [])  # a bad label fails before anything is asked
     base = _base(address)
     try:
         # The CA is public; its fingerprint, not this connection, says it is the right one.
@@ -124,6 +129,7 @@ def join(
         "name": name,
         "address": node_address,
         "zone": zone,
+        "labels": _labels(labels or []),
         "store": store,
         "csr": node_csr(name, key).decode(),
     }
@@ -162,6 +168,16 @@ def join(
     if member is not None:
         log_path = where / "agent.log"
         asyncio.run(_wait_until_voter(spec, name, member["member_id"], files, log_path, later))
+
+
+def _labels(words: list[str]) -> dict[str, str]:
+    out = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise fail(f"--label {word!r}: expected KEY=VALUE", EXIT_USAGE)
+        out[key] = value
+    return out
 
 
 async def _wait_until_voter(

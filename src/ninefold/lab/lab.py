@@ -16,18 +16,21 @@ Everything here needs root.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ninefold import defaults
 from ninefold.lab import faults, netns, topology
 from ninefold.lab.errors import (
     LabError,
@@ -262,7 +265,16 @@ class Lab:
         return self.data_dir(node) / "agent.log"
 
     def api_url(self, node: str) -> str:
-        return f"http://{self.address(node)}:{self._node(node)['api_port']}"
+        scheme = "https" if self.spec.security.tls is not None else "http"
+        return f"{scheme}://{self.address(node)}:{self._node(node)['api_port']}"
+
+    def _api_tls(self) -> ssl.SSLContext | None:
+        """With `security.tls`: a context trusting the cluster CA (the API takes
+        clients without a certificate; tokens decide what they may do)."""
+        tls = self.spec.security.tls
+        if tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(tls.ca_path(self.spec_path.parent)))
 
     def _zone_nodes(self, zone: str) -> list[str]:
         zones = self.zones
@@ -289,7 +301,7 @@ class Lab:
         No process is started: the connection is made by a socket created
         inside that namespace (setns(2) on a short-lived thread). Raises
         OSError (TimeoutError, ConnectionRefusedError, ...) when nothing answers."""
-        return netns.http_get(self.namespace(where), url, timeout)
+        return netns.http_get(self.namespace(where), url, timeout, self._api_tls())
 
     def connect(self, where: str, address: str, port: int, timeout: float = 2.0) -> socket.socket:
         """A TCP connection to address:port made from inside the namespace of `where`."""
@@ -334,7 +346,7 @@ class Lab:
         own = self._procs.get(node)
         if own is not None and own.pid == recorded and own.poll() is None:
             # Started by this process and not dead: right after the fork its
-            # command line is still ours, before `ip netns exec` runs.
+            # command line is still ours, before `nsenter` runs.
             return int(recorded)
         if recorded and self._is_agent(recorded, node):
             return int(recorded)
@@ -362,6 +374,7 @@ class Lab:
             self.log_path(node),
             f"ninefold lab {self.id}: starting agent {node}",
             cwd=self.spec_path.parent,
+            env={"NINEFOLD_LAB_ID": self.id},  # its pools' lab provider makes machines here
         )
         self._procs[node] = proc
         self._update(lambda state: state["nodes"][node].update(agent_pid=proc.pid))
@@ -607,6 +620,104 @@ class Lab:
         _remove_namespaces(spaces)
         self._reap()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- machines made later (the lab provider of node pools) -------------------------
+    def add_machine(self, name: str, zone: str, tags: Mapping[str, str]) -> str:
+        """A new machine: a namespace with an address of the lab's subnet on
+        `zone`'s bridge, nothing running in it yet; its address."""
+        if name in self._fresh()["namespaces"]:
+            raise LabError(f"lab {self.id}: a machine named {name!r} exists already")
+        bridge = self._zone_bridge(zone)
+        address = self._free_address()
+        ns = topology.namespace_name(self.id, name)
+        index = len(self.state["nodes"])
+        port = topology.machine_port(name, index)
+        router = self.state["router"]["namespace"]
+        netns.add(ns)
+        try:
+            netns.ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
+                     "netns", router)  # fmt: skip
+            netns.ip("-n", router, "link", "set", port, "master", bridge, "up")
+            prefix = ipaddress.ip_network(self.state["subnet"]).prefixlen
+            netns.ip("-n", ns, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
+            netns.ip("-n", ns, "link", "set", "eth0", "up")
+        except BaseException:
+            netns.delete(ns)
+            raise
+
+        def add(state: dict[str, Any]) -> None:
+            state["namespaces"][name] = ns
+            state["nodes"][name] = {
+                "address": address, "zone": zone, "namespace": ns, "port": port,
+                "api_port": defaults.API_PORT, "data_dir": str(self.state_dir / name),
+                "agent_pid": None, "machine": {"tags": dict(tags), "powered": True},
+            }  # fmt: skip
+
+        self._update(add)
+        return address
+
+    def boot(self, name: str, script: str) -> int:
+        """Run a machine's bootstrap script (its cloud user-data) inside it,
+        detached; its output goes to `<data dir>/boot.log`. The pid."""
+        directory = self.data_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "user-data.sh"
+        path.write_text(script)
+        path.chmod(0o700)
+        proc = spawn_agent(
+            netns.in_namespace(self._node_ns(name), ["/bin/sh", str(path)]),
+            directory / "boot.log",
+            f"ninefold lab {self.id}: booting {name}",
+            cwd=directory,
+        )
+        return proc.pid
+
+    def machines(self) -> dict[str, dict[str, Any]]:
+        """Machines made by `add_machine`: name -> their state (zone, address, tags, powered)."""
+        out = {}
+        for name, node in self._fresh()["nodes"].items():
+            if "machine" in node:
+                out[name] = {"zone": node["zone"], "address": node["address"], **node["machine"]}
+        return out
+
+    def power_off(self, name: str) -> None:
+        """Every process in the machine killed, as when its power goes; it stays."""
+        if name not in self.machines():
+            return
+        self.kill(name)
+        self._update(lambda state: state["nodes"][name]["machine"].update(powered=False))
+
+    def remove_machine(self, name: str) -> None:
+        """The machine gone: its processes killed, its namespace deleted."""
+        if name not in self.machines():
+            return
+        ns = self._node_ns(name)
+        netns.kill_all(ns)
+        netns.delete(ns)
+
+        def forget(state: dict[str, Any]) -> None:
+            state["namespaces"].pop(name, None)
+            state["nodes"].pop(name, None)
+
+        self._update(forget)
+
+    def _zone_bridge(self, zone: str) -> str:
+        zones = self.state["zones"]
+        if zone not in zones:
+            raise UnknownName(
+                f"no zone named {zone!r} in lab {self.id} (zones: {', '.join(zones)})"
+            )
+        return str(zones[zone]["bridge"])
+
+    def _free_address(self) -> str:
+        subnet = ipaddress.ip_network(self.state["subnet"])
+        taken = {str(a) for a in topology.spec_addresses(self.spec)}
+        taken |= {n["address"] for n in self.state["nodes"].values()}
+        taken.add(self.state["client"]["address"])
+        for host in subnet.hosts():
+            if str(host) not in taken and int(host) & 0xFF >= 100:
+                return str(host)
+        raise LabError(f"lab {self.id}: no free address left in {subnet}")
 
     def __repr__(self) -> str:
         return f"Lab({self.id!r}, nodes={self.nodes})"

@@ -1,6 +1,9 @@
 """Network namespaces through iproute2, and sockets made inside them.
 
-Commands run in a namespace through `ip netns exec`. Requests from this
+Commands run in a namespace through `nsenter --net`, not `ip netns exec`:
+that one also gives them a mount namespace of their own which does not pass
+mounts back, so a namespace an agent pins (the lab provider of node pools
+making a machine) would be invisible to the rest of the machine. Requests from this
 process into a namespace (`Lab.http_get`) do not start a process: a short-lived
 thread joins the namespace with setns(2) (through ctypes; Python 3.11 has no
 `os.setns`), creates the socket and exits. A socket belongs to the namespace it
@@ -18,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -60,7 +64,7 @@ def command(argv: list[str], input: str | None = None) -> str:
 
 def in_namespace(ns: str, argv: list[str]) -> list[str]:
     """`argv` prefixed so that it runs inside namespace `ns`."""
-    return ["ip", "netns", "exec", ns, *argv]
+    return ["nsenter", f"--net={NETNS_DIR / ns}", "--", *argv]
 
 
 def namespaces() -> list[str]:
@@ -197,24 +201,41 @@ def connect_in(ns: str, host: str, port: int, timeout: float) -> socket.socket:
 
 
 class _Connection(http.client.HTTPConnection):
-    def __init__(self, ns: str, host: str, port: int | None, timeout: float) -> None:
+    def __init__(
+        self, ns: str, host: str, port: int | None, timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
         self._ns = ns
+        self._tls = tls
 
     def connect(self) -> None:
-        self.sock = connect_in(self._ns, self.host, self.port, self.timeout)  # type: ignore[arg-type]
+        sock = connect_in(self._ns, self.host, self.port, self.timeout)  # type: ignore[arg-type]
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
 
 
-def http_get(ns: str, url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET `url` from inside `ns` on a fresh connection: (status, body).
-    OSError (TimeoutError, ConnectionRefusedError, ...) when no answer comes."""
+def http_get(
+    ns: str, url: str, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> tuple[int, bytes]:
+    """GET `url` from inside `ns` on a fresh connection: (status, body); an
+    https:// URL needs `tls`. OSError (TimeoutError, ConnectionRefusedError,
+    ssl.SSLError, ...) when no answer comes."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"not an http:// URL: {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    if parts.scheme == "https" and tls is None:
+        raise ValueError(f"{url}: an https URL needs a TLS context")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    conn = _Connection(ns, parts.hostname, parts.port or 80, timeout)
+    default = 443 if parts.scheme == "https" else 80
+    conn = _Connection(ns, parts.hostname, parts.port or default, timeout,
+                       tls if parts.scheme == "https" else None)  # fmt: skip
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         response = conn.getresponse()

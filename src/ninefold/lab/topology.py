@@ -91,6 +91,11 @@ def _ifname(prefix: str, name: str, index: int) -> str:
     return f"{prefix}{index}"
 
 
+def machine_port(name: str, index: int) -> str:
+    """The router-side interface of a machine made later (as a node's `port`)."""
+    return _ifname("p", name, index)
+
+
 def check_addresses(spec: ClusterSpec) -> ipaddress.IPv4Network:
     """The lab's subnet: the /24 of the first node, holding every node's
     private IPv4 address once; UnsuitableSpec naming the first node that breaks it."""
@@ -174,9 +179,9 @@ def plan(spec: ClusterSpec, lab_id: str) -> Plan:
         raise ValueError(f"not a lab id: {lab_id!r}")
     subnet = check_addresses(spec)
     zone_names: list[str] = []
-    for node in spec.nodes:
-        if node.zone not in zone_names:
-            zone_names.append(node.zone)
+    for zone in [n.zone for n in spec.nodes] + [z for p in spec.pools.values() for z in p.zones]:
+        if zone not in zone_names:  # a pool's zones too: its machines are made later
+            zone_names.append(zone)
     zones = [
         ZonePlan(name=z, bridge=_ifname("z", z, j), uplink=f"zu{j}", downlink=f"zc{j}")
         for j, z in enumerate(zone_names)

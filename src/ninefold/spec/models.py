@@ -36,6 +36,7 @@ from ninefold import defaults
 from .access import AccessSpec
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
+from .pools import PoolName, PoolSpec, machine_number, pool_of
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
 from .security import SecuritySpec
 from .vip import VipSpec
@@ -616,6 +617,7 @@ class ClusterSpec(_Model):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     services: dict[ServiceName, ServiceSpec] = {}
+    pools: dict[PoolName, PoolSpec] = {}
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Self:
@@ -625,7 +627,9 @@ class ClusterSpec(_Model):
 
     def problems(self) -> list[Problem]:
         """Every rule spanning nodes, store and services."""
-        return cluster_problems(self.store, self.nodes, self.services, self.gateway, self.security)
+        return cluster_problems(
+            self.store, self.nodes, self.services, self.gateway, self.security, self.pools
+        )
 
     @property
     def mesh_listens(self) -> bool:
@@ -696,9 +700,11 @@ def cluster_problems(
     services: Mapping[str, ServiceSpec],
     gateway: GatewaySpec | None = None,
     security: SecuritySpec | None = None,
+    pools: Mapping[str, PoolSpec] | None = None,
 ) -> list[Problem]:
     """Cross checks over whichever parts validated; None skips the checks needing a part."""
     out: list[Problem] = []
+    out += pool_problems(pools or {}, nodes or [], store)
     mesh = mesh_listens(gateway, security)
     volumes = any(v.replicated for s in services.values() for v in s.volumes.values())
     if nodes is not None:
@@ -709,7 +715,7 @@ def cluster_problems(
     for name, service in services.items():
         out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
         if nodes is not None:
-            out += placement_problems(name, service, nodes)
+            out += placement_problems(name, service, [*nodes, *planned_pool_nodes(pools, nodes)])
     out += route_problems(services, nodes or [], mesh, volumes)
     out += vip_problems(services, nodes, gateway)
     if gateway is not None:
@@ -853,6 +859,40 @@ def placement_problems(name: str, service: ServiceSpec, nodes: list[NodeSpec]) -
         msg = f"no node matches {_mapping_text(constraints)}"
         return [Problem(("services", name, "placement", "constraints"), msg)]
     return []
+
+
+def planned_pool_nodes(
+    pools: Mapping[str, PoolSpec] | None, nodes: list[NodeSpec]
+) -> list[NodeSpec]:
+    """Stand-ins for the machines pools will create and that have not joined
+    yet, so services placed on pool nodes validate before the pool exists."""
+    out = []
+    for name, pool in (pools or {}).items():
+        joined = sum(1 for node in nodes if pool_of(node.labels) == name)
+        for i in range(max(0, pool.count - joined)):
+            zone = pool.zones[i % len(pool.zones)]
+            out.append(NodeSpec.model_construct(
+                name=f"{name}-planned-{i}", address="0.0.0.0", zone=zone, region="default",
+                labels=pool.node_labels(name), store=False,
+            ))  # fmt: skip
+    return out
+
+
+def pool_problems(
+    pools: Mapping[str, PoolSpec], nodes: list[NodeSpec], store: StoreSpec | None
+) -> list[Problem]:
+    out = []
+    for name, pool in pools.items():
+        if pool.store_members and store is not None and store.mode != "embedded":
+            out.append(Problem(("pools", name, "store_members"),
+                               "store members need store.mode: embedded"))  # fmt: skip
+        for node in nodes:
+            if machine_number(name, node.name) is not None and pool_of(node.labels) != name:
+                out.append(Problem(("nodes",), (
+                    f"node {node.name} is named like a machine of pool {name} "
+                    f"but has no label pool: {name}"
+                )))  # fmt: skip
+    return out
 
 
 def _mapping_text(mapping: Mapping[str, str]) -> str:

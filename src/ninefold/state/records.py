@@ -153,3 +153,18 @@ class CopyRecord(Record):
     def lag(self, now: float) -> float:
         """Seconds the oldest change not in this copy has waited (0: in sync)."""
         return max(0.0, now - self.behind_since) if self.behind_since else 0.0
+
+
+class MachineRecord(Record):
+    """A machine a node pool created, as the leader's healer tracks it
+    (`pools/<pool>/machines/<node>`)."""
+
+    pool: str
+    node: str
+    machine_id: str
+    """The provider's id of the machine."""
+    zone: str
+    created_at: float
+    phase: Literal["creating", "joined", "fenced"]
+    store_member: bool = False
+    fenced_at: float | None = None

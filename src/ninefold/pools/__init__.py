@@ -1,0 +1,1 @@
+"""Node pools: machines ninefold creates, fences and replaces through a provider."""
