@@ -244,6 +244,10 @@ MIRROR_TRANSFER_TIMEOUT = 300.0
 MIRROR_FLUSH_TIMEOUT = 30.0
 """A planned handover (switchover, drain, move) waits this long at most for the
 last changes to reach the standbys."""
+MIRROR_ROUND_WAIT = 1.0
+"""A round waits this long for its transfers; one still running then (a slow
+or hung target, a first copy) goes on alone, and the next rounds serve the
+other targets meanwhile."""
 MIRROR_SEED_TIMEOUT = 6 * 3600.0
 """A first copy (seeding) may take this long before it is stopped and resumed."""
 MIRROR_PUBLISH_INTERVAL = 1.0

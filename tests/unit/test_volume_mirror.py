@@ -50,6 +50,8 @@ class FakePeers:
         for d in self.dirs.values():
             d.mkdir(parents=True)
         self.down: set[str] = set()
+        self.hung: set[str] = set()
+        """Targets whose transfers never end (a frozen peer)."""
         self.pushes: list[tuple[str, str]] = []
         self.options: list[tuple[str, PushOptions]] = []
 
@@ -61,6 +63,8 @@ class FakePeers:
     ) -> Pushed:
         self.pushes.append((target.node, volume_id))
         self.options.append((target.node, options))
+        while target.node in self.hung:  # noqa: ASYNC110 (a frozen peer: polled)
+            await asyncio.sleep(0.05)
         if target.node in self.down:
             return Pushed(False, error="connection refused")
         sent = differing(source, self.dirs[target.node])
@@ -309,3 +313,31 @@ async def test_verification_repairs_and_reports_a_copy_changed_behind_its_back(
 async def _verified_again(store: MemoryStore) -> bool:
     record = await copy_of(store, "n2")
     return bool(record and record.diverged == 0 and record.verified_at)
+
+
+async def test_a_hung_target_holds_up_only_its_own_copy(tmp_path: Path) -> None:
+    store, journal = MemoryStore(), Journal()
+    peers = FakePeers(tmp_path / "peers", ["n2", "n3"])
+    m = mirror(tmp_path, peers, store, journal)
+    await m.start()
+    try:
+        assert await m.flush(timeout=5)
+        peers.hung.add("n2")  # frozen: its transfer neither ends nor fails
+        for i in range(5):
+            (tmp_path / "src" / f"late-{i}").write_text("x")
+
+            async def on_n3(name: str = f"late-{i}") -> bool:
+                return (peers.dirs["n3"] / name).exists()
+
+            await eventually(on_n3, 3, f"late-{i} on n3 while n2 hangs")
+        assert not (peers.dirs["n2"] / "late-0").exists()
+        assert not await m.flush(timeout=0.5)  # n2 has not got it: a handover says so
+        peers.hung.clear()
+
+        async def on_n2() -> bool:
+            return all((peers.dirs["n2"] / f"late-{i}").exists() for i in range(5))
+
+        await eventually(on_n2, 5, "every file on n2 once it answers again")
+        assert await m.flush(timeout=5)
+    finally:
+        await m.stop()

@@ -170,6 +170,10 @@ class VolumeMirror:
         self._wake = asyncio.Event()
         self._publish_now = asyncio.Event()
         self._round_lock = asyncio.Lock()
+        self._in_flight: dict[str, asyncio.Task[bool]] = {}
+        """Transfers still running after their round went on (a slow or hung
+        target holds up only its own copy, never the others')."""
+        self._late: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
@@ -199,8 +203,9 @@ class VolumeMirror:
         returns, and one under way is cancelled (a fenced active must not
         overwrite a newer copy)."""
         self._stop.set()
-        await cancel_and_wait(*self._tasks)
+        await cancel_and_wait(*self._tasks, *self._in_flight.values())
         self._tasks = []
+        self._in_flight.clear()
 
     async def flush(self, timeout: float = defaults.MIRROR_FLUSH_TIMEOUT) -> bool:
         """Send everything now and wait until every target has it (a planned
@@ -286,9 +291,13 @@ class VolumeMirror:
             now = time.monotonic()
             for gone in set(self.states) - {t.node for t in targets}:
                 del self.states[gone]
+                if gone in self._in_flight:
+                    self._in_flight[gone].cancel()
             due = []
             for target in targets:
                 state = self.states.setdefault(target.node, TargetState())
+                if target.node in self._in_flight:
+                    continue  # still sending it an earlier round
                 if state.failures and now < state.retry_at and not force:
                     continue
                 stale = state.synced_seq == 0 or self._changed_at is not None
@@ -312,20 +321,43 @@ class VolumeMirror:
                     )  # fmt: skip
             self.seq += 1
             seq = self.seq
-            options = [await self._options(target, started) for target in due]
-            results = await asyncio.gather(
-                *(
-                    self._push(self.directory, target, self.volume_id, option)
-                    for target, option in zip(due, options, strict=True)
+            sends = []
+            for target in due:
+                option = await self._options(target, started)
+                send = asyncio.create_task(
+                    self._send(target, option, seq, started, wall), name=f"push {target.node}"
                 )
+                self._in_flight[target.node] = send
+                sends.append(send)
+            done, late = await asyncio.wait(sends, timeout=defaults.MIRROR_ROUND_WAIT)
+            self._late.update(node for node, t in self._in_flight.items() if t in late)
+            failed = bool(late) or any(
+                t.cancelled() or t.exception() is not None or not t.result() for t in done
             )
-            failed = False
-            for target, option, result in zip(due, options, results, strict=True):
-                failed |= not await self._after(target, option, result, seq, started, wall)
-            self._source_seq, self._source_wall = seq, wall
+            if seq > self._source_seq:
+                self._source_seq, self._source_wall = seq, wall
             self._forget_sent()
             if failed and changed_at is not None:
                 self._unsent_since(changed_at)
+
+    async def _send(
+        self, target: Target, option: PushOptions, seq: int, started: float, wall: float
+    ) -> bool:
+        """One target's transfer of a round, and what follows from it; True when it got it."""
+        try:
+            result = await self._push(self.directory, target, self.volume_id, option)
+            if target.node not in self.states:
+                return False  # it went away meanwhile
+            return await self._after(target, option, result, seq, started, wall)
+        except StoreError as exc:
+            log.debug("%s: after the push to %s: %s", self.volume_id, target.node, exc)
+            return False
+        finally:
+            if self._in_flight.get(target.node) is asyncio.current_task():
+                del self._in_flight[target.node]
+            if target.node in self._late:
+                self._late.discard(target.node)
+                self._wake.set()  # it outlived its round: the loop looks again
 
     async def _options(self, target: Target, started: float) -> PushOptions:
         state = self.states[target.node]
@@ -443,6 +475,12 @@ class VolumeMirror:
 
     async def _publish(self) -> None:
         """Write each copy's record that changed since it was last written."""
+        # The source's own record is never behind a copy's: a copy of round N
+        # means the source had all of round N (a later round may still be
+        # waiting for a slow target).
+        for state in self.states.values():
+            if state.synced_seq > self._source_seq:
+                self._source_seq, self._source_wall = state.synced_seq, state.synced_wall
         records = [self._own_record()] if self._source_seq else []
         sizes = await asyncio.to_thread(self._sizes)
         for node, state in list(self.states.items()):
