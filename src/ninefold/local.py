@@ -375,6 +375,9 @@ def agent_died(node: str, proc: subprocess.Popen[bytes] | None, log_path: Path) 
     how = f"exited with code {code}" if code is not None else "is gone"
     last = last_line(log_path)
     detail = f": {last}" if last else ""
+    why = last_line(log_path, " ERROR ")
+    if why and why != last:
+        detail += f" (after: {why})"
     return f"agent {node} {how}{detail} (log: {log_path})"
 
 
@@ -386,13 +389,14 @@ def argument_after(argv: list[str], flag: str) -> str | None:
         return None
 
 
-def last_line(path: Path) -> str:
-    """The last non-empty line of a (log) file, "" if none or unreadable."""
+def last_line(path: Path, containing: str = "") -> str:
+    """The last non-empty line of a (log) file (of its last 64 kB holding
+    `containing`), "" if none or unreadable."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (65536 if containing else 4096)))
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
-    lines = [line.strip() for line in lines if line.strip()]
+    lines = [line.strip() for line in lines if line.strip() and containing in line]
     return lines[-1] if lines else ""

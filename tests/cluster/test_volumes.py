@@ -83,11 +83,18 @@ def test_the_active_is_mirrored_and_a_failover_keeps_what_was_acknowledged(
     node = first.split("/")[0]
     others = [n for n in c.addresses if n != node]
     until("a few writes", lambda: len(acked(tmp_path)) > 20, 30)
+    until("a first copy on both standbys", lambda: all(files(c, o) for o in others), 30)
+    seeded = time.time()
 
     # Lag: every write acknowledged a second ago is on both standbys.
+    until(
+        "writes acknowledged a second after that",
+        lambda: acked(tmp_path, before=time.time() - 1.0) - acked(tmp_path, before=seeded),
+        10,
+    )
     for _ in range(3):
         cutoff = time.time() - 1.0
-        want = acked(tmp_path, before=cutoff)
+        want = acked(tmp_path, before=cutoff) - acked(tmp_path, before=seeded)
         for other in others:
             missing = want - files(c, other)
             assert not missing, f"{other} lacks {len(missing)} writes older than 1 s"

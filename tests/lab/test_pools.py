@@ -41,6 +41,7 @@ pools:
     count: 2
     zones: [a, b]
     replace_after: 3s
+    budget: {{replacements: 10, window: 10m}}  # this module makes 4 machines or more
 services:
   counter:
     command: [python3, {EXAMPLES}/services/counter.py, "{{address}}", "{{port}}"]
@@ -196,3 +197,30 @@ def test_a_dead_pool_machine_is_fenced_and_replaced_while_the_service_serves(
     nodes = {n["name"] for n in status(lab)["nodes"]}
     assert victim not in nodes and "web-3" in nodes
     assert voting_members(lab) == ["n1", "n2", "n3"]
+
+
+def test_drill_s4_a_zone_cut_off_then_healed_ends_with_the_pools_count(pool_lab: Lab) -> None:
+    """Hydra's S4 through `ninefold lab drill`'s code: the cut-off zone's pool
+    machine is fenced and replaced on the majority's side; after the heal
+    there is no duplicate and the pool holds its count."""
+    from ninefold.lab.drill import run
+
+    lab = pool_lab
+    until("2 instances serving", lambda: len(serving(lab)) == 2, 60)
+    report = run(lab, "S4", restore_after=True, progress=print)
+    assert report.ok, report.problems
+    assert report.replacements and report.serve_s is not None
+    assert len(report.machines) == report.count == 2
+    assert report.voters_after == ["n1", "n2", "n3"]
+
+
+def test_drill_s5_says_it_is_not_built(pool_lab: Lab) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ninefold", "lab", "drill", "S5", "--lab", pool_lab.id],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

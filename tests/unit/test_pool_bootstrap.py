@@ -47,7 +47,7 @@ case "$2" in 10.0.0.11:7070) exit 3;; esac
 
 @pytest.mark.process
 def test_a_script_that_cannot_join_anywhere_fails(tmp_path: Path) -> None:
-    boot = Bootstrap(**{**BOOT.__dict__, "ninefold": ("false",)})
+    boot = Bootstrap(**{**BOOT.__dict__, "ninefold": ("false",), "join_rounds": 2})
     result = subprocess.run(["sh", "-c", render(boot)], capture_output=True, text=True,
                             timeout=30)  # fmt: skip
     assert result.returncode == 1
@@ -77,3 +77,13 @@ def test_the_lab_provider_says_which_lab_it_lacks(
     provider = LabProvider({}, environ={"NINEFOLD_LAB_ID": "nf9999"})
     with pytest.raises(ProviderError, match="lab provider: no lab nf9999"):
         provider.zones()
+
+
+def test_the_cloud_user_data_in_the_docs_is_what_ninefold_renders() -> None:
+    boot = Bootstrap(
+        cluster="shop", node="web-4", zone="eu-west-1b", labels={"pool": "web"},
+        apis=["10.0.1.11:7070", "10.0.2.12:7070", "10.0.3.13:7070"],
+        token="nf1.<id>.<secret>", ca_hash="sha256:<fingerprint>", install="ninefold==0.9.0",
+    )  # fmt: skip
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pools.md").read_text()
+    assert f"```sh\n{render(boot)}```" in docs

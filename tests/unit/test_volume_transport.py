@@ -133,6 +133,7 @@ async def exchange(port: int, header: bytes, ctx: ssl.SSLContext | None = None) 
         ["rsync", "--server", "-logDtprce.iLsfxCIvu", "--delete", "--inplace", ".", "."],
         ["rsync", "--server", BUNDLE, "--delete", ".", "x\\ y"],
         ["rsync", "--server", "-logDtpr", ".", "/anywhere"],
+        ["rsync", "--server", BUNDLE, "--timeout=30", "--log-format=X", ".", "."],
     ],
 )
 def test_receiving_server_command_lines_of_rsync_a_delete_are_allowed(argv: list[str]) -> None:
@@ -153,6 +154,8 @@ def test_receiving_server_command_lines_of_rsync_a_delete_are_allowed(argv: list
         (["rsync", "--server", BUNDLE, ".ninefold-partial", ".", "."], "not allowed"),
         (["rsync", "--server", BUNDLE, "--partial", ".", "."], "truncated file"),
         (["rsync", "--server", BUNDLE, "-@3", ".", "."], "not allowed"),
+        (["rsync", "--server", BUNDLE, "--timeout=x", ".", "."], "not allowed"),
+        (["rsync", "--server", BUNDLE, "--log-format=%f", ".", "."], "not allowed"),
         (["rsync", "--server", BUNDLE, "--log-file=/tmp/x", ".", "."], "not allowed"),
         (["rsync", "--server", BUNDLE, "--remove-source-files", ".", "."], "not allowed"),
         (["rsync", "--server", "-logDtpre.iLsfxCIvu", "-v", ".", "."], "not allowed"),

@@ -110,6 +110,9 @@ class Healer:
                 await self.step(hold)
             except StoreError as exc:
                 log.debug("heal step put off: %s", exc)
+            except Exception:  # a bug here must not stop the agent: said, tried again
+                log.exception("heal step failed")
+                await asyncio.sleep(5.0)
 
     # -- reading -----------------------------------------------------------------------
     async def _view(self, spec: ClusterSpec) -> HealView:

@@ -31,8 +31,8 @@ from ninefold.decide.volumes import (
 )
 from ninefold.spec import ServiceSpec
 from ninefold.spec.models import VolumeSpec, render
-from ninefold.state.keys import NODES, STATUS, copy_key, last_segment, volume_copies
-from ninefold.state.records import CopyRecord, InstanceStatus
+from ninefold.state.keys import ASSIGN, NODES, copy_key, last_segment, volume_copies
+from ninefold.state.records import AssignmentRecord, CopyRecord
 from ninefold.store.base import StoreError
 from ninefold.supervisor import run_hook
 from ninefold.volumes.mirror import (
@@ -300,18 +300,20 @@ class InstanceVolumes:
             await asyncio.sleep(defaults.REPLICATED_SOURCE_CHECK)
 
     async def _check_source(self) -> None:
-        running: list[tuple[int, str]] = []
-        for item in (await self.ctx.store.list(STATUS)).items:
-            status = InstanceStatus.decode(item.value)
-            ordinal = ordinal_of(status.instance)
-            if status.service != self.service or ordinal is None:
-                continue
-            if status.state in ("running", "starting", "backoff"):
-                running.append((ordinal, status.node))
+        # The leader's assignments, not the statuses: every instance is placed
+        # at once, while their processes start one after the other (a
+        # replica that started first must not take instance 0 for absent and
+        # send its empty directory over instance 0's).
+        placed: list[tuple[int, str]] = []
+        for item in (await self.ctx.store.list(ASSIGN)).items:
+            assignment = AssignmentRecord.decode(item.value)
+            ordinal = ordinal_of(assignment.instance)
+            if assignment.service == self.service and ordinal is not None:
+                placed.append((ordinal, assignment.node))
         me = self.ctx.node.name
         for name, _volume in self.replicated:
             copies = await self._copies(name)
-            source = replicated_source(running, copies)
+            source = replicated_source(placed, copies)
             if source == me and name not in self.mirrors:
                 token = max(next_source_token(copies), self.highest_token + 1)
                 log.info("%s: this node's copy of %s is the source now (token %d)",

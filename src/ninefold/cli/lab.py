@@ -363,3 +363,77 @@ def exec_(
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
+
+
+# --- drills ------------------------------------------------------------------------------
+
+
+@lab_app.command()
+def drill(
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="S1 a server down, S2 a site down, S3 a zone down, S4 a zone isolated then "
+            "healed, S5 a compromised server (not built).",
+            show_default=False,
+        ),
+    ],
+    lab_id: LabOption = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            "--zone",
+            help="The zone to fault (S2-S4), or whose pool machine to kill (S1). Default: "
+            "the first that holds a pool machine and a store member.",
+            show_default=False,
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option("--pool", help="Which pool, when the spec has several.", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=1, help="Seconds a replacement has to serve after the fault."
+        ),
+    ] = 120.0,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore", help="Afterwards heal the network, start the killed nodes, wait."
+        ),
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+) -> None:
+    """Run one of Hydra's scenarios on a lab with a pool, traffic on, and report on it.
+
+    Exit 1 when an expectation fails (a replacement not serving in time, a
+    victim not fenced, a duplicate machine, two VIP holders, the pool not
+    back at its count); failed requests are reported, not a failure."""
+    from ninefold.lab.drill import NOT_BUILT, SCENARIOS, DrillError, format_report
+    from ninefold.lab.drill import run as run_drill
+
+    scenario = scenario.upper()
+    if scenario in NOT_BUILT:
+        raise fail(NOT_BUILT[scenario], EXIT_USAGE)
+    if scenario not in SCENARIOS:
+        known = ", ".join(f"{k} {v}" for k, v in SCENARIOS.items())
+        raise fail(f"no scenario {scenario!r}: {known}", EXIT_USAGE)
+    with lab_errors():
+        lab = current(lab_id)
+        try:
+            with progress(f"drill {scenario} on lab {lab.id}") as report_progress:
+                report = run_drill(
+                    lab, scenario, zone=zone, pool=pool, timeout=timeout,
+                    restore_after=restore, progress=report_progress,
+                )  # fmt: skip
+        except DrillError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+    if json_:
+        print(json.dumps(report.to_json(), indent=2), flush=True)
+    else:
+        for line in format_report(report):
+            say(line)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -60,7 +60,7 @@ def replicated_source(
     instances: Iterable[tuple[int, str]], copies: Iterable[CopyRecord]
 ) -> str | None:
     """The node whose instance sends a replicated service's volume to the
-    other instances, from the running instances as (ordinal, node).
+    other instances, from where the instances are placed, as (ordinal, node).
 
     Instance 0's copy is the source, unless a node of another instance holds
     a fresher complete copy (instance 0 was placed on a node with none, or

@@ -16,6 +16,7 @@ Everything here needs root.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -200,8 +201,12 @@ class Lab:
         return self.state
 
     def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
-        change(self._fresh())
-        self._save()
+        """Read, change and write the state under a lock: the CLI, a test and
+        the leader's lab provider may change one lab at the same time."""
+        with open(self.state_dir / "lab.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            change(self._fresh())
+            self._save()
 
     # -- names -------------------------------------------------------------------------
     @property
@@ -697,7 +702,9 @@ class Lab:
 
         def forget(state: dict[str, Any]) -> None:
             state["namespaces"].pop(name, None)
-            state["nodes"].pop(name, None)
+            gone = state["nodes"].pop(name, None)
+            if gone is not None:  # never given again: fault rules may still name it
+                state.setdefault("retired", []).append(gone["address"])
 
         self._update(forget)
 
@@ -712,7 +719,8 @@ class Lab:
     def _free_address(self) -> str:
         subnet = ipaddress.ip_network(self.state["subnet"])
         taken = {str(a) for a in topology.spec_addresses(self.spec)}
-        taken |= {n["address"] for n in self.state["nodes"].values()}
+        taken |= {n["address"] for n in self._fresh()["nodes"].values()}
+        taken |= set(self.state.get("retired", []))
         taken.add(self.state["client"]["address"])
         for host in subnet.hosts():
             if str(host) not in taken and int(host) & 0xFF >= 100:

@@ -31,6 +31,9 @@ class Bootstrap:
     """How to run ninefold on the machine."""
     install: str | None = None
     """A pip requirement to install first (a cloud machine), e.g. `ninefold==0.9`."""
+    join_rounds: int = 15
+    """Rounds over `apis` before the script gives up, 2 s apart (a machine
+    whose network comes up late, a node that restarts: about half a minute)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Exported before anything runs (the lab's id for the lab provider)."""
 
@@ -49,9 +52,10 @@ def render(boot: Bootstrap) -> str:
         join += ["--label", q(f"{key}={value}")]
     if boot.store:
         join.append("--store")
-    if boot.data_dir:
-        join += ["--data-dir", q(boot.data_dir)]
     cloud = boot.install is not None
+    where = boot.data_dir or (f"/var/lib/ninefold/{boot.cluster}/{boot.node}" if cloud else None)
+    if where:
+        join += ["--data-dir", q(where)]
     if cloud:
         join.append("--no-start")
     lines = [
@@ -70,14 +74,16 @@ def render(boot: Bootstrap) -> str:
         ADDRESS,
         'test -n "$address" || { echo "no address on this machine" >&2; exit 1; }',
         "joined=",
-        f"for api in {' '.join(q(a) for a in boot.apis)}; do",
-        f"  if {nf} {' '.join(join)}; then joined=$api; break; fi",
-        "  sleep 1",
+        f"for attempt in $(seq {boot.join_rounds}); do",
+        f"  for api in {' '.join(q(a) for a in boot.apis)}; do",
+        f"    if {nf} {' '.join(join)}; then joined=$api; break 2; fi",
+        "  done",
+        "  sleep 2",
         "done",
         'test -n "$joined" || { echo "could not join through any node" >&2; exit 1; }',
     ]
     if cloud:
-        where = boot.data_dir or f"/var/lib/ninefold/{boot.cluster}/{boot.node}"
+        assert where is not None
         lines.append(
             f"{nf} install-service --spec {q(where + '/spec.yaml')} --node {q(boot.node)} "
             f"--data-dir {q(where)} --start"

@@ -203,7 +203,11 @@ class VolumeMirror:
         returns, and one under way is cancelled (a fenced active must not
         overwrite a newer copy)."""
         self._stop.set()
-        await cancel_and_wait(*self._tasks, *self._in_flight.values())
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("%s: %s had died: %r", self.volume_id, task.get_name(), task.exception())
+        # A fence stops the mirror: nothing here may keep it from going on.
+        await cancel_and_wait(*self._tasks, *self._in_flight.values(), ignore_errors=True)
         self._tasks = []
         self._in_flight.clear()
 

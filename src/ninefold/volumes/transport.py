@@ -124,6 +124,8 @@ def check_server_argv(argv: object) -> list[str]:
                 "--partial is not allowed: an interrupted transfer would leave a "
                 f"truncated file in place of the good one (use --partial-dir={PARTIAL_DIR})"
             )
+        elif re.fullmatch(r"--timeout=\d+", option):
+            pass
         elif option not in ALLOWED_OPTIONS:
             raise Refused(f"option {option!r} is not allowed")
     if bundles != 1:
@@ -562,7 +564,13 @@ class PushResult:
     """The regular files sent, relative to the volume (only when asked: `list_sent`)."""
 
 
-RSYNC_ARGS = ("-a", "--delete", f"--partial-dir={PARTIAL_DIR}", "--stats", "--modify-window=-1")
+IO_TIMEOUT = 30
+"""rsync's `--timeout`: a transfer during which nothing moves for this many
+seconds ends (a frozen or cut-off peer), and is retried."""
+RSYNC_ARGS = (
+    "-a", "--delete", f"--partial-dir={PARTIAL_DIR}", "--stats", "--modify-window=-1",
+    f"--timeout={IO_TIMEOUT}",
+)  # fmt: skip
 """`--modify-window=-1`: the quick check compares mtimes to the nanosecond (the
 default compares whole seconds: a file rewritten at the same size within the
 second of the last push would never be sent again)."""
