@@ -203,8 +203,10 @@ class InstanceRunner:
         """Stop for good: drain, demote (if active), stop the process, drop status."""
         await self._drain()
         self._stopping = True
+        log.debug("%s stopping: drained", self.instance)
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()
+        log.debug("%s stopping: tasks ended", self.instance)
         async with self._role_lock:
             await self._drop_vip(f"{self.instance} stopping")
             if self.role == "active":

@@ -97,6 +97,8 @@ class InstanceVolumes:
         self._background: set[asyncio.Task[object]] = set()
         self.seeding_detail = ""
         """What a replicated instance waiting for its first copy is waiting for."""
+        self._refused = ""
+        """Why the last push was refused (said once in the log)."""
 
     @property
     def replicated(self) -> list[tuple[str, VolumeSpec]]:
@@ -259,15 +261,25 @@ class InstanceVolumes:
         new source never received (it died, or was cut off): before the new
         source's first push it is moved aside, whole, into a dated directory
         next to the volume, never merged or deleted."""
-        if not may_receive or volume in self.mirrors:
-            return None
-        if token < self.highest_token:
-            return None
-        if not self._copies_known:
-            return None  # refused for now; the source retries
+        why = ""
         spec = self.spec.volumes.get(volume)
-        if spec is None or not spec.replicated:
+        if not may_receive:
+            why = "this instance is (or was, and is frozen) the active"
+        elif volume in self.mirrors:
+            why = "this node's copy is the source"
+        elif token < self.highest_token:
+            why = f"token {token} is older than {self.highest_token}"
+        elif not self._copies_known:
+            why = "this node's own copy record is not read yet"  # the source retries
+        elif spec is None or not spec.replicated:
+            why = "no such replicated volume"
+        if why:
+            if why != self._refused:
+                log.info("%s: pushes of %s refused: %s", self.instance, volume, why)
+                self._refused = why
             return None
+        self._refused = ""
+        assert spec is not None
         self.highest_token = token
         directory = self.directory(volume)
         old = self._was_source.pop(volume, None)

@@ -66,6 +66,7 @@ class Reconciler:
 
     async def _stop(self, instance: str, reason: str) -> None:
         runner = self.runners.pop(instance)
+        log.info("%s stopping (%s)", instance, reason)
         await runner.stop(reason)
         await self.ctx.journal.record("stopped", instance, reason)
 
