@@ -13,6 +13,9 @@ from ninefold.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("ninefold.changes")
 
+STEP_RETRY = 1.0
+"""Pause after a step failed with a bug, before it is tried again."""
+
 
 class ChangeSignal:
     """Watches prefixes and sets a flag on every change.
@@ -63,7 +66,10 @@ async def run_level_triggered(
     every: float = defaults.RESYNC_INTERVAL,
 ) -> None:
     """Run `step` on every change the signal sees and at least `every` seconds;
-    a store error only skips a round (the next one reads everything again)."""
+    a store error only skips a round (the next one reads everything again).
+    Any other error is a bug: it is logged with its traceback and the round
+    is tried again a second later, rather than ending the loop (and with it
+    the agent, which stops when one of its loops ends)."""
     signal.start()
     try:
         while True:
@@ -72,5 +78,9 @@ async def run_level_triggered(
                 await step()
             except StoreError as exc:
                 log.debug("%s: %s", name, exc)
+            except Exception:
+                log.exception("%s failed; trying again", name)
+                signal.poke()
+                await asyncio.sleep(STEP_RETRY)
     finally:
         await signal.stop()
