@@ -50,7 +50,15 @@ from ninefold.security.ca import fingerprint
 from ninefold.security.tokens import new_token
 from ninefold.spec import ClusterSpec, dump_spec
 from ninefold.spec.pools import PoolSpec
-from ninefold.state.keys import LEADER_LOCK, NODES, SPEC_KEY, last_segment
+from ninefold.state.keys import (
+    LEADER_LOCK,
+    NODES,
+    SPEC_KEY,
+    created_key,
+    last_segment,
+    machine_key,
+    pool_machines,
+)
 from ninefold.state.reads import read_spec
 from ninefold.state.records import MachineRecord
 from ninefold.state.tokens import store_token
@@ -58,16 +66,7 @@ from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreErro
 
 log = logging.getLogger("ninefold.healer")
 
-POOLS = "pools/"
 JOIN_TOKEN_TTL = 900.0
-
-
-def machine_key(pool: str, node: str) -> str:
-    return f"{POOLS}{pool}/machines/{node}"
-
-
-def created_key(pool: str) -> str:
-    return f"{POOLS}{pool}/created"
 
 
 def open_provider(name: str, spec: PoolSpec) -> Provider:
@@ -115,24 +114,20 @@ class Healer:
                 await asyncio.sleep(5.0)
 
     # -- reading -----------------------------------------------------------------------
-    async def _view(self, spec: ClusterSpec) -> HealView:
+    async def _view(
+        self, spec: ClusterSpec, alive: frozenset[str], records: list[MachineRecord]
+    ) -> HealView:
         now = time.time()
-        alive = frozenset(last_segment(i.key) for i in (await self._store.list(NODES)).items)
         for node in spec.nodes:
             if node.name in alive:
                 self._dead_since.pop(node.name, None)
             else:
                 self._dead_since.setdefault(node.name, now)
-        machines: list[PoolMachine] = []
-        created: dict[str, tuple[float, ...]] = {}
-        for pool in spec.pools:
-            for item in (await self._store.list(f"{POOLS}{pool}/machines/")).items:
-                record = MachineRecord.decode(item.value)
-                machines.append(PoolMachine(pool, record.node, record.machine_id, record.zone,
-                                            record.created_at, record.phase,
-                                            record.store_member))  # fmt: skip
-            got = await self._store.get(created_key(pool))
-            created[pool] = tuple(json.loads(got.value)) if got is not None else ()
+        machines = [
+            PoolMachine(r.pool, r.node, r.machine_id, r.zone, r.created_at, r.phase, r.store_member)
+            for r in records
+        ]
+        created = {pool: tuple(await self._created(pool)) for pool in spec.pools}
         zone_nodes: dict[str, set[str]] = {}
         for node in spec.nodes:
             zone_nodes.setdefault(node.zone, set()).add(node.name)
@@ -195,20 +190,22 @@ class Healer:
     # -- doing -------------------------------------------------------------------------
     async def step(self, hold: LockHold) -> None:
         spec = self._leader.spec
-        # a machine that was being created and whose agent holds a lease has joined
-        alive = {last_segment(i.key) for i in (await self._store.list(NODES)).items}
+        alive = frozenset(last_segment(i.key) for i in (await self._store.list(NODES)).items)
+        records: list[MachineRecord] = []  # one read per pool per step
         for pool in spec.pools:
-            for item in (await self._store.list(f"{POOLS}{pool}/machines/")).items:
+            for item in (await self._store.list(pool_machines(pool))).items:
                 record = MachineRecord.decode(item.value)
                 if record.phase == "creating" and record.node in alive:
-                    joined = record.model_copy(update={"phase": "joined"})
-                    await self._write(hold, [Put(item.key, joined.encode())])
+                    # a machine being created whose agent holds a lease has joined
+                    record = record.model_copy(update={"phase": "joined"})
+                    await self._write(hold, [Put(item.key, record.encode())])
                     await self._journal.record(
                         "machine-joined", record.node,
                         f"pool {pool}: joined {time.time() - record.created_at:.1f}s "
                         "after it was created", pool=pool, machine=record.machine_id,
                     )  # fmt: skip
-        view = await self._view(spec)
+                records.append(record)
+        view = await self._view(spec, alive, records)
         for action in heal(view, [n.name for n in spec.nodes]):
             if self._leader.hold is not hold:
                 return

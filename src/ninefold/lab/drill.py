@@ -31,16 +31,13 @@ the isolation again whenever the lab's machines change.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import itertools
 import json
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from ninefold import defaults
 from ninefold.lab import netns
@@ -228,27 +225,6 @@ def format_report(r: DrillReport) -> list[str]:
 # --- talking to the cluster from the client namespace ---------------------------------------
 
 
-class _Connection(http.client.HTTPConnection):
-    """An HTTP(S) connection whose socket is made in a lab namespace."""
-
-    def __init__(
-        self, ns: str, host: str, port: int, timeout: float, tls: ssl.SSLContext | None
-    ) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._ns = ns
-        self._tls = tls
-
-    def connect(self) -> None:
-        sock = netns.connect_in(self._ns, self.host, self.port, self.timeout)  # type: ignore[arg-type]
-        if self._tls is not None:
-            try:
-                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-            except BaseException:
-                sock.close()
-                raise
-        self.sock = sock
-
-
 class Client:
     """Requests from the lab's client namespace: the API (HTTPS with the
     cluster CA under `security.tls`, the CLI's token when one is configured)
@@ -257,12 +233,7 @@ class Client:
     def __init__(self, lab: Lab, token: str | None = None) -> None:
         self.lab = lab
         self.ns = lab.namespace("client")
-        tls = lab.spec.security.tls
-        self.tls = (
-            ssl.create_default_context(cafile=str(tls.ca_path(lab.spec_path.parent)))
-            if tls is not None
-            else None
-        )
+        self.tls = lab.api_tls()
         if token is None:
             from ninefold.client import ApiError, configured_token
 
@@ -281,27 +252,14 @@ class Client:
         api: bool = True,
     ) -> tuple[int, bytes]:
         """(status, body); OSError when nothing answers."""
-        parts = urlsplit(url)
-        https = parts.scheme == "https"
-        host = parts.hostname or ""
-        port = parts.port or (443 if https else 80)
-        conn = _Connection(self.ns, host, port, timeout, self.tls if https else None)
-        headers = {"Connection": "close"}
+        headers = {}
         if api and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        except http.client.HTTPException as exc:
-            raise OSError(f"bad answer from {url}: {exc!r}") from exc
-        finally:
-            conn.close()
+        return netns.http_request(self.ns, method, url, timeout, self.tls, data, headers)
 
     def get_json(self, node: str, path: str, timeout: float = 2.0) -> Any:
         """GET an API path through `node`; None unless it answers 200 with JSON."""

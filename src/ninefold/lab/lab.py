@@ -273,7 +273,7 @@ class Lab:
         scheme = "https" if self.spec.security.tls is not None else "http"
         return f"{scheme}://{self.address(node)}:{self._node(node)['api_port']}"
 
-    def _api_tls(self) -> ssl.SSLContext | None:
+    def api_tls(self) -> ssl.SSLContext | None:
         """With `security.tls`: a context trusting the cluster CA (the API takes
         clients without a certificate; tokens decide what they may do)."""
         tls = self.spec.security.tls
@@ -306,7 +306,7 @@ class Lab:
         No process is started: the connection is made by a socket created
         inside that namespace (setns(2) on a short-lived thread). Raises
         OSError (TimeoutError, ConnectionRefusedError, ...) when nothing answers."""
-        return netns.http_get(self.namespace(where), url, timeout, self._api_tls())
+        return netns.http_get(self.namespace(where), url, timeout, self.api_tls())
 
     def connect(self, where: str, address: str, port: int, timeout: float = 2.0) -> socket.socket:
         """A TCP connection to address:port made from inside the namespace of `where`."""

@@ -225,6 +225,19 @@ def http_get(
     """GET `url` from inside `ns` on a fresh connection: (status, body); an
     https:// URL needs `tls`. OSError (TimeoutError, ConnectionRefusedError,
     ssl.SSLError, ...) when no answer comes."""
+    return http_request(ns, "GET", url, timeout, tls)
+
+
+def http_request(
+    ns: str,
+    method: str,
+    url: str,
+    timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """`method` `url` from inside `ns` on a fresh connection, as `http_get`."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http:// or https:// URL: {url!r}")
@@ -237,7 +250,7 @@ def http_get(
     conn = _Connection(ns, parts.hostname, parts.port or default, timeout,
                        tls if parts.scheme == "https" else None)  # fmt: skip
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
         response = conn.getresponse()
         return response.status, response.read()
     except http.client.HTTPException as exc:

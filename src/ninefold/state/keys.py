@@ -39,6 +39,7 @@ KV = "kv/"
 GATEWAYS = "gateways/"
 EVENTS = "events/"
 VOLUMES = "volumes/"
+POOLS = "pools/"
 TOKENS = "tokens/"
 BOOTSTRAPPED = "tokens-bootstrapped"
 VIP_CANDIDATES = "vipcand/gateway/"
@@ -125,3 +126,17 @@ def event_key(time: float, node: str) -> str:
 
 def last_segment(key: str) -> str:
     return key.rsplit("/", 1)[-1]
+
+
+def pool_machines(pool: str) -> str:
+    """Prefix of the machines a pool created (`MachineRecord`s, the leader's healer)."""
+    return f"{POOLS}{pool}/machines/"
+
+
+def machine_key(pool: str, node: str) -> str:
+    return f"{pool_machines(pool)}{node}"
+
+
+def created_key(pool: str) -> str:
+    """The times of a pool's recent creations (its budget), a JSON list."""
+    return f"{POOLS}{pool}/created"
