@@ -438,6 +438,9 @@ class ClusterClient:
     def undrain(self, node: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_seg(node)}/undrain")
 
+    def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
+        return self._object("POST", f"/v1/nodes/{_seg(node)}/quarantine", body={"reason": reason})
+
     # -- key-value ------------------------------------------------------------------
     def kv_get(self, key: str) -> dict[str, Any]:
         return self._object("GET", f"/v1/kv/{_key(key)}")

@@ -214,13 +214,34 @@ def test_drill_s4_a_zone_cut_off_then_healed_ends_with_the_pools_count(pool_lab:
     assert report.voters_after == ["n1", "n2", "n3"]
 
 
-def test_drill_s5_says_it_is_not_built(pool_lab: Lab) -> None:
+def test_drill_s5_a_quarantined_machine_is_refused_fenced_and_replaced(pool_lab: Lab) -> None:
+    """Hydra's S5 through `ninefold lab drill`'s code: a pool machine is
+    quarantined; the certificate copied off it is refused by every other
+    node's API and etcd port, and the machine is fenced (power-off through
+    the provider, its lease revoked), forgotten and replaced."""
+    from ninefold.lab.drill import run
+
+    lab = pool_lab
+    until("2 instances serving", lambda: len(serving(lab)) == 2, 60)
+    report = run(lab, "S5", restore_after=True, progress=print)
+    assert report.ok, report.problems
+    assert report.revoked_s is not None and len(report.refused) == 2 * len(
+        [n for n in ("n1", "n2", "n3")]
+    ), report.refused
+    assert report.fence_s is not None and report.serve_s is not None
+    assert len(report.machines) == report.count == 2
+    assert report.victims[0] not in report.machines
+    assert any("machine-locks-freed" in line for line in report.timeline), report.timeline
+
+
+def test_drill_an_unknown_scenario_is_one_line(pool_lab: Lab) -> None:
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "ninefold", "lab", "drill", "S5", "--lab", pool_lab.id],
+        [sys.executable, "-m", "ninefold", "lab", "drill", "S9", "--lab", pool_lab.id],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "S5 a compromised server" in result.stderr

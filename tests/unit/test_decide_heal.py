@@ -151,3 +151,35 @@ def test_a_short_pool_creates_in_the_least_used_zone_one_step_at_a_time() -> Non
     one = replace(empty, machines=(machine("web-1", "a", "creating"),), created={"web": (100.0,)})
     [second] = heal(one, taken_names=["n1"])
     assert isinstance(second, Create) and (second.node, second.zone) == ("web-2", "b")
+
+
+def test_a_quarantined_machine_is_fenced_at_once_though_alive() -> None:
+    quarantined = view(quarantined=frozenset({"web-1"}))
+    assert heal(quarantined) == [Fence("web", "web-1", "id-web-1", "quarantined")]
+    # fenced: forgotten and replaced like any fenced machine, in the least-used zone
+    fenced = replace(
+        quarantined, machines=(machine("web-1", "a", "fenced"), machine("web-2", "b"))
+    )
+    actions = heal(fenced, ["n1", "web-1", "web-2"])
+    assert Forget("web", "web-1", "id-web-1") in actions
+    assert [a for a in actions if isinstance(a, Create)] == [
+        Create("web", "web-3", "a", False, "replacing a fenced machine")
+    ]
+
+
+def test_a_quarantined_node_in_no_pool_loses_its_store_member_while_quorum_allows() -> None:
+    members = view(
+        pools={},
+        machines=(),
+        alive=frozenset({"n1", "n2", "n3"}),
+        voting=frozenset({"n1", "n2", "n3"}),
+        store_voters=3,
+        quarantined=frozenset({"n3"}),
+    )
+    assert heal(members) == [RemoveMember("", "n3")]
+    one_down = replace(members, alive=frozenset({"n1", "n3"}))
+    actions = heal(one_down)
+    assert len(actions) == 1 and isinstance(actions[0], Hold)
+    assert "quorum" in actions[0].reason
+    removed = replace(members, voting=frozenset({"n1", "n2"}), store_voters=2)
+    assert heal(removed) == []

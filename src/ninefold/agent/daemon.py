@@ -23,6 +23,7 @@ from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.quorum import wait_for_quorum
 from ninefold.agent.readiness import ServiceNotifier
 from ninefold.agent.reconciler import Reconciler
+from ninefold.agent.revocations import RevocationFollower
 from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.security.ca import ca_key_path
@@ -221,6 +222,9 @@ class Agent:
         ]
         healer = Healer(store, journal, leader, self.tls.ca if self.tls is not None else None)
         tasks.append(asyncio.create_task(healer.run(), name="healer"))
+        if self.tls is not None:
+            follower = RevocationFollower(store, self.node.name, self.tls)
+            tasks.append(asyncio.create_task(follower.run(), name="revocations"))
         gateway_vip = None
         if self.spec.gateway.enabled:
             gateway_vip = GatewayVipKeeper(store, self.node, lease, journal, addresses, self.spec)

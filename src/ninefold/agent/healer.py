@@ -53,14 +53,17 @@ from ninefold.spec.pools import PoolSpec
 from ninefold.state.keys import (
     LEADER_LOCK,
     NODES,
+    QUARANTINE,
     SPEC_KEY,
     created_key,
     last_segment,
     machine_key,
+    node_key,
     pool_machines,
+    quarantine_key,
 )
 from ninefold.state.reads import read_spec
-from ninefold.state.records import MachineRecord
+from ninefold.state.records import MachineRecord, QuarantineRecord
 from ninefold.state.tokens import store_token
 from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
 
@@ -101,7 +104,7 @@ class Healer:
         while True:
             await asyncio.sleep(defaults.HEAL_INTERVAL)
             hold = self._leader.hold
-            if hold is None or not self._leader.spec.pools:
+            if hold is None:
                 self._dead_since.clear()
                 self._unknown_since.clear()
                 continue
@@ -115,7 +118,11 @@ class Healer:
 
     # -- reading -----------------------------------------------------------------------
     async def _view(
-        self, spec: ClusterSpec, alive: frozenset[str], records: list[MachineRecord]
+        self,
+        spec: ClusterSpec,
+        alive: frozenset[str],
+        records: list[MachineRecord],
+        quarantined: frozenset[str] = frozenset(),
     ) -> HealView:
         now = time.time()
         for node in spec.nodes:
@@ -145,6 +152,7 @@ class Healer:
             created=created,
             listed=dict(self._listed),
             unknown_since=dict(self._unknown_since),
+            quarantined=quarantined,
         )
         unknown = unknown_machines(view)
         for machine_id in list(self._unknown_since):
@@ -190,6 +198,11 @@ class Healer:
     # -- doing -------------------------------------------------------------------------
     async def step(self, hold: LockHold) -> None:
         spec = self._leader.spec
+        quarantined = frozenset(
+            last_segment(i.key) for i in (await self._store.list(QUARANTINE)).items
+        )
+        if not spec.pools and not quarantined:
+            return
         alive = frozenset(last_segment(i.key) for i in (await self._store.list(NODES)).items)
         records: list[MachineRecord] = []  # one read per pool per step
         for pool in spec.pools:
@@ -205,7 +218,7 @@ class Healer:
                         "after it was created", pool=pool, machine=record.machine_id,
                     )  # fmt: skip
                 records.append(record)
-        view = await self._view(spec, alive, records)
+        view = await self._view(spec, alive, records, quarantined)
         for action in heal(view, [n.name for n in spec.nodes]):
             if self._leader.hold is not hold:
                 return
@@ -224,7 +237,8 @@ class Healer:
             case DestroyRogue():
                 await self._destroy_rogue(spec, action)
             case Hold():
-                await self._say_once(action.pool, "pool-held", action.pool, action.reason)
+                subject = action.pool or "quarantine"
+                await self._say_once(subject, "pool-held", subject, action.reason)
 
     async def _fence(self, hold: LockHold, spec: ClusterSpec, action: Fence) -> None:
         provider = self._provider(action.pool, spec.pools[action.pool])
@@ -248,6 +262,24 @@ class Healer:
             f"in {time.monotonic() - started:.2f}s",
             pool=action.pool, machine=action.machine_id,
         )  # fmt: skip
+        await self._free_locks(hold, action.node)
+
+    async def _free_locks(self, hold: LockHold, node: str) -> None:
+        """The provider confirmed the power-off: a lease the machine still
+        holds (a quarantined machine was alive) is revoked now rather than
+        left to expire, so its locks (an active's, a VIP's) are free at once."""
+        item = await self._store.get(node_key(node))
+        if item is not None and item.lease:
+            await self._store.revoke_lease(item.lease)
+            await self._journal.record(
+                "machine-locks-freed", node, "its lease revoked after the confirmed power-off"
+            )
+        got = await self._store.get(quarantine_key(node))
+        if got is not None:
+            record = QuarantineRecord.decode(got.value)
+            if record.fenced_at is None:
+                record = record.model_copy(update={"fenced_at": time.time()})
+                await self._write(hold, [Put(quarantine_key(node), record.encode())])
 
     async def _remove_member(self, action: RemoveMember) -> None:
         members = getattr(self._store, "members", None)
@@ -257,11 +289,14 @@ class Healer:
         for member in await members():
             if member.name == action.node:
                 await remove(member.id)
+                what = (
+                    f"pool {action.pool}: the fenced machine's store member removed"
+                    if action.pool
+                    else "the quarantined node's store member removed"
+                )
                 await self._journal.record(
-                    "store-member-removed", action.node,
-                    f"pool {action.pool}: the fenced machine's store member removed",
-                    pool=action.pool,
-                )  # fmt: skip
+                    "store-member-removed", action.node, what, pool=action.pool
+                )
 
     async def _forget(self, hold: LockHold, spec: ClusterSpec, action: Forget) -> None:
         provider = self._provider(action.pool, spec.pools[action.pool])
@@ -294,6 +329,7 @@ class Healer:
         provider = self._provider(action.pool, pool)
         token, record = new_token(kind="join", name=f"pool {action.pool}: {action.node}",
                                   uses=1, ttl=JOIN_TOKEN_TTL)  # fmt: skip
+        record = record.model_copy(update={"node": action.node})
         await store_token(self._store, record)
         boot = Bootstrap(
             cluster=spec.cluster,

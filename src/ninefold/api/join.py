@@ -33,10 +33,12 @@ from ninefold.security import tokens
 from ninefold.security.ca import fingerprint, load_ca
 from ninefold.security.certs import sign_node_csr
 from ninefold.security.files import TlsError
+from ninefold.security.revocation import cert_serial, sign_crl
 from ninefold.spec import ClusterSpec, NodeSpec, SpecError, dump_spec, parse_spec
 from ninefold.state import tokens as token_records
-from ninefold.state.keys import SPEC_KEY
+from ninefold.state.keys import CRL_KEY, SPEC_KEY, cert_key, quarantine_key
 from ninefold.state.reads import read_spec
+from ninefold.state.records import CertSerials
 from ninefold.store.base import Compare, Put, Store, StoreError
 from ninefold.store.embedded import url
 from ninefold.store.etcd import EtcdStore, StoreMember
@@ -84,6 +86,7 @@ class JoinedOut(BaseModel):
     store_member: StoreMemberOut | None = Field(
         None, description="the store member added for the node (with `store: true`)"
     )
+    crl: str = Field("", description="the cluster's certificate revocation list, PEM")
 
 
 def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
@@ -153,12 +156,17 @@ async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
         record, token_revision = await token_records.read_token(store, body.token, "join")
     except tokens.TokenError as exc:
         raise Unauthorized(str(exc)) from None
+    if await store.get(quarantine_key(body.name)) is not None:
+        raise operations.Conflict(f"{body.name} is quarantined: it cannot join again")
     spec_item = await store.get(SPEC_KEY)
     spec = await read_spec(store, ctx.spec)
     new_spec, node = with_node(spec, body)
     try:
         ca = await asyncio.to_thread(load_ca, ca_cert, ca_key)
         cert = await asyncio.to_thread(sign_node_csr, ca, node, body.csr.encode())
+        crl_item = await store.get(CRL_KEY)
+        crl = crl_item.value if crl_item else await asyncio.to_thread(sign_crl, ca, [])
+        serial = format(cert_serial(cert), "x")
     except TlsError as exc:
         raise operations.Invalid(str(exc)) from None
     text = dump_spec(new_spec)
@@ -170,7 +178,8 @@ async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
     _, token_compare, token_put = token_records.spend(record, token_revision)
     spec_revision = spec_item.mod_revision if spec_item else 0
     compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
-    puts = [token_put, Put(SPEC_KEY, text.encode())]
+    serials = CertSerials(node=node.name, serials=[serial])
+    puts = [token_put, Put(SPEC_KEY, text.encode()), Put(cert_key(node.name), serials.encode())]
     try:
         result = await store.txn(compares, puts)
     except BaseException:
@@ -180,7 +189,9 @@ async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
         await _remove_learner(store, member)
         raise operations.Conflict("the spec or the token changed meanwhile: join again")
     pem = await asyncio.to_thread(ca_cert.read_bytes)
-    return JoinedOut(spec=text, ca=pem.decode(), cert=cert.decode(), store_member=member)
+    return JoinedOut(
+        spec=text, ca=pem.decode(), cert=cert.decode(), store_member=member, crl=crl.decode()
+    )
 
 
 def initial_cluster(members: list[StoreMember], new_name: str, new_peer: str) -> str:

@@ -246,6 +246,7 @@ class TokenOut(_Out):
     created: float
     expires: float | None
     uses: int | None
+    node: str = Field("", description="the node it was made for (deleted at its quarantine)")
 
 
 class TokenCreatedOut(TokenOut):

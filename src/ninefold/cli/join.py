@@ -26,7 +26,7 @@ from ninefold.cli.console import (
 from ninefold.client import error_of
 from ninefold.security.ca import fingerprint, new_key, private_pem
 from ninefold.security.certs import node_csr, write_node_files
-from ninefold.security.files import NodeTlsFiles, TlsError
+from ninefold.security.files import NodeTlsFiles, TlsError, write_public
 from ninefold.security.tls import client_context
 from ninefold.spec import ClusterSpec, dump_spec, parse_spec
 from ninefold.store.base import StoreError
@@ -146,6 +146,8 @@ def join(
     spec_path = where / "spec.yaml"
     try:
         write_node_files(files, ca_pem, joined["cert"].encode(), private_pem(key))
+        if joined.get("crl"):  # before the agent starts: etcd takes it from its first start
+            write_public(files.crl, joined["crl"].encode())
         spec_path.write_text(dump_spec(spec))
     except (TlsError, OSError) as exc:
         raise fail(f"joined, but this machine's files are not all written: {exc}") from None

@@ -374,7 +374,7 @@ def drill(
         str,
         typer.Argument(
             help="S1 a server down, S2 a site down, S3 a zone down, S4 a zone isolated then "
-            "healed, S5 a compromised server (not built).",
+            "healed, S5 a compromised server.",
             show_default=False,
         ),
     ],
@@ -411,12 +411,10 @@ def drill(
     Exit 1 when an expectation fails (a replacement not serving in time, a
     victim not fenced, a duplicate machine, two VIP holders, the pool not
     back at its count); failed requests are reported, not a failure."""
-    from ninefold.lab.drill import NOT_BUILT, SCENARIOS, DrillError, format_report
+    from ninefold.lab.drill import SCENARIOS, DrillError, format_report
     from ninefold.lab.drill import run as run_drill
 
     scenario = scenario.upper()
-    if scenario in NOT_BUILT:
-        raise fail(NOT_BUILT[scenario], EXIT_USAGE)
     if scenario not in SCENARIOS:
         known = ", ".join(f"{k} {v}" for k, v in SCENARIOS.items())
         raise fail(f"no scenario {scenario!r}: {known}", EXIT_USAGE)

@@ -30,6 +30,7 @@ from ninefold.cli.cert import cert_app
 from ninefold.cli.console import out
 from ninefold.cli.kv import kv_app
 from ninefold.cli.lab import lab_app
+from ninefold.cli.node import node_app
 from ninefold.cli.token import token_app
 
 app = typer.Typer(
@@ -67,6 +68,7 @@ GROUPS: list[tuple[str, typer.Typer]] = [
     ("kv", kv_app),
     ("cert", cert_app),
     ("lab", lab_app),
+    ("node", node_app),
     ("token", token_app),
 ]
 """`ninefold GROUP VERB`: the groups of commands, listed after the commands."""

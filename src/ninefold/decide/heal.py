@@ -3,8 +3,8 @@ which store member to remove, which machine to create in which zone, which
 rogue machine to destroy. Pure: agent/healer.py reads the view and does the
 actions, one step at a time, and every step is an event.
 
-A pool machine goes creating -> joined -> (dead for `replace_after`) fenced
--> forgotten. Only a fenced machine (the provider confirmed the power-off)
+A pool machine goes creating -> joined -> (dead for `replace_after`, or
+quarantined) fenced -> forgotten. Only a fenced machine (the provider confirmed the power-off)
 is removed from the store and the spec, and only then is it replaced: a
 machine that is merely unreachable may still run its processes.
 """
@@ -64,6 +64,8 @@ class HealView:
     """Pool -> what its provider listed last (absent: not listed yet)."""
     unknown_since: Mapping[str, float] = field(default_factory=dict)
     """Machine id -> when it was first listed without the store knowing it."""
+    quarantined: frozenset[str] = frozenset()
+    """Nodes an operator quarantined (`ninefold node quarantine`)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Fence:
 @dataclass(frozen=True)
 class RemoveMember:
     pool: str
+    """"" for a quarantined node in no pool."""
     node: str
 
 
@@ -164,14 +167,33 @@ def heal(view: HealView, taken_names: Iterable[str] = ()) -> list[Action]:
     actions: list[Action] = []
     for pool, spec in sorted(view.pools.items()):
         actions += _pool_actions(view, pool, spec, taken)
-    return actions
+    return actions + _quarantined_outside_pools(view)
+
+
+def _quarantined_outside_pools(view: HealView) -> list[Action]:
+    """A quarantined node in no pool: no provider can fence it, but its store
+    member goes (while the quorum allows), so its etcd member can neither
+    vote nor serve."""
+    in_pools = {m.node for m in view.machines}
+    out: list[Action] = []
+    for node in sorted(view.quarantined - in_pools):
+        if node not in view.voting:
+            continue
+        if removal_keeps_quorum(view, node):
+            out.append(RemoveMember("", node))
+        else:
+            out.append(Hold("", f"quarantined store member {node} kept: removing it "
+                                "would lose the store's quorum"))  # fmt: skip
+    return out
 
 
 def _pool_actions(view: HealView, pool: str, spec: PoolSpec, taken: list[str]) -> list[Action]:
     out: list[Action] = []
     mine = [m for m in view.machines if m.pool == pool]
     for m in mine:
-        if m.phase == "joined" and m.node not in view.alive:
+        if m.node in view.quarantined and m.phase != "fenced":
+            out.append(Fence(pool, m.node, m.machine_id, "quarantined"))
+        elif m.phase == "joined" and m.node not in view.alive:
             since = view.dead_since.get(m.node)
             if since is not None and view.now - since >= spec.replace_after:
                 why = f"dead for {view.now - since:.0f}s (replace_after {spec.replace_after:g}s)"

@@ -24,7 +24,12 @@ import time
 
 from ninefold import defaults
 from ninefold.security.files import NodeTlsFiles, TlsError
-from ninefold.security.tls import ReloadingServerContext, files_stamp, server_context
+from ninefold.security.tls import (
+    ReloadingServerContext,
+    files_stamp,
+    load_revocations,
+    server_context,
+)
 
 log = logging.getLogger("ninefold.gateway")
 
@@ -55,6 +60,7 @@ def client_context(files: NodeTlsFiles) -> ssl.SSLContext:
     try:
         ctx = ssl.create_default_context(cafile=str(files.ca))
         ctx.load_cert_chain(files.cert, files.key)
+        load_revocations(ctx, files)
     except (OSError, ssl.SSLError) as exc:
         reason = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
         raise MeshError(

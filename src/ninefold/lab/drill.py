@@ -6,7 +6,8 @@ client traffic on, and what they showed (`ninefold lab drill`, docs/pools.md).
     S3  a zone down          the zone cut off (Lab.isolate) and left so
     S4  a zone isolated,     the zone cut off until its pool machine is
         then healed          replaced, then the network healed
-    S5  a compromised server `ninefold node quarantine`: not built, no drill
+    S5  a compromised server `ninefold node quarantine` of one pool machine,
+                             whose TLS files an attacker copied beforehand
 
 While a drill runs, the client namespace sends GETs to a pool service's
 route through the gateway of a node outside the fault (and through the
@@ -33,10 +34,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ninefold import defaults
@@ -53,10 +58,6 @@ SCENARIOS: dict[str, str] = {
     "S3": "a zone down",
     "S4": "a zone isolated, then healed",
     "S5": "a compromised server",
-}
-NOT_BUILT: dict[str, str] = {
-    "S5": "S5 (a compromised server) is not built: it needs `ninefold node quarantine` "
-    "(certificate revocation, issue 14 item 4), which does not exist yet",
 }
 
 CLUSTER_TAG = "ninefold-cluster"
@@ -84,10 +85,6 @@ write's own timeout (3 s)."""
 
 class DrillError(LabError):
     """The drill cannot run as asked (no pool, no such zone, S5): a usage error."""
-
-
-class NotBuilt(DrillError):
-    """A scenario whose feature does not exist yet."""
 
 
 def _quiet(_: str) -> None:
@@ -125,6 +122,11 @@ class DrillReport:
     """S4: seconds from the fault to the network healed."""
     rejoined_s: float | None = None
     """S4: seconds from the heal to the zone's hand-written nodes up again."""
+    revoked_s: float | None = None
+    """S5: seconds from the quarantine to the victim's certificate refused by
+    every watched port (each observer's API and etcd client port)."""
+    refused: list[str] = field(default_factory=list)
+    """S5: the ports that refused the victim's certificate (`n1 api`, ...)."""
     requests: int = 0
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -182,6 +184,9 @@ def format_report(r: DrillReport) -> list[str]:
         f"  replaced     {_s(r.replace_s):>8}  machine-created {replaced}",
         f"  serving      {_s(r.serve_s):>8}  {r.served_by or 'no replacement served'}",
     ]
+    if r.scenario == "S5":
+        lines.insert(1, f"  revoked      {_s(r.revoked_s):>8}  the stolen certificate refused by "
+                        f"{len(r.refused)} ports ({', '.join(r.refused) or 'none'})")  # fmt: skip
     if r.heal_s is not None:
         back = ", ".join(r.nodes_hit) or "the zone"
         lines.append(
@@ -572,7 +577,7 @@ def _plan(
     def outside(z: str | None, victims: list[str]) -> list[str]:
         return [n for n in written if n not in victims and (z is None or lab.zone(n) != z)]
 
-    if scenario == "S1":
+    if scenario in ("S1", "S5"):
         chosen = [n for n, m in machines.items() if zone is None or m["zone"] == zone]
         if not chosen:
             raise DrillError(f"zone {zone} holds no machine of pool {pool} that is up "
@@ -715,6 +720,60 @@ def restore(
     wait_ready(lab, client or Client(lab), name, spec, pool_services(lab, name), timeout, say)
 
 
+# --- S5: a compromised server ----------------------------------------------------------
+
+
+def _quarantine(client: Client, lab: Lab, via: str, node: str) -> None:
+    try:
+        status, body = client.request(
+            "POST", f"{lab.api_url(via)}/v1/nodes/{node}/quarantine",
+            {"reason": "drill S5: a compromised server"}, timeout=15.0,
+        )  # fmt: skip
+    except OSError as exc:
+        raise LabError(f"the quarantine of {node} through {via} did not complete: {exc}") from None
+    if status != 200:
+        raise LabError(f"the quarantine of {node} was refused ({status}): {body[:200]!r}")
+
+
+class StolenCertificate:
+    """The victim's certificate and key as an attacker copied them before the
+    quarantine, tried from the client namespace against each observer's API
+    and etcd client port."""
+
+    def __init__(self, lab: Lab, victim: str, observers: list[str]) -> None:
+        tls = lab.data_dir(victim) / "tls"
+        self._dir = Path(tempfile.mkdtemp(prefix="ninefold-s5-"))
+        for name in ("ca.crt", "node.crt", "node.key"):
+            shutil.copy(tls / name, self._dir / name)
+        self._lab = lab
+        self._ns = lab.namespace("client")
+        self._ports = [
+            (f"{n} {kind}", lab.address(n), getattr(lab.spec.node(n).ports, kind))
+            for n in observers
+            for kind in ("api", "store_client")
+        ]
+        self.refused: list[str] = []
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._dir / "ca.crt"))
+        ctx.load_cert_chain(self._dir / "node.crt", self._dir / "node.key")
+        return ctx
+
+    def _taken(self, address: str, port: int) -> bool:
+        """Whether a request with the certificate gets an HTTP answer
+        (etcd's client port answers /health over HTTPS too)."""
+        try:
+            netns.http_request(self._ns, "GET", f"https://{address}:{port}/health", 2.0,
+                               self._context())  # fmt: skip
+        except (OSError, ssl.SSLError):
+            return False
+        return True
+
+    def refused_everywhere(self) -> bool:
+        self.refused = [what for what, a, p in self._ports if not self._taken(a, p)]
+        return len(self.refused) == len(self._ports)
+
+
 # --- the drill ----------------------------------------------------------------------------
 
 
@@ -736,7 +795,7 @@ TIMELINE_KINDS = {
     "machine-create-failed", "machine-joined", "machine-replaced", "machine-destroy-failed",
     "machine-rogue-destroyed", "pool-held", "pool-provider-failed", "store-member-removed",
     "moved", "placed", "unplaced", "removed", "started", "health", "vip-up", "vip-down",
-    "vip-failed", "leader",
+    "vip-failed", "leader", "node-quarantined", "machine-locks-freed",
 }  # fmt: skip
 
 
@@ -750,16 +809,15 @@ def run(
     progress: Progress | None = None,
     token: str | None = None,
 ) -> DrillReport:
-    """Run one scenario (S1-S4) on a running lab whose spec has a pool; the
-    report. DrillError when it cannot run as asked (S5 is NotBuilt), LabError
+    """Run one scenario (S1-S5) on a running lab whose spec has a pool; the
+    report. DrillError when it cannot run as asked, LabError
     when the lab is not whole (a fault on, a node down, the pool short)."""
     say = progress or _quiet
     scenario = scenario.upper()
     if scenario not in SCENARIOS:
         raise DrillError(f"no scenario {scenario!r}: S1 a server down, S2 a site down, "
-                         "S3 a zone down, S4 a zone isolated then healed")  # fmt: skip
-    if scenario in NOT_BUILT:
-        raise NotBuilt(NOT_BUILT[scenario])
+                         "S3 a zone down, S4 a zone isolated then healed, "
+                         "S5 a compromised server")  # fmt: skip
     name, spec = _pool(lab, pool)
     if zone is not None and zone not in lab.zones:
         raise DrillError(f"no zone named {zone!r} in lab {lab.id} (zones: {', '.join(lab.zones)})")
@@ -824,7 +882,14 @@ def run(
             time.sleep(0.1)
         # -- the fault --
         t0 = time.time()
-        if scenario == "S1":
+        stolen: StolenCertificate | None = None
+        if scenario == "S5":
+            stolen = StolenCertificate(lab, plan.victims[0], plan.observers)
+            report.fault = (f"{plan.victims[0]} (zone {plan.zone}) quarantined through "
+                            f"{plan.observer}'s API; its TLS files copied before")  # fmt: skip
+            say(f"{scenario}: quarantining {plan.victims[0]}")
+            _quarantine(client, lab, plan.observer, plan.victims[0])
+        elif scenario == "S1":
             report.fault = f"every process of {plan.victims[0]} (zone {plan.zone}) killed"
             say(f"{scenario}: killing {plan.victims[0]}")
             lab.kill(plan.victims[0])
@@ -847,6 +912,11 @@ def run(
         events: list[dict[str, Any]] = []
         while served_at is None:
             now = time.time()
+            if stolen is not None and report.revoked_s is None and stolen.refused_everywhere():
+                report.revoked_s = round(time.time() - t0, 2)
+                report.refused = stolen.refused
+                say(f"{scenario}: the stolen certificate is refused {report.revoked_s:.2f}s "
+                    "after the quarantine")  # fmt: skip
             current = client.status(plan.observers)
             new = {n: m for n, m in pool_machines(lab, name).items() if n not in known}
             if current is not None:
@@ -1016,7 +1086,10 @@ def _conclude(
             and e.get("data", {}).get("pool", pool) == pool and e["time"] >= t0]  # fmt: skip
     ours.sort(key=lambda e: e["time"])
     report.replacements = {e["subject"]: e.get("data", {}).get("zone", "?") for e in ours}
-    report.detect_s = _first(events, "node-lost", plan.victims, t0)
+    seen = "node-quarantined" if report.scenario == "S5" else "node-lost"
+    report.detect_s = _first(events, seen, plan.victims, t0)
+    if report.scenario == "S5" and report.revoked_s is None:
+        report.problems.append("the stolen certificate was still taken by some port at the end")
     report.fence_s = _first(events, "machine-fenced", plan.victims, t0)
     if len(ours) >= len(plan.victims) and plan.victims:
         report.replace_s = round(ours[len(plan.victims) - 1]["time"] - t0, 2)
@@ -1037,7 +1110,7 @@ def _conclude(
             f"{len(ours)} machines created for {len(plan.victims)} lost: "
             + ", ".join(report.replacements)
         )
-    if report.scenario != "S1":
+    if report.scenario not in ("S1", "S5"):  # a machine lost, not a zone: any zone will do
         wrong = [n for n, z in report.replacements.items() if z == plan.zone]
         if wrong:
             report.problems.append(f"{', '.join(wrong)} made in zone {plan.zone}, which was down")

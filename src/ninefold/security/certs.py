@@ -34,6 +34,7 @@ from ninefold.security.files import (
     write_private,
     write_public,
 )
+from ninefold.security.revocation import sign_crl
 from ninefold.spec import NodeSpec
 
 NODE_CERT_VALIDITY = dt.timedelta(days=365)
@@ -162,6 +163,8 @@ def issue_node_files(
     write_node_files(
         files, ca.cert_pem, cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
     )
+    if not files.crl.is_file():  # etcd takes its revocation flags only with the file
+        write_public(files.crl, sign_crl(ca, []))
     return files
 
 

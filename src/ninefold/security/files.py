@@ -1,7 +1,8 @@
 """Where certificates and keys live, and writing them safely.
 
 A node keeps its TLS files in `<data dir>/tls/`: `ca.crt` (the cluster CA),
-`node.crt` and `node.key` (mode 0600). Files are replaced atomically (a
+`node.crt` and `node.key` (mode 0600), and `crl.pem`, the cluster's
+revocation list. Files are replaced atomically (a
 temporary file renamed over the old one), so a reader sees the old file or
 the new one, never half of one.
 """
@@ -42,6 +43,11 @@ class NodeTlsFiles:
     @property
     def key(self) -> Path:
         return self.directory / "node.key"
+
+    @property
+    def crl(self) -> Path:
+        """The cluster's revocation list (security/revocation.py); optional."""
+        return self.directory / "crl.pem"
 
     def missing(self) -> list[Path]:
         return [p for p in (self.ca, self.cert, self.key) if not p.is_file()]

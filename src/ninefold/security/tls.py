@@ -4,7 +4,9 @@ The API's context follows its files: `ReloadingServerContext` checks the
 node's certificate and key files at most every `RELOAD_CHECK_EVERY` seconds
 (on a TLS handshake, from the event loop: a stat and a few KB read) and moves
 new handshakes to a fresh context when they changed. Connections already open
-keep the certificate they started with. The gateway's mesh listener uses the
+keep the certificate they started with. The node's revocation list
+(`crl.pem`) is one of those files: a certificate revoked is refused from the
+next handshake on. The gateway's mesh listener uses the
 same class, requiring a client certificate and offering its own ALPN names.
 """
 
@@ -35,10 +37,20 @@ def server_context(files: NodeTlsFiles, require_client_cert: bool = False) -> ss
     try:
         ctx.load_cert_chain(files.cert, files.key)
         ctx.load_verify_locations(cafile=files.ca)
+        load_revocations(ctx, files)
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot load TLS files in {files.directory}: {_reason(exc)}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return ctx
+
+
+def load_revocations(ctx: ssl.SSLContext, files: NodeTlsFiles) -> None:
+    """Check the peer's certificate against the node's revocation list, when it
+    has one (OpenSSL then needs a CRL from the CA, so the flag goes only with
+    the file)."""
+    if files.crl.is_file():
+        ctx.load_verify_locations(cafile=files.crl)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -120,7 +132,7 @@ class ReloadingServerContext:
 
 def files_stamp(files: NodeTlsFiles) -> tuple[int, ...]:
     """What changes when any of a node's TLS files is rewritten or replaced."""
-    return paths_stamp(files.ca, files.cert, files.key)
+    return paths_stamp(files.ca, files.cert, files.key, files.crl)
 
 
 def paths_stamp(*paths: Path | str | None) -> tuple[int, ...]:

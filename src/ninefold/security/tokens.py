@@ -42,6 +42,7 @@ class PublicToken(TypedDict):
     created: float
     expires: float | None
     uses: int | None
+    node: str
 
 
 class TokenRecord(BaseModel):
@@ -58,6 +59,9 @@ class TokenRecord(BaseModel):
     expires: float | None = None
     uses: int | None = None
     """Join tokens: uses left (None: unlimited)."""
+    node: str = ""
+    """The node the token was made for (a pool machine's join token): deleted
+    when that node is quarantined."""
 
     def public(self) -> PublicToken:
         """The record as `token list` shows it: no digest."""
@@ -69,6 +73,7 @@ class TokenRecord(BaseModel):
             created=self.created,
             expires=self.expires,
             uses=self.uses,
+            node=self.node,
         )
 
 

@@ -20,6 +20,9 @@
                                replicated volume (kept when the node dies)
     tokens/<id>                TokenRecord (a hash of the secret, never the secret)
     tokens-bootstrapped        present once the first admin token was made
+    certs/<node>               CertSerials: every certificate serial the node's agent used
+    security/crl               the cluster's revocation list (PEM, signed by the CA)
+    quarantine/<node>          QuarantineRecord: the node is quarantined (kept)
 
 Locks are named here and kept under ``locks/`` by the store's lock primitive
 (`Store.try_lock`, `store.base.lock_key`).
@@ -42,6 +45,9 @@ VOLUMES = "volumes/"
 POOLS = "pools/"
 TOKENS = "tokens/"
 BOOTSTRAPPED = "tokens-bootstrapped"
+CERTS = "certs/"
+CRL_KEY = "security/crl"
+QUARANTINE = "quarantine/"
 VIP_CANDIDATES = "vipcand/gateway/"
 """Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
 
@@ -140,3 +146,11 @@ def machine_key(pool: str, node: str) -> str:
 def created_key(pool: str) -> str:
     """The times of a pool's recent creations (its budget), a JSON list."""
     return f"{POOLS}{pool}/created"
+
+
+def cert_key(node: str) -> str:
+    return f"{CERTS}{node}"
+
+
+def quarantine_key(node: str) -> str:
+    return f"{QUARANTINE}{node}"

@@ -168,3 +168,27 @@ class MachineRecord(Record):
     phase: Literal["creating", "joined", "fenced"]
     store_member: bool = False
     fenced_at: float | None = None
+
+
+class CertSerials(Record):
+    """The serial numbers of the certificates a node has used (`certs/<node>`):
+    what a quarantine revokes. Written at its join and by its agent."""
+
+    node: str
+    serials: list[str] = []
+    """Hexadecimal (JSON numbers lose the high bits of a 159-bit serial)."""
+
+
+class QuarantineRecord(Record):
+    """A quarantined node (`quarantine/<node>`): its certificates revoked, its
+    tokens deleted, drained; the healer fences, removes and replaces it."""
+
+    node: str
+    at: float
+    reason: str = ""
+    serials: list[str] = []
+    tokens: list[str] = []
+    """Ids of the tokens deleted."""
+    pool: str | None = None
+    fenced_at: float | None = None
+    """When the provider confirmed its power-off (None: not fenced, or not in a pool)."""

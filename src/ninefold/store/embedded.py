@@ -37,8 +37,13 @@ def tls_argv(tls: NodeTlsFiles) -> list[str]:
     """etcd flags for mutual TLS on both ports, with the node's files: a client or
     peer must present a certificate from the cluster CA. etcd reads the
     certificate and key files again on every handshake, so a rotation needs no
-    restart."""
+    restart. With the node's revocation list (`crl.pem`, present from the
+    certificate's issue on), a revoked certificate is refused on both ports:
+    etcd reads the list on every handshake too (connections already open stay
+    open: the fence ends those)."""
+    crl = ["--client-crl-file", str(tls.crl), "--peer-crl-file", str(tls.crl)]
     return [
+        *(crl if tls.crl.is_file() else []),
         "--cert-file", str(tls.cert),
         "--key-file", str(tls.key),
         "--trusted-ca-file", str(tls.ca),
