@@ -8,6 +8,7 @@ store keeps working; a second quarantine, an unknown node and a missing
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ninefold.security.ca import create_ca, write_ca
@@ -48,13 +49,11 @@ async def test_a_quarantined_node_is_refused_everywhere_and_loses_its_work(
     assert result.returncode == 0, result.stderr
     assert f"{serial:x}" in result.stdout and "power it off yourself" in result.stdout
 
+    def revokes(crl: Path) -> Callable[[], bool]:
+        return lambda: crl.is_file() and serial in revoked_serials(crl.read_bytes())
+
     for other in others:
-        until(
-            f"{other.name} to hold the revocation list",
-            lambda crl=files[other.name].crl: crl.is_file()  # type: ignore[misc]
-            and serial in revoked_serials(crl.read_bytes()),
-            20,
-        )
+        until(f"{other.name} to hold the revocation list", revokes(files[other.name].crl), 20)
     good = files[others[0].name]
     for node in others:
         for kind in ("api", "store_client", "store_peer"):
@@ -62,11 +61,11 @@ async def test_a_quarantined_node_is_refused_everywhere_and_loses_its_work(
             where = f"{node.name} {kind}"
             until(
                 f"{where} to refuse {name}'s certificate",
-                lambda: tls_refused(host, port, good.ca, victim.cert, victim.key),
+                partial(tls_refused, host, port, good.ca, victim.cert, victim.key),
                 10,
             )
             assert not tls_refused(host, port, good.ca, good.cert, good.key), where
-    endpoint = [e for e in spec.store_endpoints() if others[0].address in e][0]
+    endpoint = next(e for e in spec.store_endpoints() if others[0].address in e)
     assert await store_refuses(endpoint, TlsFiles(victim.ca, victim.cert, victim.key))
     assert not await store_refuses(endpoint, TlsFiles(good.ca, good.cert, good.key))
 
