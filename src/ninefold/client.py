@@ -438,6 +438,20 @@ class ClusterClient:
     def undrain(self, node: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_seg(node)}/undrain")
 
+    # -- backups ------------------------------------------------------------------
+    def backups(self) -> dict[str, Any]:
+        return self._object("GET", "/v1/backups")
+
+    def backup_run(self, target: str | None = None) -> dict[str, Any]:
+        return self._object("POST", "/v1/backups/run", body={"target": target})
+
+    def backup_check(self, repository: str | None = None) -> dict[str, Any]:
+        return self._object("POST", "/v1/backups/check", body={"repository": repository})
+
+    def backup_snapshots(self, repository: str, target: str | None = None) -> list[dict[str, Any]]:
+        params = {"repository": repository, "target": target}
+        return self._objects("GET", "/v1/backups/snapshots", params=params)
+
     def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_seg(node)}/quarantine", body={"reason": reason})
 

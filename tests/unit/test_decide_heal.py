@@ -157,9 +157,7 @@ def test_a_quarantined_machine_is_fenced_at_once_though_alive() -> None:
     quarantined = view(quarantined=frozenset({"web-1"}))
     assert heal(quarantined) == [Fence("web", "web-1", "id-web-1", "quarantined")]
     # fenced: forgotten and replaced like any fenced machine, in the least-used zone
-    fenced = replace(
-        quarantined, machines=(machine("web-1", "a", "fenced"), machine("web-2", "b"))
-    )
+    fenced = replace(quarantined, machines=(machine("web-1", "a", "fenced"), machine("web-2", "b")))
     actions = heal(fenced, ["n1", "web-1", "web-2"])
     assert Forget("web", "web-1", "id-web-1") in actions
     assert [a for a in actions if isinstance(a, Create)] == [

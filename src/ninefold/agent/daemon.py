@@ -7,12 +7,13 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from ninefold import __version__, defaults
 from ninefold.agent.addresses import FloatingAddresses
+from ninefold.agent.backups import BackupRunner, BackupScheduler, SnapshotHook
 from ninefold.agent.gateway_feed import GatewayFeed, make_engine
 from ninefold.agent.gateway_vip import GatewayVipKeeper
 from ninefold.agent.healer import Healer
@@ -222,6 +223,14 @@ class Agent:
         ]
         healer = Healer(store, journal, leader, self.tls.ca if self.tls is not None else None)
         tasks.append(asyncio.create_task(healer.run(), name="healer"))
+        backups = BackupRunner(
+            store, journal, self.node.name, self.spec, self.data_dir,
+            self._snapshot_hook(reconciler), self._ca_files,
+        )  # fmt: skip
+        tasks += [
+            asyncio.create_task(BackupScheduler(store, journal, leader).run(), name="backups"),
+            asyncio.create_task(backups.run(), name="backup-runner"),
+        ]
         if self.tls is not None:
             follower = RevocationFollower(store, self.node.name, self.tls)
             tasks.append(asyncio.create_task(follower.run(), name="revocations"))
@@ -303,6 +312,19 @@ class Agent:
 
         reconciler.ctx.abort_transfers = abort
         return listener
+
+    @staticmethod
+    def _snapshot_hook(reconciler: Reconciler) -> SnapshotHook:
+        """A volume's `snapshot` hook as this node's instance of its service
+        runs it (None when none runs here, or the volume has none)."""
+
+        def hook(service: str, volume: str) -> Callable[[], Awaitable[int]] | None:
+            for runner in reconciler.runners.values():
+                if runner.service == service:
+                    return runner.volumes.snapshot_hook(volume)
+            return None
+
+        return hook
 
     def _ca_files(self) -> tuple[Path, Path | None] | None:
         """(CA certificate, CA key if this machine has one) for `GET /v1/ca` and

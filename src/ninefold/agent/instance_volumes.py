@@ -189,6 +189,12 @@ class InstanceVolumes:
 
         return push_to
 
+    def snapshot_hook(self, name: str) -> Snapshot | None:
+        """The named volume's `snapshot` hook, run as this instance runs it
+        (for a backup; None when the volume has none)."""
+        volume = self.spec.volumes.get(name)
+        return self._snapshotter(volume) if volume is not None else None
+
     def _snapshotter(self, volume: VolumeSpec) -> Snapshot | None:
         command = volume.snapshot
         if not command:

@@ -82,3 +82,38 @@ def progress(first: str) -> Iterator[Callable[[str], None]]:
 
     report(first)
     yield report
+
+
+def human_bytes(count: int | float) -> str:
+    """`0 B`, `512 B`, `4.5 MB`, `10 MB`: decimal units, two significant figures
+    below 10."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if abs(value) < 10 else f"{value:.0f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    """`0.4s`, `12s`, `3m05s`, `2h03m`, `3d04h`."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def ago(then: float | None, now: float) -> str:
+    """`2.0s ago`, or `never` for no time."""
+    if not then:
+        return "never"
+    return f"{human_seconds(now - then)} ago"

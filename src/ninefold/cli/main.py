@@ -26,6 +26,7 @@ import typer
 
 from ninefold import __version__
 from ninefold.cli import doctor, inspect, join, operate, service, setup, volumes
+from ninefold.cli.backup import backup_app
 from ninefold.cli.cert import cert_app
 from ninefold.cli.console import out
 from ninefold.cli.kv import kv_app
@@ -66,6 +67,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
 
 GROUPS: list[tuple[str, typer.Typer]] = [
     ("kv", kv_app),
+    ("backup", backup_app),
     ("cert", cert_app),
     ("lab", lab_app),
     ("node", node_app),

@@ -119,8 +119,19 @@ def kill_all(ns: str, timeout: float = 10.0) -> None:
         if not signal_all(ns, signal.SIGKILL) and not pids(ns):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"processes still in namespace {ns}: {pids(ns)}")
+            left = ", ".join(describe_process(pid) for pid in pids(ns))
+            raise TimeoutError(f"processes still in namespace {ns}: {left}")
         time.sleep(0.02)
+
+
+def describe_process(pid: int) -> str:
+    """`pid (name, status, parent pid)`: what a process that would not die was."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return f"{pid} ({proc.name()}, {proc.status()}, parent {proc.ppid()})"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return str(pid)
 
 
 def alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ from pydantic import (
 from ninefold import defaults
 
 from .access import AccessSpec
+from .backups import BackupsSpec, VolumeBackupSpec
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
 from .pools import PoolName, PoolSpec, machine_number, pool_of
@@ -433,6 +434,9 @@ class VolumeSpec(_Model):
     verify: PositiveDuration = defaults.MIRROR_VERIFY_INTERVAL
     """How often each copy is compared with the source by checksum (what size
     and mtime cannot see); differences are repaired and reported."""
+    backup: VolumeBackupSpec | None = None
+    """Backed up with restic on its schedule, on the node holding the active
+    copy (instance 0's for a replicated service); replicated or not."""
 
     @model_validator(mode="after")
     def _replication_options_need_replication(self) -> Self:
@@ -445,10 +449,23 @@ class VolumeSpec(_Model):
     @model_serializer(mode="wrap")
     def _short_form(self, handler: SerializerFunctionWrapHandler) -> Any:
         """A plain volume is written (and hashed into the generation) in its
-        short form, so specs from before replication keep their meaning."""
-        if self.replicate == "none":
+        short form, so specs from before replication keep their meaning. One
+        with a `backup` is a mapping, without the replication-only keys (so
+        a full dump validates again); without a `backup` (or with it
+        excluded, as a digest of what an instance runs may do), the key is
+        left out and a volume is written exactly as before backups existed."""
+        if self.replicate == "none" and self.backup is None:
             return self.path
-        return handler(self)
+        data = handler(self)
+        if isinstance(data, dict):
+            if self.backup is None:
+                data.pop("backup", None)
+            if self.replicate == "none":
+                if "backup" not in data:
+                    return self.path
+                for key in ("exclude", "snapshot", "verify"):
+                    data.pop(key, None)
+        return data
 
     @property
     def replicated(self) -> bool:
@@ -618,6 +635,9 @@ class ClusterSpec(_Model):
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     services: dict[ServiceName, ServiceSpec] = {}
     pools: dict[PoolName, PoolSpec] = {}
+    backups: BackupsSpec = Field(default_factory=BackupsSpec)
+    """restic repositories, and the cluster's own backup; volumes name a
+    repository in their `backup:` (docs/spec.md#backups)."""
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Self:
@@ -628,7 +648,13 @@ class ClusterSpec(_Model):
     def problems(self) -> list[Problem]:
         """Every rule spanning nodes, store and services."""
         return cluster_problems(
-            self.store, self.nodes, self.services, self.gateway, self.security, self.pools
+            self.store,
+            self.nodes,
+            self.services,
+            self.gateway,
+            self.security,
+            self.pools,
+            self.backups,
         )
 
     @property
@@ -701,10 +727,14 @@ def cluster_problems(
     gateway: GatewaySpec | None = None,
     security: SecuritySpec | None = None,
     pools: Mapping[str, PoolSpec] | None = None,
+    backups: BackupsSpec | None = None,
 ) -> list[Problem]:
     """Cross checks over whichever parts validated; None skips the checks needing a part."""
     out: list[Problem] = []
     out += pool_problems(pools or {}, nodes or [], store)
+    if backups is not None:
+        out += backups.problems()
+        out += backup_problems(backups, services)
     mesh = mesh_listens(gateway, security)
     volumes = any(v.replicated for s in services.values() for v in s.volumes.values())
     if nodes is not None:
@@ -722,6 +752,20 @@ def cluster_problems(
         out += gateway.port_problems(nodes, services, mesh, volumes)
     if security is not None:
         out += mtls_problems(services, security)
+    return out
+
+
+def backup_problems(backups: BackupsSpec, services: Mapping[str, ServiceSpec]) -> list[Problem]:
+    """Every volume's `backup.repository` names a repository of `backups`."""
+    out: list[Problem] = []
+    for name, service in services.items():
+        for volume, spec in service.volumes.items():
+            if spec.backup is None:
+                continue
+            loc = ("services", name, "volumes", volume, "backup", "repository")
+            problem = backups.reference_problem(loc, spec.backup.repository)
+            if problem is not None:
+                out.append(problem)
     return out
 
 

@@ -23,6 +23,9 @@
     certs/<node>               CertSerials: every certificate serial the node's agent used
     security/crl               the cluster's revocation list (PEM, signed by the CA)
     quarantine/<node>          QuarantineRecord: the node is quarantined (kept)
+    backups/runs/<target>      BackupRun: a run in progress (the target's lock), by the leader
+    backups/last/<target>      BackupResultRecord: how the target's last run ended
+    backups/asked/<target>     a run asked for now (`ninefold backup run`)
 
 Locks are named here and kept under ``locks/`` by the store's lock primitive
 (`Store.try_lock`, `store.base.lock_key`).
@@ -48,6 +51,10 @@ BOOTSTRAPPED = "tokens-bootstrapped"
 CERTS = "certs/"
 CRL_KEY = "security/crl"
 QUARANTINE = "quarantine/"
+BACKUPS = "backups/"
+BACKUP_RUNS = "backups/runs/"
+BACKUP_LAST = "backups/last/"
+BACKUP_ASKED = "backups/asked/"
 VIP_CANDIDATES = "vipcand/gateway/"
 """Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
 
@@ -154,3 +161,16 @@ def cert_key(node: str) -> str:
 
 def quarantine_key(node: str) -> str:
     return f"{QUARANTINE}{node}"
+
+
+def backup_run_key(target: str) -> str:
+    """`target`: a BackupTarget's key (decide/backup.py), e.g. `volume/db/data/offsite`."""
+    return f"{BACKUP_RUNS}{target}"
+
+
+def backup_last_key(target: str) -> str:
+    return f"{BACKUP_LAST}{target}"
+
+
+def backup_asked_key(target: str) -> str:
+    return f"{BACKUP_ASKED}{target}"

@@ -192,3 +192,42 @@ class QuarantineRecord(Record):
     pool: str | None = None
     fenced_at: float | None = None
     """When the provider confirmed its power-off (None: not fenced, or not in a pool)."""
+
+
+class BackupRun(Record):
+    """A backup, cluster backup or repository check in progress
+    (`backups/runs/<target>`): written by the leader when it starts one on
+    `node`, deleted by that node when it ends. While it exists and `node` is
+    alive, the target runs nowhere else."""
+
+    target: str
+    run_id: str
+    node: str
+    started_at: float
+    why: str = ""
+    retry_of: str | None = None
+
+
+class BackupResultRecord(Record):
+    """How a target's last run ended (`backups/last/<target>`)."""
+
+    target: str
+    run_id: str
+    node: str
+    started_at: float
+    finished_at: float
+    ok: bool
+    error: str = ""
+    snapshot_id: str = ""
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    data_added: int = 0
+    """Bytes the run added to the repository (after deduplication)."""
+    total_bytes: int = 0
+    """Bytes the run read."""
+    kept: int = 0
+    removed: int = 0
+    """Snapshots the retention policy kept and removed after the run."""
+    last_good_at: float | None = None
+    """When the last successful run of the target ended (this one or an earlier one)."""

@@ -4,6 +4,7 @@ The dashboard's router is not here: it is served only when its files are."""
 
 from ninefold.api import join
 from ninefold.api.routes import (
+    backups,
     events,
     health,
     instances,
@@ -25,6 +26,7 @@ ROUTERS: tuple[ResourceRouter, ...] = (
     services.router,
     instances.router,
     volumes.router,
+    backups.router,
     spec.router,
     events.router,
     kv.router,

@@ -1,0 +1,1 @@
+"""Backups: a restic driver and its repositories (issue 15)."""
