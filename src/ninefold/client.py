@@ -452,6 +452,15 @@ class ClusterClient:
         params = {"repository": repository, "target": target}
         return self._objects("GET", "/v1/backups/snapshots", params=params)
 
+    def restore(
+        self, service: str, volume: str, snapshot: str, dry_run: bool = False
+    ) -> dict[str, Any]:
+        body = {"service": service, "volume": volume, "snapshot": snapshot, "dry_run": dry_run}
+        return self._object("POST", "/v1/restores", body=body)
+
+    def restores(self) -> list[dict[str, Any]]:
+        return self._objects("GET", "/v1/restores")
+
     def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_seg(node)}/quarantine", body={"reason": reason})
 

@@ -85,6 +85,7 @@ def test_backups_run_incrementally_keep_their_policy_and_check(
     assert one["ok"] and one["files_new"] + one["files_unmodified"] == 50, one
     assert one["total_bytes"] >= 1_000_000, one
 
+    original = (data / "f07").read_bytes()
     (data / "f07").write_bytes(os.urandom(20_000))
     second = c.cli("backup", "run", "files/data", "--wait", "90")
     assert second.returncode == 0, second.stderr
@@ -124,6 +125,28 @@ def test_backups_run_incrementally_keep_their_policy_and_check(
     wrong = c.cli("backup", "check", "wrongly-keyed", "--wait", "90", timeout=100)
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert "password" in wrong.stdout and "battery" not in wrong.stdout + wrong.stderr
+    # restore the first snapshot: into a directory here, then into the service
+    here = tmp_path / "restored"
+    local = c.cli("restore", "files/data", "--snapshot", one["snapshot_id"], "--target", str(here))
+    assert local.returncode == 0, local.stderr
+    assert (here / "f07").read_bytes() == original and len(list(here.iterdir())) == 50
+    dry = c.cli("restore", "files/data", "--snapshot", one["snapshot_id"], "--to-service",
+                "--dry-run")  # fmt: skip
+    assert dry.returncode == 0 and "would stop every instance of files" in dry.stdout, dry
+    restored = c.cli("restore", "files/data", "--snapshot", one["snapshot_id"], "--to-service",
+                     "--yes", "--wait", "90", timeout=100)  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    copies = [c.data_dir(n) / "volumes" / "files" / "data" / "f07" for n in ("n1", "n2", "n3")]
+    held = [p for p in copies if p.exists()]
+    assert len(held) == 2 and all(p.read_bytes() == original for p in held), held
+    until("files served twice again", lambda: len(c.serving("files")) == 2, 60)
+    kinds = [e["kind"] for e in c.events() if e["subject"] == "files/data"]
+    assert "restore-done" in kinds and kinds.count("restored") == 2, kinds
+    nowhere = c.cli("restore", "files/data", "--snapshot", "deadbeef", "--to-service", "--yes")
+    assert nowhere.returncode == 2 and "no snapshot 'deadbeef'" in nowhere.stderr, nowhere
+    neither = c.cli("restore", "files/data", "--snapshot", "latest")
+    assert neither.returncode == 2 and "--to-service or --target" in neither.stderr
+
     unknown = c.cli("backup", "run", "nosuch")
     assert unknown.returncode == 2 and "no backup target 'nosuch'" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1

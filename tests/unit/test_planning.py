@@ -69,6 +69,18 @@ def test_converged_state_gives_an_empty_decision() -> None:
     assert d.write == [] and d.remove == [] and d.moved == {} and d.unplaced == ()
 
 
+def test_a_held_service_has_no_instance_until_released() -> None:
+    """A volume being restored: none of the service's instances may run."""
+    spec = make_spec(web=3)
+    current = converged(spec)
+    held = plan(ClusterState(spec, ALL, frozenset(), current, held=frozenset({"web"})))
+    assert sorted(r.instance for r in held.remove) == ["web-0", "web-1", "web-2"]
+    assert held.write == []
+    after = apply(current, held)
+    again = plan(ClusterState(spec, ALL, frozenset(), after))
+    assert sorted(r.instance for r in again.write) == ["web-0", "web-1", "web-2"]
+
+
 def test_dead_node_instances_move_and_nothing_else_does() -> None:
     spec = make_spec(web=2)
     current = converged(spec)

@@ -195,7 +195,7 @@ class BackupScheduler:
             if spec_service.mode == "active-passive":
                 holder = await self._store.lock_holder(active_lock(service))
                 if holder is not None:
-                    out[service] = holder.holder
+                    out[service] = holder.holder.split("/", 1)[0]  # node/instance
                 continue
             if assignments is None:
                 assignments = {}

@@ -24,6 +24,7 @@ from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.quorum import wait_for_quorum
 from ninefold.agent.readiness import ServiceNotifier
 from ninefold.agent.reconciler import Reconciler
+from ninefold.agent.restores import RestoreRunner
 from ninefold.agent.revocations import RevocationFollower
 from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
@@ -227,9 +228,14 @@ class Agent:
             store, journal, self.node.name, self.spec, self.data_dir,
             self._snapshot_hook(reconciler), self._ca_files,
         )  # fmt: skip
+        restores = RestoreRunner(
+            store, journal, self.node.name, self.spec, self.data_dir,
+            lambda service: any(r.service == service for r in reconciler.runners.values()),
+        )  # fmt: skip
         tasks += [
             asyncio.create_task(BackupScheduler(store, journal, leader).run(), name="backups"),
             asyncio.create_task(backups.run(), name="backup-runner"),
+            asyncio.create_task(restores.run(), name="restores"),
         ]
         if self.tls is not None:
             follower = RevocationFollower(store, self.node.name, self.tls)

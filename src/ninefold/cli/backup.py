@@ -3,12 +3,19 @@ list a repository's snapshots (docs/backups.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.table import Table
 
+from ninefold.backup.repository import RepositoryConfigError
+from ninefold.backup.restic import Restic, ResticError
+from ninefold.backup.targets import TAG, repository_of
 from ninefold.cli.common import (
     DEFAULT_SPEC,
     SpecOption,
@@ -16,9 +23,11 @@ from ninefold.cli.common import (
     calling,
     check_output,
     connect,
+    load,
 )
 from ninefold.cli.console import (
     EXIT_FAILED,
+    EXIT_USAGE,
     ago,
     fail,
     human_bytes,
@@ -189,3 +198,119 @@ def snapshots(
     for snap in found:
         table.add_row(snap["short_id"], snap["time"][:19], snap["target"])
     out.print(table)
+
+
+def restore(
+    what: Annotated[
+        str, typer.Argument(help="SERVICE/VOLUME: the volume to restore.", show_default=False)
+    ],
+    snapshot: Annotated[
+        str, typer.Option("--snapshot", help="A snapshot id (or its start), or `latest`.")
+    ],
+    to_service: Annotated[
+        bool,
+        typer.Option(
+            "--to-service",
+            help="Into the service's copies: stop the service, restore every copy, start it.",
+        ),
+    ] = False,
+    target: Annotated[
+        Path | None,
+        typer.Option("--target", help="Into this directory on this machine instead (restic here)."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do it without asking (it asks only on a terminal).")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do.")] = False,
+    wait: Wait = 300.0,
+    spec: SpecOption = DEFAULT_SPEC,
+) -> None:
+    """Restore a volume from a backup snapshot: into the running service
+    (--to-service: its instances stop, every copy is restored, it starts
+    again), or into a directory here (--target)."""
+    service, _, volume = what.partition("/")
+    if not service or not volume:
+        raise fail(f"{what!r}: give the volume as SERVICE/VOLUME", EXIT_USAGE)
+    if to_service == (target is not None):
+        raise fail("say where: --to-service or --target DIR (one of them)", EXIT_USAGE)
+    if target is not None:
+        _restore_here(spec, service, volume, snapshot, target, dry_run)
+        return
+    with connect(spec) as client:
+        with calling():
+            plan = client.restore(service, volume, snapshot, dry_run=True)
+        for line in plan["plan"]:
+            say(f"{'would ' if dry_run else ''}{line}")
+        if dry_run:
+            return
+        if not yes and not sys.stdin.isatty():
+            raise fail("not restored: no terminal to ask on (pass --yes)", EXIT_USAGE)
+        if not yes:
+            try:
+                agreed = typer.confirm(f"Stop {service} and replace {what}'s data?", err=True)
+            except (typer.Abort, click.Abort):
+                agreed = False
+            if not agreed:
+                raise fail("not restored (answer y, or pass --yes)")
+        with calling():
+            asked = client.restore(service, volume, plan["snapshot"])
+        say(f"restore of {what} from {asked['snapshot'][:8]} asked")
+        if wait:
+            _wait_restore(client, service, asked["run_id"], wait)
+
+
+def _wait_restore(client: ClusterClient, service: str, run_id: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    said = ""
+    while True:
+        with calling():
+            record = next((r for r in client.restores() if r["service"] == service), None)
+        if record is None or record["run_id"] != run_id:
+            raise fail(f"the restore of {service} is gone (another one replaced it?)")
+        state = record["state"]
+        if state != said:
+            say(f"{service}: {state}" + (f" ({', '.join(record['done'])} done)" if record["done"]
+                                         else ""))  # fmt: skip
+            said = state
+        if state == "done":
+            return
+        if state == "failed":
+            errors = "; ".join(f"{n}: {e}" for n, e in record["errors"].items())
+            raise fail(f"the restore failed: {errors}")
+        if time.monotonic() > deadline:
+            raise fail(f"the restore is still {state} after {seconds:g}s")
+        time.sleep(WAIT_POLL)
+
+
+def _restore_here(
+    spec_path: Path, service: str, volume: str, snapshot: str, target: Path, dry_run: bool
+) -> None:
+    """restic on this machine, with the spec file's repository description
+    (its password file or variable must be here too)."""
+    cluster = load(spec_path)
+    volume_spec = cluster.services.get(service, None)
+    if volume_spec is None or volume not in volume_spec.volumes:
+        raise fail(f"no volume {service}/{volume} in {spec_path}", EXIT_USAGE)
+    backup = volume_spec.volumes[volume].backup
+    if backup is None:
+        raise fail(f"{service}/{volume} has no backup in {spec_path}", EXIT_USAGE)
+    if target.exists() and any(target.iterdir()):
+        raise fail(f"{target} is not empty: restore into a new or empty directory", EXIT_USAGE)
+    key = f"volume/{service}/{volume}/{backup.repository}"
+    restic = Restic(repository_of(cluster.backups.repositories[backup.repository]))
+    tags = [TAG, f"cluster={cluster.cluster}", f"target={key}"]
+
+    async def go() -> str:
+        found = await restic.snapshots(tags=tags)
+        chosen = [s for s in found if snapshot == "latest" or s.id.startswith(snapshot)]
+        if not chosen:
+            raise fail(f"no snapshot {snapshot!r} of {key}", EXIT_USAGE)
+        if dry_run:
+            return f"would restore snapshot {chosen[-1].short_id} of {key} into {target}"
+        await restic.restore(chosen[-1].id, target)
+        return f"restored snapshot {chosen[-1].short_id} of {key} into {target}"
+
+    try:
+        say(asyncio.run(go()))
+    except (ResticError, RepositoryConfigError) as exc:
+        raise fail(str(exc)) from None

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from ninefold import __version__
-from ninefold.cli import doctor, inspect, join, operate, service, setup, volumes
+from ninefold.cli import backup, doctor, inspect, join, operate, service, setup, volumes
 from ninefold.cli.backup import backup_app
 from ninefold.cli.cert import cert_app
 from ninefold.cli.console import out
@@ -49,6 +49,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("down", setup.down),
     ("status", inspect.status),
     ("volumes", volumes.volumes),
+    ("restore", backup.restore),
     ("apply", operate.apply),
     ("scale", operate.scale),
     ("restart", operate.restart),

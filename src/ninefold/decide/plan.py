@@ -33,11 +33,13 @@ class Decision:
         return not self.write and not self.remove
 
 
-def demands(spec: ClusterSpec) -> list[ServiceDemand]:
+def demands(spec: ClusterSpec, held: frozenset[str] = frozenset()) -> list[ServiceDemand]:
+    """What each service asks for; a held service (a volume being restored)
+    for no instance at all."""
     return [
         ServiceDemand(
             name=name,
-            replicas=service.replicas,
+            replicas=0 if name in held else service.replicas,
             spread=service.placement.spread,
             constraints=dict(service.placement.constraints),
             allow_colocate=service.placement.allow_colocate,
@@ -152,7 +154,7 @@ def plan(state: ClusterState) -> Decision:
     ]
     nodes = node_states(state.spec, state.alive, state.drained)
     current = requested_moves(current, state.moves, nodes, state.spec)
-    result = schedule(demands(state.spec), nodes, current)
+    result = schedule(demands(state.spec, state.held), nodes, current)
     generations = {name: generation(state, name) for name in state.spec.services}
     wanted = {}
     for a in result.assignments:

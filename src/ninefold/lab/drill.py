@@ -582,7 +582,9 @@ def _plan(
         if not chosen:
             raise DrillError(f"zone {zone} holds no machine of pool {pool} that is up "
                              f"(its machines: {where()})")  # fmt: skip
-        victim = min(chosen, key=lambda n: (int(n.rsplit("-", 1)[-1]), n))
+        number = {n: (int(n.rsplit("-", 1)[-1]), n) for n in chosen}
+        # S1 the oldest machine; S5 the newest (a replacement, after other drills)
+        victim = (max if scenario == "S5" else min)(chosen, key=lambda n: number[n])
         observers = outside(None, [victim])
         return Plan(machines[victim]["zone"], [victim], [], observers[0], observers)
 

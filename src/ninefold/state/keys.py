@@ -26,6 +26,7 @@
     backups/runs/<target>      BackupRun: a run in progress (the target's lock), by the leader
     backups/last/<target>      BackupResultRecord: how the target's last run ended
     backups/asked/<target>     a run asked for now (`ninefold backup run`)
+    restores/<service>         RestoreRecord: a restore of one of its volumes (kept when done)
 
 Locks are named here and kept under ``locks/`` by the store's lock primitive
 (`Store.try_lock`, `store.base.lock_key`).
@@ -55,6 +56,7 @@ BACKUPS = "backups/"
 BACKUP_RUNS = "backups/runs/"
 BACKUP_LAST = "backups/last/"
 BACKUP_ASKED = "backups/asked/"
+RESTORES = "restores/"
 VIP_CANDIDATES = "vipcand/gateway/"
 """Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
 
@@ -174,3 +176,7 @@ def backup_last_key(target: str) -> str:
 
 def backup_asked_key(target: str) -> str:
     return f"{BACKUP_ASKED}{target}"
+
+
+def restore_key(service: str) -> str:
+    return f"{RESTORES}{service}"

@@ -14,11 +14,12 @@ from ninefold.state.keys import (
     MOVES,
     NODES,
     RESTARTS,
+    RESTORES,
     SPEC_KEY,
     STATUS,
     last_segment,
 )
-from ninefold.state.records import AssignmentRecord, Event, InstanceStatus
+from ninefold.state.records import AssignmentRecord, Event, InstanceStatus, RestoreRecord
 from ninefold.state.snapshot import ClusterState
 from ninefold.store.base import Store
 
@@ -50,6 +51,7 @@ async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
     statuses = await store.list(STATUS)
     restarts = await store.list(RESTARTS)
     moves = await store.list(MOVES)
+    restores = await store.list(RESTORES)
     return ClusterState(
         spec=spec,
         alive=frozenset(last_segment(i.key) for i in nodes.items),
@@ -58,6 +60,9 @@ async def read_state(store: Store, spec: ClusterSpec) -> ClusterState:
         statuses=tuple(InstanceStatus.decode(i.value) for i in statuses.items),
         restart_nonces={last_segment(i.key): i.value.decode() for i in restarts.items},
         moves={last_segment(i.key): i.value.decode() for i in moves.items},
+        held=frozenset(
+            last_segment(i.key) for i in restores.items if RestoreRecord.decode(i.value).holds
+        ),
     )
 
 

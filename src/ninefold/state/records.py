@@ -231,3 +231,33 @@ class BackupResultRecord(Record):
     """Snapshots the retention policy kept and removed after the run."""
     last_good_at: float | None = None
     """When the last successful run of the target ended (this one or an earlier one)."""
+
+
+class RestoreRecord(Record):
+    """A restore of a service's volume from a snapshot (`restores/<service>`).
+
+    While `state` is `stopping` or `restoring` the leader places none of the
+    service's instances (none may run on the data being replaced). Each node
+    in `nodes` (those holding a copy of the volume) restores its own copy once
+    no instance of the service runs anywhere, and adds itself to `done`; the
+    last one sets `state` to `done` (or `failed`), and the service is placed
+    again."""
+
+    service: str
+    volume: str
+    repository: str
+    snapshot: str
+    """The snapshot's full id."""
+    nodes: list[str]
+    state: Literal["stopping", "restoring", "done", "failed"] = "stopping"
+    done: list[str] = []
+    errors: dict[str, str] = {}
+    """node -> why its restore failed."""
+    asked_at: float
+    finished_at: float | None = None
+    run_id: str
+
+    @property
+    def holds(self) -> bool:
+        """Whether the service must stay stopped."""
+        return self.state in ("stopping", "restoring")

@@ -23,3 +23,5 @@ class ClusterState:
     """service -> token of the last `restart` asked for it"""
     moves: Mapping[str, str] = field(default_factory=dict)
     """instance -> node an operator asked it to move to"""
+    held: frozenset[str] = frozenset()
+    """services none of whose instances may run now (a volume being restored)"""
