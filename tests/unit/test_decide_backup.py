@@ -130,19 +130,20 @@ def test_a_run_starts_when_due_and_not_before() -> None:
     assert decide(history, now=T0 + 600) == [Start(DB, "n2", "due")]
 
 
-def test_a_repository_no_run_succeeded_on_takes_one_run_at_a_time() -> None:
-    """Two first runs at once would both `restic init` the repository."""
+def test_a_repository_takes_one_run_at_a_time() -> None:
+    """restic 0.14 does not wait for a lock: a backup beside another run's
+    `forget --prune` fails; two first runs would both `restic init`."""
     both = {DB: HOURLY, CLUSTER: HOURLY}
     first = decide(targets=both)
     assert [type(d) for d in first] == [Start, Wait]
-    assert "may be being created" in first[1].reason  # type: ignore[union-attr]
-    started = first[0].target  # type: ignore[union-attr]
-    ran = {started.key: LastRun(T0 - 10, T0 - 5, ok=True)}
-    assert len([d for d in decide(ran, targets=both) if isinstance(d, Start)]) == 1
-    # once a run succeeded there, runs go side by side
-    running = [Running(started, "r1", "n2", T0)]
-    other = CLUSTER if started == DB else DB
-    assert [d.target for d in decide(ran, running, targets=both)] == [other]
+    assert "in use by another run" in first[1].reason  # type: ignore[union-attr]
+    assert first[0].target == CLUSTER  # type: ignore[union-attr]
+    running = [Running(CLUSTER, "r1", "n1", T0)]
+    waiting = decide({CLUSTER.key: LastRun(T0 - 10, T0 - 5, ok=True)}, running, targets=both)
+    assert [type(d) for d in waiting] == [Wait]
+    elsewhere = BackupTarget("volume", "other", "db", "data")
+    apart = decide(running=running, targets={CLUSTER: HOURLY, DB: HOURLY, elsewhere: HOURLY})
+    assert [d.target for d in apart if isinstance(d, Start)] == [elsewhere]
 
 
 def test_one_run_per_target_at_a_time() -> None:
@@ -202,7 +203,7 @@ def test_a_check_has_its_repository_to_itself() -> None:
     # backups go first; the check waits for them
     assert decide(targets=targets) == [
         Start(DB, "n2", "first run"),
-        Wait(CHECK, "repository offsite is in use by other runs"),
+        Wait(CHECK, "repository offsite is in use by another run"),
     ]
     # and a backup waits while the repository is checked
     running = [Running(CHECK, "c1", "n1", T0 - 10)]

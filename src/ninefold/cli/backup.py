@@ -4,6 +4,8 @@ list a repository's snapshots (docs/backups.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,6 +15,8 @@ import click
 import typer
 from rich.table import Table
 
+from ninefold import defaults
+from ninefold.backup.cluster_restore import RestoreError, restore_cluster
 from ninefold.backup.repository import RepositoryConfigError
 from ninefold.backup.restic import Restic, ResticError
 from ninefold.backup.targets import TAG, repository_of
@@ -202,11 +206,18 @@ def snapshots(
 
 def restore(
     what: Annotated[
-        str, typer.Argument(help="SERVICE/VOLUME: the volume to restore.", show_default=False)
+        str,
+        typer.Argument(
+            help="SERVICE/VOLUME: the volume to restore; `cluster`: the whole cluster.",
+            show_default=False,
+        ),
     ],
     snapshot: Annotated[
-        str, typer.Option("--snapshot", help="A snapshot id (or its start), or `latest`.")
-    ],
+        str | None,
+        typer.Option(
+            "--snapshot", help="A snapshot id (or its start), or `latest` (a cluster's default)."
+        ),
+    ] = None,
     to_service: Annotated[
         bool,
         typer.Option(
@@ -223,11 +234,42 @@ def restore(
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do.")] = False,
     wait: Wait = 300.0,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="cluster: the repository (its name in the spec) to restore from."
+        ),
+    ] = None,
+    ca_key_from: Annotated[
+        str | None,
+        typer.Option("--ca-key-from", help="cluster: the repository holding the CA key's backup."),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root", help="cluster: the nodes' data directories are DIR/<node> here."
+        ),
+    ] = None,
+    nodes: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="cluster: a node whose data lives on this machine (repeat)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="cluster: even where a cluster of the name answers.")
+    ] = False,
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Restore a volume from a backup snapshot: into the running service
     (--to-service: its instances stop, every copy is restored, it starts
-    again), or into a directory here (--target)."""
+    again), or into a directory here (--target). `restore cluster --from
+    REPO` rebuilds a lost cluster on new machines from its backup: the store
+    (spec, tokens, KV, records), the CA, node certificates, the volumes."""
+    if what == "cluster":
+        _restore_cluster(spec, from_, snapshot or "latest", ca_key_from, data_root, nodes,
+                         force, dry_run)  # fmt: skip
+        return
+    if snapshot is None:
+        raise fail("say which snapshot: --snapshot ID (or latest)", EXIT_USAGE)
     service, _, volume = what.partition("/")
     if not service or not volume:
         raise fail(f"{what!r}: give the volume as SERVICE/VOLUME", EXIT_USAGE)
@@ -314,3 +356,62 @@ def _restore_here(
         say(asyncio.run(go()))
     except (ResticError, RepositoryConfigError) as exc:
         raise fail(str(exc)) from None
+
+
+def _restore_cluster(
+    spec_path: Path,
+    repository: str | None,
+    snapshot: str,
+    ca_key_from: str | None,
+    data_root: Path | None,
+    nodes: list[str] | None,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    cluster = load(spec_path)
+    if repository is None:
+        raise fail("say where the backup is: --from REPOSITORY (a name in the spec)", EXIT_USAGE)
+    if repository not in cluster.backups.repositories:
+        known = ", ".join(sorted(cluster.backups.repositories)) or "none"
+        raise fail(f"no repository named {repository!r} in {spec_path} (repositories: {known})",
+                   EXIT_USAGE)  # fmt: skip
+    names = nodes or [n.name for n in cluster.nodes]
+    unknown = [n for n in names if n not in {m.name for m in cluster.nodes}]
+    if unknown:
+        raise fail(f"no node named {unknown[0]!r} in {spec_path}", EXIT_USAGE)
+    dirs = {
+        n: (data_root / n if data_root is not None else defaults.data_dir(cluster.cluster, n))
+        for n in names
+    }
+    if not force:
+        for node in cluster.nodes:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((node.address, node.ports.api), timeout=1.0),
+            ):
+                raise fail(
+                    f"a cluster answers at {node.name} ({node.host_port(node.ports.api)}): "
+                    "not restoring over a live cluster (stop it, or pass --force)"
+                )
+    taken = [str(d / "etcd") for d in dirs.values() if (d / "etcd").exists()]
+    if taken:
+        raise fail(f"{taken[0]} exists: a cluster restore needs new data directories")
+    if dry_run:
+        say(f"would restore cluster {cluster.cluster} from {repository} (snapshot {snapshot})")
+        for n, d in sorted(dirs.items()):
+            say(f"would restore {n} into {d}")
+        return
+    started = time.monotonic()
+    try:
+        done = asyncio.run(
+            restore_cluster(cluster, spec_path, repository, dirs, snapshot, ca_key_from, say)
+        )
+    except (RestoreError, ResticError, RepositoryConfigError, OSError) as exc:
+        raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    say(
+        f"cluster {cluster.cluster} restored from snapshot {done.snapshot[:8]} in "
+        f"{time.monotonic() - started:.1f}s: store members {', '.join(done.members) or 'none'}, "
+        f"volumes {', '.join(done.volumes) or 'none'}; start the agents:"
+    )
+    for n, d in sorted(dirs.items()):
+        say(f"  ninefold agent --spec {spec_path} --node {n} --data-dir {d}")

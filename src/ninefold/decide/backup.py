@@ -153,9 +153,10 @@ def decide_runs(
     where its volumes are backed up; absent while unknown. `leader_node`:
     where cluster backups and checks run (they need the store and no volume).
 
-    `restic check` locks its repository exclusively, so a check waits while
-    other runs use its repository, and runs wait while it is checked;
-    backups go first.
+    One run per repository at a time: restic 0.14 does not wait for a lock,
+    and a run's `forget --prune` (and `check`) locks the repository
+    exclusively; two first runs would both `restic init` it. Backups go
+    before checks.
     """
     live = set(live_nodes)
     locks: dict[str, list[Running]] = {}
@@ -166,9 +167,6 @@ def decide_runs(
         for run in runs:
             if run.node in live:
                 in_use.setdefault(run.target.repository, set()).add(run.target.kind)
-    # a repository no run has succeeded on may not exist yet: one run creates
-    # it (two `restic init` at once make two keys, and one of them is lost)
-    opened = {t.repository for t in targets if (h := history.get(t.key)) and h.ok}
     out: list[RunDecision] = []
     for target in sorted(targets, key=lambda t: (t.kind == "check", t.key)):
         runs = locks.get(target.key, [])
@@ -187,15 +185,11 @@ def decide_runs(
             out.append(Wait(target, reason))
             continue
         kinds = in_use.get(target.repository, set())
-        if target.kind == "check" and kinds:
-            out.append(Wait(target, f"repository {target.repository} is in use by other runs"))
-            continue
         if "check" in kinds:
             out.append(Wait(target, f"repository {target.repository} is being checked"))
             continue
-        if kinds and target.repository not in opened:
-            why = f"repository {target.repository} may be being created by another run"
-            out.append(Wait(target, why))
+        if kinds:
+            out.append(Wait(target, f"repository {target.repository} is in use by another run"))
             continue
         in_use.setdefault(target.repository, set()).add(target.kind)
         retry_of = interrupted.run_id if interrupted is not None else None
