@@ -442,11 +442,13 @@ class ClusterClient:
     def backups(self) -> dict[str, Any]:
         return self._object("GET", "/v1/backups")
 
-    def backup_run(self, target: str | None = None) -> dict[str, Any]:
-        return self._object("POST", "/v1/backups/run", body={"target": target})
+    def backup_run(self, target: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        body = {"target": target, "dry_run": dry_run}
+        return self._object("POST", "/v1/backups/run", body=body)
 
-    def backup_check(self, repository: str | None = None) -> dict[str, Any]:
-        return self._object("POST", "/v1/backups/check", body={"repository": repository})
+    def backup_check(self, repository: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        body = {"repository": repository, "dry_run": dry_run}
+        return self._object("POST", "/v1/backups/check", body=body)
 
     def backup_snapshots(self, repository: str, target: str | None = None) -> list[dict[str, Any]]:
         params = {"repository": repository, "target": target}

@@ -436,10 +436,13 @@ class Restic:
         *,
         tags: Sequence[str] | None = None,
         host: str | None = None,
+        no_lock: bool = False,
         timeout: float | None = None,
     ) -> list[Snapshot]:
-        """The snapshots, oldest first; with ``tags``, those carrying all of them."""
-        args = ["--json", *_tag_filter(tags)]
+        """The snapshots, oldest first; with ``tags``, those carrying all of them.
+        ``no_lock``: without taking a lock, so a prune holding the repository
+        exclusively does not fail the listing (restic 0.14 waits for no lock)."""
+        args = ["--json", *_tag_filter(tags), *(["--no-lock"] if no_lock else [])]
         if host is not None:
             args += ["--host", _one_word(host, "host")]
         out = await self._run("snapshots", args, timeout=timeout)

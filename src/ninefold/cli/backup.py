@@ -107,12 +107,16 @@ def run(
         ),
     ] = None,
     wait: Wait = 0.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would ask for.")] = False,
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Back up now: the leader starts the runs on the nodes holding the data."""
     with connect(spec) as client:
         with calling():
-            answer = client.backup_run(target)
+            answer = client.backup_run(target, dry_run=dry_run)
+        if dry_run:
+            say(f"would ask for: {', '.join(answer['asked'])}")
+            return
         say(f"asked: {', '.join(answer['asked'])}")
         if wait:
             _wait_for(client, answer["asked"], answer["time"], wait)
@@ -124,12 +128,16 @@ def check(
         str | None, typer.Argument(help="The repository; none: every one.", show_default=False)
     ] = None,
     wait: Wait = 0.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would ask for.")] = False,
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Run `restic check` on a repository now (on the leader's node)."""
     with connect(spec) as client:
         with calling():
-            answer = client.backup_check(repository)
+            answer = client.backup_check(repository, dry_run=dry_run)
+        if dry_run:
+            say(f"would ask for: {', '.join(answer['asked'])}")
+            return
         say(f"asked: {', '.join(answer['asked'])}")
         if wait:
             _wait_for(client, answer["asked"], answer["time"], wait)
@@ -343,7 +351,7 @@ def _restore_here(
     tags = [TAG, f"cluster={cluster.cluster}", f"target={key}"]
 
     async def go() -> str:
-        found = await restic.snapshots(tags=tags)
+        found = await restic.snapshots(tags=tags, no_lock=True)
         chosen = [s for s in found if snapshot == "latest" or s.id.startswith(snapshot)]
         if not chosen:
             raise fail(f"no snapshot {snapshot!r} of {key}", EXIT_USAGE)

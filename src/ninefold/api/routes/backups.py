@@ -62,16 +62,19 @@ class RunIn(BaseModel):
         description="a target's key, SERVICE/VOLUME, SERVICE (its volumes), or `cluster`; "
         "none: every backup target",
     )
+    dry_run: bool = Field(False, description="only say which targets it would ask for")
 
 
 class CheckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repository: str | None = Field(None, description="none: every repository")
+    dry_run: bool = Field(False, description="only say which checks it would ask for")
 
 
 class AskedOut(BaseModel):
-    asked: list[str]
+    asked: list[str] = Field(description="the targets asked for (with dry_run: would be)")
+    dry_run: bool = False
     time: float = Field(description="when they were asked for: a run started later is theirs")
 
 
@@ -175,6 +178,8 @@ async def run_now(ctx: Context, body: Annotated[RunIn | None, Body()] = None) ->
     spec = await read_spec(ctx.store, ctx.spec)
     chosen = _chosen(spec, body.target if body else None)
     now = time.time()
+    if body is not None and body.dry_run:
+        return AskedOut(asked=chosen, time=now, dry_run=True)
     for key in chosen:
         await ctx.store.put(backup_asked_key(key), str(now).encode())
     return AskedOut(asked=chosen, time=now)
@@ -201,6 +206,8 @@ async def check_now(ctx: Context, body: Annotated[CheckIn | None, Body()] = None
         raise operations.NotFound(f"no repository named {wanted!r} (repositories: {known})")
     chosen = [BackupTarget("check", r).key for r in ([wanted] if wanted else repositories)]
     now = time.time()
+    if body is not None and body.dry_run:
+        return AskedOut(asked=chosen, time=now, dry_run=True)
     for key in chosen:
         await ctx.store.put(backup_asked_key(key), str(now).encode())
     return AskedOut(asked=chosen, time=now)
@@ -228,7 +235,7 @@ async def snapshots(
     restic = Restic(repository_of(spec.backups.repositories[repository]), timeout=SNAPSHOTS_TIMEOUT)
     tags = [TAG, f"cluster={spec.cluster}"] + ([f"target={target}"] if target else [])
     try:
-        found = await restic.snapshots(tags=tags)
+        found = await restic.snapshots(tags=tags, no_lock=True)
     except (ResticError, RepositoryConfigError) as exc:
         raise operations.Conflict(f"repository {repository}: {exc}") from None
     out = []

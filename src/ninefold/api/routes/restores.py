@@ -62,7 +62,9 @@ class RestoreOut(BaseModel):
 async def _snapshot(spec: ClusterSpec, repository: str, target: str, wanted: str) -> Snapshot:
     restic = Restic(repository_of(spec.backups.repositories[repository]), timeout=SNAPSHOTS_TIMEOUT)
     try:
-        found = await restic.snapshots(tags=[TAG, f"cluster={spec.cluster}", f"target={target}"])
+        found = await restic.snapshots(
+            tags=[TAG, f"cluster={spec.cluster}", f"target={target}"], no_lock=True
+        )
     except (ResticError, RepositoryConfigError) as exc:
         raise operations.Conflict(f"repository {repository}: {exc}") from None
     if not found:
