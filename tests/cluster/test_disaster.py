@@ -9,11 +9,14 @@ is printed (RTO)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -67,6 +70,7 @@ def test_a_destroyed_cluster_is_restored_from_its_backup_elsewhere(
     services = spec(shared)
     old = make(tmp_path / "old", services)
     new: LocalCluster | None = None
+    agents: list[int] = []  # started by `restore cluster --start`
     try:
         ca = create_ca(old.name)
         write_ca(ca, old.root / "ca" / "ca.key", old.root / "ca" / "ca.crt")
@@ -96,13 +100,13 @@ def test_a_destroyed_cluster_is_restored_from_its_backup_elsewhere(
         assert new.base != old.base
         started = time.monotonic()
         restored = new.cli(
-            "restore", "cluster", "--from", "local", "--ca-key-from", "vault",
+            "restore", "cluster", "--from", "local", "--ca-key-from", "vault", "--start",
             "--data-root", str(new.root / "data"), "--spec", str(new.spec_path), timeout=180,
         )  # fmt: skip
+        agents += [int(pid) for pid in re.findall(r"\(pid (\d+),", restored.stdout)]
         assert restored.returncode == 0, restored.stdout + restored.stderr
-        assert "restored from snapshot" in restored.stdout
+        assert "restored from snapshot" in restored.stdout and len(agents) == 3, restored.stdout
         restore_s = time.monotonic() - started
-        new.start_all()
         until("notes served twice after the restore", lambda: len(new.serving("notes")) == 2, 120)
         rto = time.monotonic() - started
         print(f"RTO: {rto:.1f}s from `restore cluster` to the service serving "
@@ -129,3 +133,18 @@ def test_a_destroyed_cluster_is_restored_from_its_backup_elsewhere(
         old.stop_all()
         if new is not None:
             new.stop_all()
+        stop(agents)
+
+
+def stop(pids: list[int]) -> None:
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        for child in proc.children(recursive=True):
+            child.kill()
+        proc.kill()

@@ -41,6 +41,7 @@ from ninefold.cli.console import (
     say,
 )
 from ninefold.client import ClusterClient
+from ninefold.local import agent_command, spawn_agent
 
 backup_app = typer.Typer(
     name="backup",
@@ -265,6 +266,12 @@ def restore(
     force: Annotated[
         bool, typer.Option("--force", help="cluster: even where a cluster of the name answers.")
     ] = False,
+    start: Annotated[
+        bool,
+        typer.Option(
+            "--start", help="cluster: then start the agents here (logs: <data dir>/agent.log)."
+        ),
+    ] = False,
     spec: SpecOption = DEFAULT_SPEC,
 ) -> None:
     """Restore a volume from a backup snapshot: into the running service
@@ -274,7 +281,7 @@ def restore(
     (spec, tokens, KV, records), the CA, node certificates, the volumes."""
     if what == "cluster":
         _restore_cluster(spec, from_, snapshot or "latest", ca_key_from, data_root, nodes,
-                         force, dry_run)  # fmt: skip
+                         force, dry_run, start)  # fmt: skip
         return
     if snapshot is None:
         raise fail("say which snapshot: --snapshot ID (or latest)", EXIT_USAGE)
@@ -375,6 +382,7 @@ def _restore_cluster(
     nodes: list[str] | None,
     force: bool,
     dry_run: bool,
+    start: bool,
 ) -> None:
     cluster = load(spec_path)
     if repository is None:
@@ -419,7 +427,14 @@ def _restore_cluster(
     say(
         f"cluster {cluster.cluster} restored from snapshot {done.snapshot[:8]} in "
         f"{time.monotonic() - started:.1f}s: store members {', '.join(done.members) or 'none'}, "
-        f"volumes {', '.join(done.volumes) or 'none'}; start the agents:"
+        f"volumes {', '.join(done.volumes) or 'none'}" + ("" if start else "; start the agents:")
     )
     for n, d in sorted(dirs.items()):
-        say(f"  ninefold agent --spec {spec_path} --node {n} --data-dir {d}")
+        if start:
+            proc = spawn_agent(
+                agent_command(spec_path.absolute(), n, d.absolute()), d / "agent.log",
+                f"ninefold restore cluster: starting agent {n}", cwd=d,
+            )  # fmt: skip
+            say(f"started the agent of {n} (pid {proc.pid}, log {d / 'agent.log'})")
+        else:
+            say(f"  ninefold agent --spec {spec_path} --node {n} --data-dir {d}")
