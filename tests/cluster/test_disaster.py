@@ -1,8 +1,8 @@
 """Disaster recovery: a 3-node TLS cluster with tokens is backed up (spec,
 KV, tokens, CA and its key in a separate repository, a replicated volume),
 then every node's processes and data directories, and the CA's directory,
-are destroyed. `ninefold restore cluster --from local` rebuilds it into
-other data directories with other ports: the service runs with its data, the
+are destroyed. `ninefold restore cluster --from local --start` rebuilds it
+into other data directories on other addresses (127.0.0.21-23): the service runs with its data, the
 old API token works, the old CA signed the new nodes' certificates, and the
 KV keys are there. The time from the restore command to the service serving
 is printed (RTO)."""
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ninefold.security.certs import load_cert
 from ninefold.security.files import NodeTlsFiles
-from tests.cluster.harness import LocalCluster, until
+from tests.cluster.harness import LocalCluster, free_base_port, until
 from tests.cluster.test_mtls import TlsCluster
 
 pytestmark = pytest.mark.cluster
@@ -48,10 +48,16 @@ backups:
 """
 
 
-def make(root: Path, services: str) -> LocalCluster:
+def make(root: Path, services: str, first_address: int = 1) -> LocalCluster:
+    """A TLS cluster of 3 nodes on 127.0.0.<first_address>... (new machines
+    get other addresses)."""
     root.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(root, services)
     cluster.__class__ = TlsCluster
+    cluster.addresses = {f"n{i + 1}": f"127.0.0.{first_address + i}" for i in range(3)}
+    cluster.base = free_base_port(list(cluster.addresses.values()), span=8)
+    cluster.tcp_port, cluster.mesh_port = cluster.base + 5, cluster.base + 6
+    cluster.volume_port = cluster.base + 7
     cluster.write_spec(services)
     return cluster
 
@@ -96,8 +102,7 @@ def test_a_destroyed_cluster_is_restored_from_its_backup_elsewhere(
         shutil.rmtree(old.root / "data")
         shutil.rmtree(old.root / "ca")
 
-        new = make(tmp_path / "new", services)
-        assert new.base != old.base
+        new = make(tmp_path / "new", services, first_address=21)
         started = time.monotonic()
         restored = new.cli(
             "restore", "cluster", "--from", "local", "--ca-key-from", "vault", "--start",
