@@ -463,6 +463,9 @@ class ClusterClient:
     def restores(self) -> list[dict[str, Any]]:
         return self._objects("GET", "/v1/restores")
 
+    def cancel_restore(self, service: str) -> dict[str, Any]:
+        return self._object("DELETE", f"/v1/restores/{_seg(service)}")
+
     def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_seg(node)}/quarantine", body={"reason": reason})
 

@@ -36,6 +36,7 @@ from ninefold.state.keys import (
     node_assignments,
     node_key,
     node_statuses,
+    quarantine_key,
     restart_key,
     switchover_key,
 )
@@ -265,8 +266,10 @@ async def drain(store: Store, spec: ClusterSpec, node: str) -> None:
 
 
 async def undrain(store: Store, spec: ClusterSpec, node: str) -> None:
-    """Let a drained node take instances again."""
+    """Let a drained node take instances again (never a quarantined one)."""
     _node(await read_spec(store, spec), node)
+    if await store.get(quarantine_key(node)) is not None:
+        raise Conflict(f"{node} is quarantined: it stays drained")
     await store.delete(drain_key(node))
 
 

@@ -156,6 +156,10 @@ def test_backups_run_incrementally_keep_their_policy_and_check(
     until("files served twice again", lambda: len(c.serving("files")) == 2, 60)
     kinds = [e["kind"] for e in c.events() if e["subject"] == "files/data"]
     assert "restore-done" in kinds and kinds.count("restored") == 2, kinds
+    uncancellable = c.cli("restore", "files/data", "--cancel")
+    assert uncancellable.returncode == 2 and "no restore of 'files' holds it" in (
+        uncancellable.stderr
+    ), uncancellable.stderr
     nowhere = c.cli("restore", "files/data", "--snapshot", "deadbeef", "--to-service", "--yes")
     assert nowhere.returncode == 2 and "no snapshot 'deadbeef'" in nowhere.stderr, nowhere
     neither = c.cli("restore", "files/data", "--snapshot", "latest")

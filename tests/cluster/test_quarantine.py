@@ -74,7 +74,7 @@ async def test_a_quarantined_node_is_refused_everywhere_and_loses_its_work(
             e["kind"] == "store-member-removed" and e["subject"] == name for e in cluster.events()
         )
 
-    until(f"{name}'s store member removed", removed, 30)
+    until(f"{name}'s store member removed", removed, 60)
     until(f"web served off {name}", lambda: (
         len(cluster.serving("web")) == 2 and name not in cluster.serving("web").values()
     ), 60)  # fmt: skip
@@ -83,6 +83,8 @@ async def test_a_quarantined_node_is_refused_everywhere_and_loses_its_work(
     events = cluster.events()
     assert any(e["kind"] == "node-quarantined" and e["subject"] == name for e in events)
 
+    undrained = cluster.cli("undrain", name)
+    assert undrained.returncode == 1 and "quarantined" in undrained.stderr, undrained.stderr
     again = cluster.cli("node", "quarantine", name, "--yes")
     assert again.returncode == 1 and "quarantined already" in again.stderr, again.stderr
     unknown = cluster.cli("node", "quarantine", "n9", "--yes")

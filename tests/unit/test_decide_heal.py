@@ -181,3 +181,12 @@ def test_a_quarantined_node_in_no_pool_loses_its_store_member_while_quorum_allow
     assert "quorum" in actions[0].reason
     removed = replace(members, voting=frozenset({"n1", "n2"}), store_voters=2)
     assert heal(removed) == []
+
+
+def test_a_quarantined_name_is_never_given_again() -> None:
+    """web-2 quarantined, fenced and forgotten (no longer in the spec or the
+    records): its replacement is web-3, never web-2 again (its join would be
+    refused, and it would be fenced and made again, for good)."""
+    forgotten = view(machines=(machine("web-1", "a"),), quarantined=frozenset({"web-2"}))
+    creates = [a for a in heal(forgotten, ["n1", "web-1"]) if isinstance(a, Create)]
+    assert [c.node for c in creates] == ["web-3"]

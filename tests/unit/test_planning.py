@@ -195,3 +195,26 @@ def test_a_move_the_target_cannot_take_changes_nothing() -> None:
     assert "web-0" not in d.moved
     d = plan(ClusterState(spec, ALL, frozenset(), before, moves={"db-0": "n2"}))
     assert d.empty  # n2 lacks the disk: ssd label db needs
+
+
+def test_a_volume_s_backup_schedule_does_not_restart_its_service() -> None:
+    from ninefold.decide.plan import generation
+
+    def spec_with(backup: str) -> ClusterSpec:
+        return parse_spec(f"""
+cluster: c
+nodes: [{{name: n1, address: 10.0.0.1, store: true}}]
+services:
+  db:
+    command: [sleep, "1"]
+    volumes: {{data: {{replicate: none{backup}}}}}
+backups:
+  repositories: {{r: {{url: /srv/r, password_file: /etc/pw}}}}
+""")
+
+    digests = {
+        generation(ClusterState(spec_with(b), ALL, frozenset(), ()), "db")
+        for b in ("", ", backup: {repository: r, every: 1h, keep: {last: 2}}",
+                  ", backup: {repository: r, every: 2h, keep: {last: 9}}")
+    }  # fmt: skip
+    assert len(digests) == 1

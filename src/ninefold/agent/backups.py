@@ -38,7 +38,7 @@ from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal
 from ninefold.agent.leader import LeaderLoop
 from ninefold.backup.repository import RepositoryConfigError
-from ninefold.backup.restic import Restic, ResticError
+from ninefold.backup.restic import ErrorKind, Restic, ResticError
 from ninefold.backup.targets import (
     CA_KEY_TARGET,
     keep_policy,
@@ -56,7 +56,7 @@ from ninefold.decide.backup import (
     decide_runs,
 )
 from ninefold.spec import ClusterSpec
-from ninefold.spec.backups import Scheduled
+from ninefold.spec.backups import RepositorySpec, Scheduled
 from ninefold.state.keys import (
     ASSIGN,
     BACKUP_ASKED,
@@ -65,6 +65,7 @@ from ninefold.state.keys import (
     BACKUPS,
     LEADER_LOCK,
     NODES,
+    RESTORES,
     SPEC_KEY,
     active_lock,
     backup_asked_key,
@@ -73,7 +74,12 @@ from ninefold.state.keys import (
     last_segment,
 )
 from ninefold.state.reads import read_spec
-from ninefold.state.records import AssignmentRecord, BackupResultRecord, BackupRun
+from ninefold.state.records import (
+    AssignmentRecord,
+    BackupResultRecord,
+    BackupRun,
+    RestoreRecord,
+)
 from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
 from ninefold.volumes.layout import volume_dir
 
@@ -85,6 +91,8 @@ RUNNER_RESYNC = 30.0
 """Seconds between two full looks of a runner (its watch wakes it sooner)."""
 RUN_TIMEOUT = 6 * 3600.0
 """Seconds one restic call of a run may take."""
+RESTORE_NODE_GRACE = 30.0
+"""Seconds a node of a restore in progress may be down before its copy counts as failed."""
 FINISH_TRIES = 10
 """Tries to write a run's result while the store does not answer."""
 
@@ -118,6 +126,7 @@ class BackupScheduler:
         self._journal = journal
         self._leader = leader
         self._said: dict[str, str] = {}
+        self._down_since: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         """A look a second while this agent leads (nothing otherwise: no watch,
@@ -141,6 +150,8 @@ class BackupScheduler:
         targets: dict[BackupTarget, Scheduled] = dict(backup_targets(spec))
         if not targets and not spec.backups.repositories:
             return  # no backups: no store read either
+        alive = {last_segment(i.key) for i in (await self._store.list(NODES)).items}
+        await self._watch_restores(hold, alive)
         listing = (await self._store.list(BACKUPS)).items
         asked = {target_key(i.key) for i in listing if i.key.startswith(BACKUP_ASKED)}
         for key in asked:
@@ -167,7 +178,6 @@ class BackupScheduler:
                     revisions[run.run_id] = item.mod_revision
         for key in asked:  # asked for now: due now, as if it never ran
             history.pop(key, None)
-        alive = {last_segment(i.key) for i in (await self._store.list(NODES)).items}
         active = await self._active_nodes(spec, targets)
         decisions = decide_runs(
             targets, history, running, alive, active, time.time(), leader_node=hold.holder
@@ -179,6 +189,40 @@ class BackupScheduler:
                 await self._start(hold, decision, revisions, decision.target.key in asked)
             elif isinstance(decision, Wait):
                 await self._wait(decision)
+
+    async def _watch_restores(self, hold: LockHold, alive: set[str]) -> None:
+        """A node of a restore in progress that stays down is counted as
+        failed after RESTORE_NODE_GRACE, so the restore ends (failed: the
+        service stays stopped until it is restored again or cancelled)."""
+        now = time.time()
+        for item in (await self._store.list(RESTORES)).items:
+            record = RestoreRecord.decode(item.value)
+            if not record.in_progress:
+                continue
+            lost = []
+            for node in record.nodes:
+                key = (record.run_id, node)
+                if node in alive or node in record.done or node in record.errors:
+                    self._down_since.pop(key, None)
+                elif now - self._down_since.setdefault(key, now) >= RESTORE_NODE_GRACE:
+                    lost.append(node)
+            if not lost:
+                continue
+            for node in lost:
+                record.errors[node] = f"{node} was down for {RESTORE_NODE_GRACE:g}s"
+            if len(record.done) + len(record.errors) >= len(record.nodes):
+                record.state, record.finished_at = "failed", now
+            guards = [
+                Compare(lock_key(LEADER_LOCK), "create", "==", hold.fencing_token),
+                Compare(item.key, "mod", "==", item.mod_revision),
+            ]
+            if (await self._store.txn(guards, [Put(item.key, record.encode())])).succeeded:
+                await self._journal.record(
+                    "restore-failed", f"{record.service}/{record.volume}",
+                    f"{', '.join(lost)} down: its copy is not restored"
+                    + ("; the service stays stopped (restore again, or cancel)"
+                       if record.state == "failed" else ""),
+                )  # fmt: skip
 
     async def _active_nodes(
         self, spec: ClusterSpec, targets: dict[BackupTarget, Scheduled]
@@ -311,16 +355,18 @@ class BackupRunner:
             if run.retry_of is not None:
                 with contextlib.suppress(ResticError):
                     await restic.unlock()
-            if target.kind == "volume":
-                await self._volume(spec, target, restic, result)
-            elif target.kind == "cluster":
-                await self._cluster(spec, target, restic, result)
-            else:
-                check = repository.check
-                subset = check.read_data_subset if check is not None else None
-                checked = await restic.check(read_data_subset=subset)
-                if not checked.ok:
-                    raise ValueError("restic check found damage: " + "; ".join(checked.errors[:3]))
+            for attempt in (1, 2):
+                try:
+                    await self._target(spec, target, repository, restic, result)
+                    break
+                except ResticError as exc:
+                    # a lock left by a restic killed with its agent: `unlock`
+                    # removes it once restic takes it as stale (at once on
+                    # this host, after 30 minutes from another), then once more
+                    if exc.kind is not ErrorKind.LOCKED or attempt == 2:
+                        raise
+                    with contextlib.suppress(ResticError):
+                        await restic.unlock()
             result.ok = True
         except (
             ResticError,
@@ -338,6 +384,25 @@ class BackupRunner:
             result.error = _one_line(exc)
         result.finished_at = time.time()
         await self._finish(run, revision, result)
+
+    async def _target(
+        self,
+        spec: ClusterSpec,
+        target: BackupTarget,
+        repository: RepositorySpec,
+        restic: Restic,
+        result: BackupResultRecord,
+    ) -> None:
+        if target.kind == "volume":
+            await self._volume(spec, target, restic, result)
+        elif target.kind == "cluster":
+            await self._cluster(spec, target, restic, result)
+        else:
+            check = repository.check
+            subset = check.read_data_subset if check is not None else None
+            checked = await restic.check(read_data_subset=subset)
+            if not checked.ok:
+                raise ValueError("restic check found damage: " + "; ".join(checked.errors[:3]))
 
     async def _volume(
         self, spec: ClusterSpec, target: BackupTarget, restic: Restic, result: BackupResultRecord
@@ -382,6 +447,9 @@ class BackupRunner:
         result.files_new, result.files_changed = done.files_new, done.files_changed
         result.files_unmodified = done.files_unmodified
         result.data_added, result.total_bytes = done.data_added, done.total_bytes_processed
+        if not done.complete:  # some files unreadable: not a good backup, and no forget
+            problems = "; ".join(done.errors[:2]) or "some files could not be read"
+            raise ValueError(f"snapshot {done.snapshot_id[:8]} is incomplete: {problems}")
 
     async def _cluster(
         self, spec: ClusterSpec, target: BackupTarget, restic: Restic, result: BackupResultRecord

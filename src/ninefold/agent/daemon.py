@@ -41,6 +41,7 @@ from ninefold.store.etcd import EtcdStore
 from ninefold.store.etcd_binary import find_etcd
 from ninefold.store.etcd_versions import etcd_warnings
 from ninefold.supervisor import LeftoverRegistry, ProcessSpec, RestartPolicy, SupervisedProcess
+from ninefold.supervisor.process import hide_from_children
 from ninefold.tasks import cancel_and_wait
 from ninefold.volumes.mirror import parse_volume_id
 from ninefold.volumes.transport import VolumeListener
@@ -224,6 +225,12 @@ class Agent:
         ]
         healer = Healer(store, journal, leader, self.tls.ca if self.tls is not None else None)
         tasks.append(asyncio.create_task(healer.run(), name="healer"))
+        hide_from_children(  # the restic passwords and credentials are the agent's alone
+            name
+            for repository in self.spec.backups.repositories.values()
+            for name in [repository.password_env or "", *(repository.credentials_env or [])]
+            if name
+        )
         backups = BackupRunner(
             store, journal, self.node.name, self.spec, self.data_dir,
             self._snapshot_hook(reconciler), self._ca_files,

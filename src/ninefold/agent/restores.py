@@ -32,7 +32,7 @@ from ninefold.backup.repository import RepositoryConfigError
 from ninefold.backup.restic import Restic, ResticError
 from ninefold.backup.targets import repository_of
 from ninefold.spec import ClusterSpec
-from ninefold.state.keys import ASSIGN, RESTORES, active_lock, restore_key
+from ninefold.state.keys import ASSIGN, BACKUP_RUNS, RESTORES, active_lock, restore_key
 from ninefold.state.reads import read_spec
 from ninefold.state.records import AssignmentRecord, RestoreRecord
 from ninefold.store.base import Compare, Put, Store, StoreError
@@ -80,7 +80,7 @@ class RestoreRunner:
         for item in (await self._store.list(RESTORES)).items:
             record = RestoreRecord.decode(item.value)
             mine = self._node in record.nodes and self._node not in record.done
-            if not record.holds or not mine or self._node in record.errors:
+            if not record.in_progress or not mine or self._node in record.errors:
                 continue
             if record.run_id in self._tasks:
                 continue
@@ -93,17 +93,21 @@ class RestoreRunner:
             if known is task:
                 del self._tasks[run_id]
 
-    async def _stopped_everywhere(self, service: str) -> bool:
+    async def _stopped_everywhere(self, service: str, volume: str) -> bool:
+        """No instance of the service runs or is assigned anywhere, none holds
+        its active lock, and no backup of the volume is reading it."""
         if self._runs_here(service):
             return False
         for item in (await self._store.list(ASSIGN)).items:
             if AssignmentRecord.decode(item.value).service == service:
                 return False
+        if (await self._store.list(f"{BACKUP_RUNS}volume/{service}/{volume}/")).items:
+            return False
         return await self._store.lock_holder(active_lock(service)) is None
 
     async def _restore(self, record: RestoreRecord) -> None:
         while True:  # the store and the local runners, polled: nothing to wait on
-            if await self._stopped_everywhere(record.service):
+            if await self._stopped_everywhere(record.service, record.volume):
                 break
             await asyncio.sleep(STOPPED_POLL)
         await self._update(record.service, record.run_id, lambda r: r.state == "stopping",
@@ -156,15 +160,16 @@ class RestoreRunner:
             cache_dir=self._data_dir / "restic-cache",
             timeout=RESTORE_TIMEOUT,
         )
-        fresh = target.with_name(f".{target.name}.restore-{record.run_id}")
-        old = target.with_name(f".{target.name}.before-restore-{record.run_id}")
+        # staged inside the volume: on its own filesystem (a volume may be a
+        # mount point, which cannot be renamed), then swapped in entry by entry
+        fresh = target / f".ninefold-restore-{record.run_id}"
+        old = target / f".ninefold-before-restore-{record.run_id}"
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.rmtree, fresh, True)
-        await asyncio.to_thread(fresh.mkdir, parents=True)
+        await asyncio.to_thread(fresh.mkdir)
         try:
             await restic.restore(record.snapshot, fresh)
-            if target.exists():
-                await asyncio.to_thread(target.rename, old)
-            await asyncio.to_thread(fresh.rename, target)
+            await asyncio.to_thread(_swap_in, target, fresh, old)
         finally:
             await asyncio.to_thread(shutil.rmtree, fresh, True)
             await asyncio.to_thread(shutil.rmtree, old, True)
@@ -193,3 +198,14 @@ class RestoreRunner:
                     return record
             await asyncio.sleep(0.2)
         return None
+
+
+def _swap_in(target: Path, fresh: Path, old: Path) -> None:
+    """Blocking: every entry of `target` but the two staging directories into
+    `old`, then every entry of `fresh` into `target` (renames, one filesystem)."""
+    old.mkdir(exist_ok=True)
+    for entry in target.iterdir():
+        if entry not in (fresh, old):
+            entry.rename(old / entry.name)
+    for entry in fresh.iterdir():
+        entry.rename(target / entry.name)

@@ -176,9 +176,18 @@ async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
         raise operations.Invalid("the node cannot join", [str(i) for i in exc.issues]) from None
     member = await _add_learner(store, new_spec, node) if body.store else None
     _, token_compare, token_put = token_records.spend(record, token_revision)
+    # a name that joins again keeps its earlier certificates on record (a
+    # quarantine must revoke them too)
+    known = await store.get(cert_key(node.name))
+    serials = CertSerials.decode(known.value) if known else CertSerials(node=node.name)
+    serials.serials = [*[s for s in serials.serials if s != serial], serial]
     spec_revision = spec_item.mod_revision if spec_item else 0
-    compares = [token_compare, Compare(SPEC_KEY, "mod", "==", spec_revision)]
-    serials = CertSerials(node=node.name, serials=[serial])
+    compares = [
+        token_compare,
+        Compare(SPEC_KEY, "mod", "==", spec_revision),
+        Compare(cert_key(node.name), "mod", "==", known.mod_revision if known else 0),
+        Compare(quarantine_key(node.name), "create", "==", 0),
+    ]
     puts = [token_put, Put(SPEC_KEY, text.encode()), Put(cert_key(node.name), serials.encode())]
     try:
         result = await store.txn(compares, puts)

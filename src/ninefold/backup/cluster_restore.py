@@ -39,6 +39,7 @@ from ninefold.state.keys import (
     BACKUP_RUNS,
     GATEWAYS,
     NODES,
+    RESTORES,
     SPEC_KEY,
     STATUS,
     SWITCHOVER,
@@ -55,8 +56,11 @@ from ninefold.volumes.layout import volume_dir
 
 Say = Callable[[str], None]
 
-EPHEMERAL = (NODES, STATUS, "locks/", VIP_CANDIDATES, GATEWAYS, SWITCHOVER, BACKUP_RUNS)
-"""What the old machines' lives held: gone with them."""
+EPHEMERAL = (
+    NODES, STATUS, "locks/", VIP_CANDIDATES, GATEWAYS, SWITCHOVER, BACKUP_RUNS, RESTORES,
+)  # fmt: skip
+"""What the old machines' lives held: gone with them (a restore in progress
+named the old machines, and would hold its service for good)."""
 TEMP_STORE_WAIT = 30.0
 
 
@@ -141,7 +145,11 @@ async def restore_cluster(
     try:
         await restic.restore(picked.id, work / "snapshot")
         files = work / "snapshot"
-        meta = json.loads((files / "meta.json").read_text())
+        try:
+            meta = json.loads((files / "meta.json").read_text())
+        except (OSError, ValueError):
+            raise RestoreError(f"snapshot {picked.short_id} is not a cluster backup "
+                               "(no readable meta.json)") from None  # fmt: skip
         if meta.get("cluster") != spec.cluster:
             raise RestoreError(f"the snapshot is of cluster {meta.get('cluster')!r}, "
                                f"not {spec.cluster!r}")  # fmt: skip
@@ -203,12 +211,14 @@ async def _restore_ca(
         if not keys:
             raise RestoreError(f"{ca_key_from} has no snapshot of the CA key")
         await vault.restore(keys[-1].id, work / "ca-key")
-        if not key.exists():
+        if key.exists():
+            say(f"CA key kept: {key} exists (the backup's is not written over it)")
+        else:
             fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write((work / "ca-key" / "ca.key").read_bytes())
-        result.ca_key = True
-        say(f"CA key restored to {key}")
+            result.ca_key = True
+            say(f"CA key restored to {key}")
     if not key.exists():
         say(f"no CA key at {key}: node certificates are not issued (ninefold cert issue later)")
         return None

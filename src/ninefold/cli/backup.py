@@ -42,6 +42,7 @@ from ninefold.cli.console import (
 )
 from ninefold.client import ClusterClient
 from ninefold.local import agent_command, spawn_agent
+from ninefold.security.files import TlsError
 
 backup_app = typer.Typer(
     name="backup",
@@ -242,6 +243,13 @@ def restore(
         bool, typer.Option("--yes", "-y", help="Do it without asking (it asks only on a terminal).")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do.")] = False,
+    cancel: Annotated[
+        bool,
+        typer.Option(
+            "--cancel",
+            help="Let the service run again after a failed restore (on its copies as they are).",
+        ),
+    ] = False,
     wait: Wait = 300.0,
     from_: Annotated[
         str | None,
@@ -283,11 +291,16 @@ def restore(
         _restore_cluster(spec, from_, snapshot or "latest", ca_key_from, data_root, nodes,
                          force, dry_run, start)  # fmt: skip
         return
-    if snapshot is None:
-        raise fail("say which snapshot: --snapshot ID (or latest)", EXIT_USAGE)
     service, _, volume = what.partition("/")
     if not service or not volume:
         raise fail(f"{what!r}: give the volume as SERVICE/VOLUME", EXIT_USAGE)
+    if cancel:
+        with connect(spec) as client, calling():
+            client.cancel_restore(service)
+        say(f"restore of {service} cancelled: it runs again on its copies as they are")
+        return
+    if snapshot is None:
+        raise fail("say which snapshot: --snapshot ID (or latest)", EXIT_USAGE)
     if to_service == (target is not None):
         raise fail("say where: --to-service or --target DIR (one of them)", EXIT_USAGE)
     if target is not None:
@@ -333,7 +346,11 @@ def _wait_restore(client: ClusterClient, service: str, run_id: str, seconds: flo
             return
         if state == "failed":
             errors = "; ".join(f"{n}: {e}" for n, e in record["errors"].items())
-            raise fail(f"the restore failed: {errors}")
+            raise fail(
+                f"the restore failed: {errors}; {service} stays stopped: restore again, or --cancel"
+            )
+        if state == "cancelled":
+            raise fail(f"the restore of {service} was cancelled")
         if time.monotonic() > deadline:
             raise fail(f"the restore is still {state} after {seconds:g}s")
         time.sleep(WAIT_POLL)
@@ -362,6 +379,8 @@ def _restore_here(
         chosen = [s for s in found if snapshot == "latest" or s.id.startswith(snapshot)]
         if not chosen:
             raise fail(f"no snapshot {snapshot!r} of {key}", EXIT_USAGE)
+        if snapshot != "latest" and len(chosen) > 1:
+            raise fail(f"more than one snapshot starts with {snapshot!r}: give more", EXIT_USAGE)
         if dry_run:
             return f"would restore snapshot {chosen[-1].short_id} of {key} into {target}"
         await restic.restore(chosen[-1].id, target)
@@ -422,7 +441,7 @@ def _restore_cluster(
         done = asyncio.run(
             restore_cluster(cluster, spec_path, repository, dirs, snapshot, ca_key_from, say)
         )
-    except (RestoreError, ResticError, RepositoryConfigError, OSError) as exc:
+    except (RestoreError, ResticError, RepositoryConfigError, TlsError, OSError) as exc:
         raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     say(
         f"cluster {cluster.cluster} restored from snapshot {done.snapshot[:8]} in "

@@ -163,7 +163,7 @@ def heal(view: HealView, taken_names: Iterable[str] = ()) -> list[Action]:
     while quorum allows, forget the fenced, create what is missing within the
     budget, destroy rogue machines after their grace. `taken_names`: node
     names in the spec (a new machine never reuses one)."""
-    taken = list(taken_names)
+    taken = [*taken_names, *view.quarantined]  # a quarantined name never comes back
     actions: list[Action] = []
     for pool, spec in sorted(view.pools.items()):
         actions += _pool_actions(view, pool, spec, taken)

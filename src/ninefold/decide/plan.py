@@ -80,8 +80,14 @@ def generation(state: ClusterState, service: str) -> str:
     generation is restarted, one at a time (see `rolling`)."""
     spec = state.spec.services[service]
     # How many run and where is the scheduler's business, how traffic reaches
-    # them the gateways': neither changes what an instance runs.
-    runs = spec.model_dump_json(exclude={"replicas", "placement", "route", "balance", "access"})
+    # them the gateways', how their volumes are backed up the backups':
+    # none changes what an instance runs.
+    runs = spec.model_dump_json(
+        exclude={
+            "replicas": True, "placement": True, "route": True, "balance": True,
+            "access": True, "volumes": {"__all__": {"backup"}},
+        }
+    )  # fmt: skip
     text = runs + "\0" + state.restart_nonces.get(service, "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

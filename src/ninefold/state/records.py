@@ -236,12 +236,14 @@ class BackupResultRecord(Record):
 class RestoreRecord(Record):
     """A restore of a service's volume from a snapshot (`restores/<service>`).
 
-    While `state` is `stopping` or `restoring` the leader places none of the
-    service's instances (none may run on the data being replaced). Each node
+    While `state` is `stopping`, `restoring` or `failed` the leader places none
+    of the service's instances (none may run on the data being replaced, nor
+    on copies a failed restore left different). Each node
     in `nodes` (those holding a copy of the volume) restores its own copy once
     no instance of the service runs anywhere, and adds itself to `done`; the
-    last one sets `state` to `done` (or `failed`), and the service is placed
-    again."""
+    last one sets `state` to `done` (or `failed`, and a node down for
+    RESTORE_NODE_GRACE counts as failed), and the service is placed again once
+    it is done or cancelled."""
 
     service: str
     volume: str
@@ -249,7 +251,7 @@ class RestoreRecord(Record):
     snapshot: str
     """The snapshot's full id."""
     nodes: list[str]
-    state: Literal["stopping", "restoring", "done", "failed"] = "stopping"
+    state: Literal["stopping", "restoring", "done", "failed", "cancelled"] = "stopping"
     done: list[str] = []
     errors: dict[str, str] = {}
     """node -> why its restore failed."""
@@ -259,5 +261,10 @@ class RestoreRecord(Record):
 
     @property
     def holds(self) -> bool:
-        """Whether the service must stay stopped."""
+        """Whether the service must stay stopped: also after a failed restore,
+        whose copies may differ (restore again, or cancel)."""
+        return self.state in ("stopping", "restoring", "failed")
+
+    @property
+    def in_progress(self) -> bool:
         return self.state in ("stopping", "restoring")

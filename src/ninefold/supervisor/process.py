@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -131,10 +131,29 @@ def _exec_argv(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> 
     return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
+_HIDDEN_ENV: set[str] = set()
+
+
+def hide_from_children(names: Iterable[str]) -> None:
+    """Variables of the agent's environment that its children (instances,
+    hooks) must not inherit: the backup repositories' passwords and
+    credentials (`password_env`, `credentials_env`)."""
+    _HIDDEN_ENV.update(names)
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment without the hidden variables and any
+    RESTIC_*, plus `env`."""
+    base = {
+        k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV and not k.startswith("RESTIC_")
+    }
+    return {**base, **env}
+
+
 async def _spawn(
     argv: Sequence[str], env: Mapping[str, str], cwd: str | None, stdout: int
 ) -> asyncio.subprocess.Process:
-    full_env = {**os.environ, **env}
+    full_env = child_environment(env)
     return await asyncio.create_subprocess_exec(
         *_exec_argv(argv, full_env, cwd),
         stdin=subprocess.DEVNULL,

@@ -238,6 +238,8 @@ async def snapshots(
         found = await restic.snapshots(tags=tags, no_lock=True)
     except (ResticError, RepositoryConfigError) as exc:
         raise operations.Conflict(f"repository {repository}: {exc}") from None
+    except ValueError as exc:  # a target restic cannot take as a tag
+        raise operations.Invalid(f"target: {exc}") from None
     out = []
     for snap in found:
         of = next((t[len("target=") :] for t in snap.tags if t.startswith("target=")), "")

@@ -10,6 +10,7 @@ from ninefold.backup.metrics import render as render_backups
 from ninefold.state.keys import BACKUP_LAST
 from ninefold.state.reads import read_spec
 from ninefold.state.records import BackupResultRecord
+from ninefold.store.base import StoreError
 
 router = ResourceRouter()
 
@@ -30,9 +31,12 @@ router = ResourceRouter()
 )
 async def prometheus(ctx: Context) -> Response:
     body = ctx.metrics() if ctx.metrics is not None else b""
-    spec = await read_spec(ctx.store, ctx.spec)
-    if spec.backups.repositories:  # a store read per scrape only for a cluster with backups
-        listing = await ctx.store.list(BACKUP_LAST)
-        records = [BackupResultRecord.decode(i.value) for i in listing.items]
-        body += render_backups(ctx.node, records)
+    try:
+        spec = await read_spec(ctx.store, ctx.spec)
+        if spec.backups.repositories:  # a store read per scrape only with backups
+            listing = await ctx.store.list(BACKUP_LAST)
+            records = [BackupResultRecord.decode(i.value) for i in listing.items]
+            body += render_backups(ctx.node, records)
+    except StoreError:
+        pass  # without the store (no quorum): the gateway's series still, when they matter
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -127,7 +127,7 @@ async def restore(ctx: Context, body: Annotated[RestoreIn, Body()]) -> RestoreOu
         known = ", ".join(sorted(spec.backups.repositories)) or "none"
         raise operations.NotFound(f"no repository named {repository!r} (repositories: {known})")
     existing = await ctx.store.get(restore_key(body.service))
-    if existing is not None and RestoreRecord.decode(existing.value).holds:
+    if existing is not None and RestoreRecord.decode(existing.value).in_progress:
         raise operations.Conflict(f"a restore of {body.service} is in progress")
     target = BackupTarget("volume", repository, body.service, body.volume).key
     snapshot = await _snapshot(spec, repository, target, body.snapshot)
@@ -177,3 +177,25 @@ async def restore(ctx: Context, body: Annotated[RestoreIn, Body()]) -> RestoreOu
 async def restores(ctx: Context) -> list[RestoreRecord]:
     """Each service's last restore, in progress or ended."""
     return [RestoreRecord.decode(i.value) for i in (await ctx.store.list(RESTORES)).items]
+
+
+@router.operation(
+    "DELETE",
+    "/v1/restores/{service}",
+    role="admin",
+    tag="backups",
+    model=RestoreRecord,
+    errors=[404, 409, 503],
+)
+async def cancel(ctx: Context, service: str) -> RestoreRecord:
+    """Let a service whose restore failed (or hangs) run again, on whatever its
+    copies hold now; a restore already replacing a copy finishes that copy."""
+    item = await ctx.store.get(restore_key(service))
+    record = RestoreRecord.decode(item.value) if item is not None else None
+    if item is None or record is None or not record.holds:
+        raise operations.NotFound(f"no restore of {service!r} holds it")
+    record.state, record.finished_at = "cancelled", time.time()
+    guard = Compare(restore_key(service), "mod", "==", item.mod_revision)
+    if not (await ctx.store.txn([guard], [Put(restore_key(service), record.encode())])).succeeded:
+        raise operations.Conflict(f"the restore of {service} changed meanwhile: try again")
+    return record
