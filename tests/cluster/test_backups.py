@@ -101,6 +101,10 @@ def test_backups_run_incrementally_keep_their_policy_and_check(
     scraped = httpx.get(f"http://{c.addresses[ran]}:{c.base + 2}/metrics", timeout=5).text
     sample = f'ninefold_backup_last_run_ok{{kind="volume",node="{ran}",repository="local",'
     assert sample + 'target="volume/files/data/local"} 1.0' in scraped, scraped[-2000:]
+    # the node's own series in the same scrape: the machine and its instances
+    assert f'ninefold_node_memory_total_bytes{{node="{ran}"}}' in scraped
+    healthy = f'ninefold_instance_healthy{{instance="files-0",node="{ran}",service="files"}} 1.0'
+    assert healthy in scraped, scraped[:3000]
 
     whole = c.cli("backup", "run", "cluster", "--wait", "90")
     assert whole.returncode == 0, whole.stderr

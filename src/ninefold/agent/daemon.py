@@ -192,13 +192,16 @@ class Agent:
         )
         # Imported here: the CLI imports this module to run an agent, and most
         # commands never do, so they need not load the web server.
+        from ninefold.agent.node_metrics import render as render_node
         from ninefold.api import ApiServer, create_app
         from ninefold.gateway.metrics import render
 
         engine: Engine | None = None
 
         def metrics() -> bytes:
-            return render(self.node.name, engine.snapshot) if engine is not None else b""
+            gateway = render(self.node.name, engine.snapshot) if engine is not None else b""
+            statuses = lambda: [r.status() for r in reconciler.runners.values()]  # noqa: E731
+            return gateway + render_node(self.node.name, self.data_dir, statuses)
 
         api = ApiServer(
             create_app(
