@@ -131,8 +131,9 @@ def test_backups_run_incrementally_keep_their_policy_and_check(
         assert kept.returncode == 0, kept.stderr
         return len(json.loads(kept.stdout))
 
-    # between a run's backup and its prune there are 3 for a moment
-    assert often_snapshots() in (2, 3)
+    # a listing takes no lock: during a run's prune it may still show the
+    # snapshots being removed; once the run ends, the keep rule holds
+    assert often_snapshots() >= 2
     until("2 snapshots kept of ticker/state", lambda: often_snapshots() == 2, 30)
     assert targets(c)["volume/ticker/state/often"]["last"]["kept"] == 2
 

@@ -37,3 +37,29 @@ async def test_an_error_a_task_died_of_is_raised_unless_ignored() -> None:
     again = asyncio.create_task(fails())
     await asyncio.sleep(0)
     await cancel_and_wait(again, ignore_errors=True)
+
+
+async def test_keyed_tasks_start_each_key_once_and_forget_it_when_done() -> None:
+    from ninefold.tasks import KeyedTasks
+
+    tasks = KeyedTasks()
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def work(name: str) -> None:
+        ran.append(name)
+        await release.wait()
+
+    tasks.start("r1", work("r1"), "r1")
+    assert "r1" in tasks
+    await asyncio.sleep(0)
+    release.set()
+    for _ in range(50):
+        if "r1" not in tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert "r1" not in tasks and ran == ["r1"]
+    tasks.start("r2", asyncio.sleep(3600), "r2")
+    await tasks.stop()
+    await asyncio.sleep(0)
+    assert "r2" not in tasks

@@ -81,6 +81,7 @@ from ninefold.state.records import (
     RestoreRecord,
 )
 from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreError, lock_key
+from ninefold.tasks import KeyedTasks
 from ninefold.volumes.layout import volume_dir
 
 log = logging.getLogger("ninefold.backups")
@@ -309,32 +310,22 @@ class BackupRunner:
         self._data_dir = data_dir
         self._snapshot_hook = snapshot_hook
         self._ca_files = ca_files
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        """run id -> its task."""
+        self._tasks = KeyedTasks()
+        """Runs in progress here, by run id."""
 
     async def run(self) -> None:
         signal = ChangeSignal(self._store, BACKUP_RUNS)
         try:
             await run_level_triggered(signal, self.step, "backup runner", every=RUNNER_RESYNC)
         finally:
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._tasks.stop()
 
     async def step(self) -> None:
         for item in (await self._store.list(BACKUP_RUNS)).items:
             run = BackupRun.decode(item.value)
             if run.node != self._node or run.run_id in self._tasks:
                 continue
-            task = asyncio.create_task(self._carry_out(run, item.mod_revision), name=run.target)
-            self._tasks[run.run_id] = task
-            task.add_done_callback(self._forget_task)
-
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        for run_id, known in list(self._tasks.items()):
-            if known is task:
-                del self._tasks[run_id]
+            self._tasks.start(run.run_id, self._carry_out(run, item.mod_revision), run.target)
 
     async def _carry_out(self, run: BackupRun, revision: int) -> None:
         spec = await read_spec(self._store, self._spec)

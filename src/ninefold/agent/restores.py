@@ -36,6 +36,7 @@ from ninefold.state.keys import ASSIGN, BACKUP_RUNS, RESTORES, active_lock, rest
 from ninefold.state.reads import read_spec
 from ninefold.state.records import AssignmentRecord, RestoreRecord
 from ninefold.store.base import Compare, Put, Store, StoreError
+from ninefold.tasks import KeyedTasks
 from ninefold.volumes.layout import volume_dir
 
 log = logging.getLogger("ninefold.restores")
@@ -64,17 +65,15 @@ class RestoreRunner:
         self._data_dir = data_dir
         self._runs_here = runs_here
         """service -> whether an instance of it runs on this node."""
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = KeyedTasks()
+        """Runs in progress here, by run id."""
 
     async def run(self) -> None:
         signal = ChangeSignal(self._store, RESTORES)
         try:
             await run_level_triggered(signal, self.step, "restores", every=RESYNC)
         finally:
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._tasks.stop()
 
     async def step(self) -> None:
         for item in (await self._store.list(RESTORES)).items:
@@ -84,14 +83,7 @@ class RestoreRunner:
                 continue
             if record.run_id in self._tasks:
                 continue
-            task = asyncio.create_task(self._restore(record), name=f"restore {record.service}")
-            self._tasks[record.run_id] = task
-            task.add_done_callback(self._forget_task)
-
-    def _forget_task(self, task: asyncio.Task[None]) -> None:
-        for run_id, known in list(self._tasks.items()):
-            if known is task:
-                del self._tasks[run_id]
+            self._tasks.start(record.run_id, self._restore(record), f"restore {record.service}")
 
     async def _stopped_everywhere(self, service: str, volume: str) -> bool:
         """No instance of the service runs or is assigned anywhere, none holds

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Body
@@ -118,6 +119,22 @@ def with_node(spec: ClusterSpec, body: JoinIn) -> tuple[ClusterSpec, NodeSpec]:
 router = ResourceRouter()
 
 
+def signing_files(ctx: Context, what: str, how: str) -> tuple[Path, Path] | None:
+    """(CA certificate, CA key) of this agent, to sign `what`; None without a
+    CA; Conflict when this agent cannot read the key (`how`: what to do)."""
+    files = ctx.ca_files()
+    if files is None:
+        return None
+    ca_cert, ca_key = files
+    if ca_key is None or not ca_key.exists():
+        where = f" at {ca_key}" if ca_key is not None else ""
+        raise operations.Conflict(
+            f"this node cannot sign {what} (no CA key{where}): {how} the node that has "
+            "it, or start its agent with NINEFOLD_CA_KEY"
+        )
+    return ca_cert, ca_key
+
+
 @router.operation("GET", "/v1/ca", role=None, tag="joining", model=CaOut, errors=[404])
 async def cluster_ca(ctx: Context) -> CaOut:
     """The cluster CA's certificate (public), for a machine about to join."""
@@ -142,16 +159,10 @@ async def cluster_ca(ctx: Context) -> CaOut:
 async def join(ctx: Context, body: Annotated[JoinIn, Body()]) -> JoinedOut:
     """Add a machine as a node: the join token pays for it (once)."""
     store = ctx.store
-    files = ctx.ca_files()
+    files = signing_files(ctx, "certificates", "join through")
     if files is None:
         raise operations.NotFound("this cluster has no CA (no security.tls in its spec)")
     ca_cert, ca_key = files
-    if ca_key is None or not ca_key.exists():
-        where = f" at {ca_key}" if ca_key is not None else ""
-        raise operations.Conflict(
-            f"this node cannot sign certificates (no CA key{where}): join through "
-            "the node that has it, or start its agent with NINEFOLD_CA_KEY"
-        )
     try:
         record, token_revision = await token_records.read_token(store, body.token, "join")
     except tokens.TokenError as exc:

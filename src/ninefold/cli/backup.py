@@ -99,6 +99,17 @@ def _wait_for(client: ClusterClient, asked: list[str], since: float, seconds: fl
         raise fail(f"{len(failed)} of {len(asked)} failed: {', '.join(failed)}", EXIT_FAILED)
 
 
+def _asked(client: ClusterClient, answer: dict[str, Any], wait: float) -> None:
+    """Say what was asked for (or would be, in a dry run) and wait if told to."""
+    asked = ", ".join(answer["asked"])
+    if answer.get("dry_run"):
+        say(f"would ask for: {asked}")
+        return
+    say(f"asked: {asked}")
+    if wait:
+        _wait_for(client, answer["asked"], answer["time"], wait)
+
+
 @backup_app.command("run")
 def run(
     target: Annotated[
@@ -116,12 +127,7 @@ def run(
     with connect(spec) as client:
         with calling():
             answer = client.backup_run(target, dry_run=dry_run)
-        if dry_run:
-            say(f"would ask for: {', '.join(answer['asked'])}")
-            return
-        say(f"asked: {', '.join(answer['asked'])}")
-        if wait:
-            _wait_for(client, answer["asked"], answer["time"], wait)
+        _asked(client, answer, wait)
 
 
 @backup_app.command("check")
@@ -137,12 +143,7 @@ def check(
     with connect(spec) as client:
         with calling():
             answer = client.backup_check(repository, dry_run=dry_run)
-        if dry_run:
-            say(f"would ask for: {', '.join(answer['asked'])}")
-            return
-        say(f"asked: {', '.join(answer['asked'])}")
-        if wait:
-            _wait_for(client, answer["asked"], answer["time"], wait)
+        _asked(client, answer, wait)
 
 
 @backup_app.command("list")

@@ -177,12 +177,7 @@ async def run_now(ctx: Context, body: Annotated[RunIn | None, Body()] = None) ->
     """Ask for backups now: the leader starts them (one run per target at a time)."""
     spec = await read_spec(ctx.store, ctx.spec)
     chosen = _chosen(spec, body.target if body else None)
-    now = time.time()
-    if body is not None and body.dry_run:
-        return AskedOut(asked=chosen, time=now, dry_run=True)
-    for key in chosen:
-        await ctx.store.put(backup_asked_key(key), str(now).encode())
-    return AskedOut(asked=chosen, time=now)
+    return await _ask(ctx, chosen, body is not None and body.dry_run)
 
 
 @router.operation(
@@ -205,12 +200,16 @@ async def check_now(ctx: Context, body: Annotated[CheckIn | None, Body()] = None
         known = ", ".join(repositories)
         raise operations.NotFound(f"no repository named {wanted!r} (repositories: {known})")
     chosen = [BackupTarget("check", r).key for r in ([wanted] if wanted else repositories)]
+    return await _ask(ctx, chosen, body is not None and body.dry_run)
+
+
+async def _ask(ctx: Context, targets: list[str], dry_run: bool) -> AskedOut:
+    """Mark the targets asked for now (the leader starts them within a second)."""
     now = time.time()
-    if body is not None and body.dry_run:
-        return AskedOut(asked=chosen, time=now, dry_run=True)
-    for key in chosen:
-        await ctx.store.put(backup_asked_key(key), str(now).encode())
-    return AskedOut(asked=chosen, time=now)
+    if not dry_run:
+        for key in targets:
+            await ctx.store.put(backup_asked_key(key), str(now).encode())
+    return AskedOut(asked=targets, time=now, dry_run=dry_run)
 
 
 @router.operation(

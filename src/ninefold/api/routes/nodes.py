@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ninefold import operations
 from ninefold.api.context import Context
+from ninefold.api.join import signing_files
 from ninefold.api.models import Accepted, NodeOut
 from ninefold.api.routes.status import read_status
 from ninefold.api.routing import ResourceRouter
@@ -88,16 +89,10 @@ async def quarantine(
 ) -> QuarantinedOut:
     """Revoke a node's certificates and tokens and drain it; the leader fences,
     removes and replaces it when it belongs to a pool (docs/pools.md)."""
-    files = ctx.ca_files()
+    files = signing_files(ctx, "a revocation list", "ask")
     if files is None:
         raise operations.Conflict("this cluster has no CA (no security.tls): nothing to revoke")
     ca_cert, ca_key = files
-    if ca_key is None or not ca_key.exists():
-        where = f" at {ca_key}" if ca_key is not None else ""
-        raise operations.Conflict(
-            f"this node cannot sign a revocation list (no CA key{where}): ask the node "
-            "that has it, or start its agent with NINEFOLD_CA_KEY"
-        )
     try:
         ca = await asyncio.to_thread(load_ca, ca_cert, ca_key)
     except TlsError as exc:
