@@ -34,9 +34,11 @@ from pydantic import (
 from ninefold import defaults
 
 from .access import AccessSpec
+from .alerts import AlertsSpec
 from .backups import BackupsSpec, VolumeBackupSpec
 from .duration import Duration, format_duration
 from .errors import Loc, Problem, describe, format_loc
+from .logging import LoggingSpec
 from .pools import PoolName, PoolSpec, machine_number, pool_of
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
 from .security import SecuritySpec
@@ -638,6 +640,10 @@ class ClusterSpec(_Model):
     backups: BackupsSpec = Field(default_factory=BackupsSpec)
     """restic repositories, and the cluster's own backup; volumes name a
     repository in their `backup:` (docs/spec.md#backups)."""
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    """Alert rules and the channels their notices go to (docs/alerts.md)."""
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    """Where agents forward log lines (docs/logs.md)."""
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Self:
