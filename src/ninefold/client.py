@@ -511,6 +511,59 @@ class ClusterClient:
     def revoke_token(self, ident: str) -> None:
         self.request("DELETE", f"/v1/tokens/{_seg(ident)}")
 
+    # -- logs (docs/logs.md) --------------------------------------------------------
+    def node_log(
+        self,
+        node_url: str,
+        instance: str | None = None,
+        *,
+        lines: int = 100,
+        since: str | None = None,
+        grep: str | None = None,
+    ) -> dict[str, Any]:
+        """`{"node", "source", "lines": [{"time", "text"}]}`: the agent log of the
+        node at `node_url`, or the log of `instance` (which that node runs)."""
+        path = "/v1/logs/agent" if instance is None else f"/v1/logs/instances/{_seg(instance)}"
+        params = {k: v for k, v in {"lines": lines, "since": since, "grep": grep}.items() if v}
+        try:
+            response = self._http.get(node_url + path, params=params)
+        except httpx.HTTPError as exc:
+            raise Unreachable(
+                f"{node_url.split('://', 1)[-1]} unreachable ({type(exc).__name__})"
+            ) from None
+        if response.status_code >= 400:
+            raise error_of(response)
+        return cast("dict[str, Any]", response.json())
+
+    # -- availability (docs/availability.md) -------------------------------------------
+    def availability(self, service: str | None = None) -> dict[str, Any]:
+        """`{"time", "services": [{"service", "windows", "incidents", "observers"}]}`."""
+        path = "/v1/availability" + (f"/{_seg(service)}" if service else "")
+        return self._object("GET", path)
+
+    # -- alerts (docs/alerts.md) -------------------------------------------------------
+    def alerts(self, resolved: bool = False) -> list[dict[str, Any]]:
+        params = {"resolved": "true"} if resolved else None
+        return self._objects("GET", "/v1/alerts", params=params)
+
+    def ack_alert(
+        self, alert: str, expires: str = "24h", comment: str = "", by: str = ""
+    ) -> dict[str, Any]:
+        body = {"expires": expires, "comment": comment, "by": by}
+        return self._object("POST", f"/v1/alerts/{_seg(alert)}/ack", body=body)
+
+    def silence(
+        self, matchers: dict[str, str], expires: str, comment: str = "", by: str = ""
+    ) -> dict[str, Any]:
+        body = {"matchers": matchers, "expires": expires, "comment": comment, "by": by}
+        return self._object("POST", "/v1/silences", body=body)
+
+    def silences(self) -> list[dict[str, Any]]:
+        return self._objects("GET", "/v1/silences")
+
+    def unsilence(self, ident: str) -> dict[str, Any]:
+        return self._object("DELETE", f"/v1/silences/{_seg(ident)}")
+
 
 def _seg(name: str) -> str:
     """One path segment."""

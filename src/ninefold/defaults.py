@@ -282,3 +282,9 @@ POOL_LIST_INTERVAL = 5.0
 """How often the leader lists a pool's machines at the provider (rogue machines)."""
 HEAL_INTERVAL = 1.0
 """How often the leader decides on its pools."""
+
+# --- history (docs/observability.md#history) ----------------------------------------------
+HISTORY_INTERVAL = 10.0
+"""How often each agent samples its own series for the dashboard's plots."""
+HISTORY_KEEP = 24 * 3600.0
+"""How far back each agent's history goes (8640 samples at 10 s)."""

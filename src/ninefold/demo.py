@@ -681,6 +681,13 @@ def _run(cluster: LocalCluster, keep: bool) -> Outcome:
         if recovered:
             _check_new_standby(cluster, client, notes)
         events = events_since(client, killed_at - 1.0)
+        from ninefold.decide.availability import summary_lines  # docs/availability.md
+
+        try:
+            for line in summary_lines(client.availability()):
+                say(f"measured availability: {line}")
+        except ApiError as exc:
+            say(f"measured availability: not known ({exc.message})")
     if keep:
         cluster.start(victim)
         say(f"started {victim} again; the cluster stays up")

@@ -27,6 +27,7 @@ from typing import Literal, Protocol, TypedDict
 import httpx
 
 from ninefold import defaults
+from ninefold.latency import LatencyHistogram
 from ninefold.supervisor.process import run_hook
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class HealthMonitor:
         self.checks = 0
         """Checks run since the last start."""
         self.last_result: CheckResult | None = None
+        self.latency = LatencyHistogram()
+        """How long each check took (an instance hands its own, kept across restarts)."""
 
     @classmethod
     def build(
@@ -353,6 +356,7 @@ class HealthMonitor:
                 result = CheckResult(False, f"probe error: {exc!r}")
             self.checks += 1
             self.last_result = result
+            self.latency.observe(loop.time() - began)
             new = self._counter.record(result.ok, loop.time())
             if new is not None:
                 log.info("health: %s (%s)", new, result.detail)

@@ -56,8 +56,14 @@ def _quiet(_: str) -> None:
 
 class LocalCluster:
     def __init__(
-        self, spec_path: Path, root: Path | None = None, spec: ClusterSpec | None = None
+        self,
+        spec_path: Path,
+        root: Path | None = None,
+        spec: ClusterSpec | None = None,
+        log_format: str = "text",
     ) -> None:
+        self.log_format = log_format
+        """The agents' --log-format (text or json)."""
         self.spec_path = Path(spec_path).resolve()
         self.spec = spec or load_spec(self.spec_path)
         self.root = (root or defaults.data_root() / "local" / self.spec.cluster).resolve()
@@ -128,7 +134,7 @@ class LocalCluster:
         if pid is not None and self._is_agent(pid, node):
             return pid
         proc = spawn_agent(
-            agent_command(self.spec_path, node, self.data_dir(node)),
+            agent_command(self.spec_path, node, self.data_dir(node), self.log_format),
             self.log_path(node),
             f"ninefold up: starting agent {node}",
             cwd=self.spec_path.parent,
@@ -322,11 +328,14 @@ class LocalCluster:
 # --- agent processes (shared with the lab, which runs them in network namespaces) ---
 
 
-def agent_command(spec_path: Path, node: str, data_dir: Path) -> list[str]:
-    """The command line of the agent of `node`."""
+def agent_command(
+    spec_path: Path, node: str, data_dir: Path, log_format: str = "text"
+) -> list[str]:
+    """The command line of the agent of `node` (`log_format`: its --log-format)."""
     return [
         sys.executable, "-m", "ninefold", "agent",
         "--spec", str(spec_path), "--node", node, "--data-dir", str(data_dir),
+        *(["--log-format", log_format] if log_format != "text" else []),
     ]  # fmt: skip
 
 
@@ -375,7 +384,7 @@ def agent_died(node: str, proc: subprocess.Popen[bytes] | None, log_path: Path) 
     how = f"exited with code {code}" if code is not None else "is gone"
     last = last_line(log_path)
     detail = f": {last}" if last else ""
-    why = last_line(log_path, " ERROR ")
+    why = last_line(log_path, " ERROR ") or last_line(log_path, '"level":"error"')
     if why and why != last:
         detail += f" (after: {why})"
     return f"agent {node} {how}{detail} (log: {log_path})"

@@ -28,6 +28,7 @@ from ninefold.agent.restores import RestoreRunner
 from ninefold.agent.revocations import RevocationFollower
 from ninefold.agent.store_join import follow_store_members, promote_when_caught_up
 from ninefold.gateway.engine import Engine, GatewaySettings
+from ninefold.logs.syslog import start_forwarding
 from ninefold.security.ca import ca_key_path
 from ninefold.security.files import NodeTlsFiles
 from ninefold.spec import ClusterSpec
@@ -70,6 +71,11 @@ class Agent:
             self.tls.check(self.node.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        forwarding = None
+        if self.spec.logging.syslog is not None:  # docs/logs.md#forwarding-to-syslog
+            forwarding = start_forwarding(
+                self.spec.logging.syslog, self.node.name, self.data_dir / "logs"
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -98,6 +104,8 @@ class Agent:
             await self.store.close()
             if self.etcd is not None:
                 await self.etcd.stop()
+            if forwarding is not None:
+                await forwarding.stop()
 
     async def _start_etcd(self, joined: StoreJoin | None) -> None:
         etcd = await asyncio.to_thread(find_etcd)
@@ -192,20 +200,35 @@ class Agent:
         )
         # Imported here: the CLI imports this module to run an agent, and most
         # commands never do, so they need not load the web server.
+        from ninefold.agent.history import History
         from ninefold.agent.node_metrics import render as render_node
         from ninefold.api import ApiServer, create_app
         from ninefold.gateway.metrics import render
 
         engine: Engine | None = None
+        from ninefold.agent.agent_metrics import AgentMetrics
+        from ninefold.agent.store_status import StoreMemberStatus
+
+        member = None  # this node's etcd member: docs/operations.md#metrics
+        if self.spec.store.mode == "embedded" and self.node.store and isinstance(store, EtcdStore):
+            member = StoreMemberStatus(store)
+        own = AgentMetrics(self.node.name, lease, leader, reconciler, addresses, member)
 
         def metrics() -> bytes:
             gateway = render(self.node.name, engine.snapshot) if engine is not None else b""
             statuses = lambda: [r.status() for r in reconciler.runners.values()]  # noqa: E731
-            return gateway + render_node(self.node.name, self.data_dir, statuses)
+            return gateway + render_node(self.node.name, self.data_dir, statuses) + own.render()
 
+        history = History(self.node.name, metrics)  # docs/observability.md#history
         api = ApiServer(
             create_app(
-                store, self.spec, self.node.name, metrics, self.data_dir / "logs", self._ca_files
+                store,
+                self.spec,
+                self.node.name,
+                metrics,
+                self.data_dir / "logs",
+                self._ca_files,
+                history=history.window,
             ),
             self.node.address,
             self.node.ports.api,
@@ -225,9 +248,24 @@ class Agent:
         tasks = [
             asyncio.create_task(reconciler.run(), name="reconciler"),
             asyncio.create_task(leader.run(), name="leader"),
+            asyncio.create_task(history.run(), name="history"),
         ]
         healer = Healer(store, journal, leader, self.tls.ca if self.tls is not None else None)
         tasks.append(asyncio.create_task(healer.run(), name="healer"))
+        from ninefold.agent.alerts import AlertEvaluator, NodeFactsReporter  # docs/alerts.md
+
+        ui = f"{'https' if self.tls else 'http'}://{self.node.host_port(self.node.ports.api)}/ui/"
+        tasks += [
+            asyncio.create_task(AlertEvaluator(store, journal, leader, ui).run(), name="alerts"),
+            asyncio.create_task(NodeFactsReporter(
+                store, lease, self.node.name, self.data_dir,
+                self.tls.cert if self.tls is not None else None,
+            ).run(), name="alert-facts"),
+        ]  # fmt: skip
+        hide_from_children(  # an SMTP password is the agent's alone
+            c.email.password_env for c in self.spec.alerts.channels.values()
+            if c.email is not None and c.email.password_env
+        )  # fmt: skip
         hide_from_children(  # the restic passwords and credentials are the agent's alone
             name
             for repository in self.spec.backups.repositories.values()
@@ -247,6 +285,15 @@ class Agent:
             asyncio.create_task(backups.run(), name="backup-runner"),
             asyncio.create_task(restores.run(), name="restores"),
         ]
+        if engine is not None:  # what clients see through this gateway: docs/availability.md
+            from ninefold.agent.probes import RouteProbes
+
+            probes = RouteProbes(
+                store, self.node.name, self.spec, lambda: lease.valid, engine.snapshot
+            )
+            tasks.append(asyncio.create_task(probes.run(), name="route-probes"))
+        if member is not None:
+            tasks.append(asyncio.create_task(member.run(), name="store-member-status"))
         if self.tls is not None:
             follower = RevocationFollower(store, self.node.name, self.tls)
             tasks.append(asyncio.create_task(follower.run(), name="revocations"))

@@ -27,6 +27,7 @@ from ninefold.agent.ports import allocate_ports
 from ninefold.decide.failover import ApAction, ApView, LockView, Switchover, ap_step, needs_lock
 from ninefold.gateway.routes import routable
 from ninefold.health import HealthMonitor
+from ninefold.latency import LatencyHistogram
 from ninefold.spec import NodeSpec, ServiceSpec
 from ninefold.spec.models import render
 from ninefold.state.keys import (
@@ -153,6 +154,8 @@ class InstanceRunner:
         self.hold: LockHold | None = None
         self.process: SupervisedProcess | None = None
         self.health: HealthMonitor | None = None
+        self.check_latency = LatencyHistogram()
+        """Every health check's duration, across process restarts (for /metrics)."""
         self._published: bytes | None = None
         self._published_lease = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -336,6 +339,7 @@ class InstanceRunner:
             self.health = HealthMonitor.from_check(
                 check, self.ctx.node.address, self.ports, self._on_health, process_spec.cwd
             )
+            self.health.latency = self.check_latency
             await self.health.start()
         self._poke()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 
 from ninefold.agent.changes import ChangeSignal, run_level_triggered
 from ninefold.agent.journal import EventJournal, prune_events
@@ -37,6 +38,8 @@ from ninefold.store.base import Compare, Delete, LockHold, Put, Store, StoreErro
 log = logging.getLogger("ninefold.leader")
 
 PRUNE_EVERY = 30.0
+ACTIONS = ("placed", "moved", "rolling", "removed")
+"""The kinds of assignment changes the leader applies (and journals)."""
 
 
 class LeaderLoop:
@@ -57,6 +60,8 @@ class LeaderLoop:
         self._known_alive: frozenset[str] | None = None
         self._last_prune = 0.0
         self._unplaced: tuple[str, ...] = ()
+        self.actions: Counter[str] = Counter(dict.fromkeys(ACTIONS, 0))
+        """Assignment changes applied while leading, by kind (for /metrics)."""
         self._raft = RaftLeaderPlacement(store, journal)
         self._signal = ChangeSignal(
             store,
@@ -185,18 +190,22 @@ class LeaderLoop:
                     reason = f"{old} drained"
                 else:
                     reason = f"{old} unavailable"
+                self.actions["moved"] += 1
                 await self._journal.record(
                     "moved", record.instance, reason, from_node=old, to_node=new
                 )
             elif record.instance in decision.rolled:
+                self.actions["rolling"] += 1
                 await self._journal.record(
                     "rolling", record.instance, "new generation", generation=record.generation
                 )
             elif record.instance not in removed:
+                self.actions["placed"] += 1
                 await self._journal.record(
                     "placed", record.instance, "scheduled", to_node=record.node
                 )
         written = {r.instance for r in decision.write}
         for instance, record in removed.items():
             if instance not in written:
+                self.actions["removed"] += 1
                 await self._journal.record("removed", instance, "not wanted", from_node=record.node)

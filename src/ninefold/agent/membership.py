@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from ninefold import defaults
 from ninefold.decide.lease import at_risk, remaining
+from ninefold.latency import LatencyHistogram
 from ninefold.store.base import LeaseExpired, Store, StoreError
 from ninefold.tasks import cancel_and_wait
 
@@ -61,6 +62,10 @@ class LeaseKeeper:
         self.on_at_risk: list[Callback] = []
         self.on_recovered: list[Callback] = []
         self.on_renewed: list[Listener] = []
+        self.renewal_latency = LatencyHistogram()
+        """Send to answer of each acknowledged renewal (for /metrics)."""
+        self.renewal_failures = 0
+        """Renewals that failed: no answer in time, an error, the lease gone."""
 
     @property
     def lease(self) -> int:
@@ -130,14 +135,17 @@ class LeaseKeeper:
         try:
             granted = await asyncio.wait_for(self._store.keep_alive(lease), self._fence_after)
         except LeaseExpired:
+            self.renewal_failures += 1
             if lease == self._lease:
                 log.warning("lease %x expired", lease)
                 await self._at_risk()
                 self._lease = 0  # the renew loop takes a new one
             return
         except (StoreError, TimeoutError) as exc:
+            self.renewal_failures += 1
             log.debug("renewal failed: %s", exc)
             return
+        self.renewal_latency.observe(time.monotonic() - sent)
         if lease != self._lease or sent <= self._last_ack_sent:
             return
         self._last_ack_sent = sent

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from ninefold import __version__
 from ninefold.api.auth import install_auth
-from ninefold.api.context import ApiContext, CaFiles
+from ninefold.api.context import ApiContext, CaFiles, HistoryWindow
 from ninefold.api.errors import install
 from ninefold.api.routes import ROUTERS
 from ninefold.api.routes.dashboard import mount_dashboard
@@ -31,6 +31,7 @@ def create_app(
     metrics: Callable[[], bytes] | None = None,
     log_dir: Path | None = None,
     ca_files: CaFiles | None = None,
+    history: HistoryWindow | None = None,
 ) -> FastAPI:
     """The API of one agent (`node`); `spec` stands in while the store holds none."""
     app = FastAPI(
@@ -51,6 +52,7 @@ def create_app(
         log_dir=log_dir,
         ca_files=ca_files or (lambda: None),
         streams=EventStreams(),
+        history=history,
     )
     app.state.context = context
     app.state.event_streams = context.streams  # what ApiServer.stop ends

@@ -4,10 +4,10 @@ annotated `Context`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,8 @@ from ninefold.store.base import Store
 
 CaFiles = Callable[[], tuple[Path, Path | None] | None]
 """(CA certificate, CA key or None) of this agent, or None without TLS."""
+HistoryWindow = Callable[[str], Awaitable[dict[str, Any]]]
+"""This node's history for a window (`15m`, `1h`, `24h`) as `GET /v1/history` answers it."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ApiContext:
     """Where this node keeps its instances' logs; None: it keeps none."""
     ca_files: CaFiles
     streams: EventStreams
+    history: HistoryWindow | None = None
+    """This node's history of its series (`GET /v1/history`); None: it keeps none."""
 
 
 def app_context(request: Request) -> ApiContext:

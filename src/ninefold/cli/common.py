@@ -16,6 +16,7 @@ import typer
 
 from ninefold.cli.console import EXIT_USAGE, err, exit_code, fail
 from ninefold.client import ApiError, ClusterClient, Conflict, Invalid, NotFound
+from ninefold.logs.formats import LogFormat
 from ninefold.spec import ClusterSpec, SpecError, load_spec
 
 SpecOption = Annotated[
@@ -101,3 +102,21 @@ def calling(not_found: int | None = None, conflict: int | None = None) -> Iterat
                 err.print(issue, highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(code) from None
         raise fail(exc.message, code) from None
+
+
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        help="The agent's log lines: text, or json (one object a line; docs/logs.md).",
+    ),
+]
+
+
+def checked_log_format(value: str) -> LogFormat:
+    """`value` if it is a log format; else one line and exit 2."""
+    if value == "json":
+        return "json"
+    if value == "text":
+        return "text"
+    raise fail(f"--log-format {value!r}: choose text or json", EXIT_USAGE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -22,8 +23,10 @@ from ninefold.cli.common import (
     check_output,
     connect,
 )
-from ninefold.cli.console import err, fail, out, print_json
+from ninefold.cli.console import EXIT_USAGE, err, fail, out, print_json
 from ninefold.client import ApiError, ClusterClient
+from ninefold.logs.formats import iso_time
+from ninefold.logs.reading import LogLine, merge, parse_since, parse_time
 
 LOG_FOLLOW_WINDOW = 500
 """Lines fetched per instance on each `logs -f` poll, to find the new ones."""
@@ -201,9 +204,36 @@ def new_lines(before: list[str], now: list[str]) -> list[str]:
     return now
 
 
+Source = tuple[str, str, str | None]
+"""(what the lines are prefixed with, the node, the instance or None for the agent)."""
+
+
 def logs(
-    service: Annotated[str, typer.Argument(help="The service.")],
+    service: Annotated[
+        str | None, typer.Argument(help="The service whose instances' logs to show.")
+    ] = None,
     spec: SpecOption = DEFAULT_SPEC,
+    agent: Annotated[
+        bool, typer.Option("--agent", help="The agents' own logs (every node, or --node).")
+    ] = False,
+    nodes: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="Only from this node (repeat for more).", show_default=False),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only lines from then on: a duration ago (30s, 10m, 2h, 1d) or an ISO 8601 time.",
+            show_default=False,
+        ),
+    ] = None,
+    grep: Annotated[
+        str | None,
+        typer.Option(
+            "--grep", help="Only lines matching this regular expression.", show_default=False
+        ),
+    ] = None,
     lines: Annotated[
         int, typer.Option("--lines", "-n", min=1, help="Lines from the end of each log.")
     ] = 20,
@@ -211,68 +241,103 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing new lines (polls every second).")
     ] = False,
 ) -> None:
-    """A service's logs, gathered from every node that runs one of its instances."""
+    """Logs of a service's instances and of the agents, gathered from every node
+    and merged by time (docs/logs.md)."""
+    if service is None and not agent:
+        raise fail("name a SERVICE, or give --agent for the agents' own logs", EXIT_USAGE)
+    start = None
+    if since is not None:
+        try:
+            start = iso_time(parse_since(since, time.time()))
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+    if grep is not None:
+        try:
+            re.compile(grep)
+        except re.error as exc:
+            raise fail(f"--grep {grep!r} is not a regular expression: {exc}", EXIT_USAGE) from None
     client = connect(spec)
+    wanted = set(nodes or [])
+    unknown = wanted - {n.name for n in client.spec.nodes}
+    if unknown:
+        names = ", ".join(n.name for n in client.spec.nodes)
+        raise fail(f"no node named {', '.join(sorted(unknown))} in {spec} (nodes: {names})")
     colours: dict[str, str] = {}
     seen: dict[str, list[str]] = {}
     warned: set[str] = set()
 
-    def targets() -> list[tuple[str, str]]:
-        detail = client.service(service)
-        found = []
-        for i in sorted(detail.get("instances") or [], key=lambda i: i.get("instance", "")):
-            name, node = i.get("instance"), i.get("node")
-            if name and node:
-                found.append((str(name), str(node)))
-        return found
+    def targets() -> list[Source]:
+        found: list[Source] = []
+        if agent:
+            found += [(n.name, n.name, None) for n in client.spec.nodes]
+        if service is not None:
+            detail = client.service(service)
+            for i in sorted(detail.get("instances") or [], key=lambda i: i.get("instance", "")):
+                name, node = i.get("instance"), i.get("node")
+                if name and node:
+                    found.append((str(name), str(node), str(name)))
+        return [t for t in found if not wanted or t[1] in wanted]
 
-    def fetch(instance: str, node: str, count: int) -> list[str] | None:
+    def fetch(source: Source, count: int) -> list[LogLine] | None:
+        label, node, instance = source
         try:
             url = client.node_url(node)
         except KeyError:
             problem = f"node {node} is not in {spec}"
         else:
             try:
-                text = client.instance_log(url, instance, count)
+                answer = client.node_log(url, instance, lines=count, since=start, grep=grep)
             except ApiError as exc:
                 problem = exc.message
             else:
-                warned.discard(instance)
-                return text
-        if instance not in warned:
-            warned.add(instance)
-            err.print(f"{instance}: no log ({problem})", highlight=False, markup=False)
+                warned.discard(label)
+                return [
+                    LogLine(str(line.get("text", "")), _seconds(line.get("time")))
+                    for line in answer.get("lines") or []
+                ]
+        if label not in warned:
+            warned.add(label)
+            what = "no agent log" if instance is None else "no log"
+            err.print(f"{label}: {what} ({problem})", highlight=False, markup=False)
         return None
 
-    def show(instance: str, text: list[str]) -> None:
-        width = max([len(i) for i in colours] + [len(instance)])
-        colour = colours.setdefault(instance, _PREFIX_COLOURS[len(colours) % 6])
+    def show(label: str, text: list[str]) -> None:
+        width = max([len(i) for i in colours] + [len(label)])
+        colour = colours.setdefault(label, _PREFIX_COLOURS[len(colours) % 6])
         for line in text:
-            prefix = Text(f"{instance:<{width}} | ", style=colour)
+            prefix = Text(f"{label:<{width}} | ", style=colour)
             out.print(prefix + Text(line), soft_wrap=True, highlight=False)
 
     with client, calling(), contextlib.suppress(KeyboardInterrupt):
         found = targets()
         if not found:
-            raise fail(f"{service} has no instances")
-        fetched = 0
-        for instance, node in found:
-            text = fetch(instance, node, lines)
-            if text is None:
-                continue
-            fetched += 1
-            seen[instance] = text
-            show(instance, text)
+            where = f" on {', '.join(sorted(wanted))}" if wanted else ""
+            raise fail(f"{service} has no instances{where}")
+        fetched: dict[str, list[LogLine]] = {}
+        for source in found:
+            got = fetch(source, lines)
+            if got is not None:
+                fetched[source[0]] = got
+                seen[source[0]] = [line.text for line in got]
+        for label in fetched:  # the prefixes' width and colours, in the sources' order
+            colours.setdefault(label, _PREFIX_COLOURS[len(colours) % 6])
+        for label, line in merge(fetched):
+            show(label, [line.text])
         if not follow:
             if not fetched:
-                raise fail(f"no log of {service} could be read")
+                raise fail(f"no log of {service or 'any agent'} could be read")
             return
         while True:
             time.sleep(LOG_FOLLOW_INTERVAL)
-            for instance, node in targets():
-                text = fetch(instance, node, LOG_FOLLOW_WINDOW)
-                if text is None:
+            for source in targets():
+                got = fetch(source, LOG_FOLLOW_WINDOW)
+                if got is None:
                     continue
-                fresh = new_lines(seen.get(instance, []), text)
-                seen[instance] = text
-                show(instance, fresh)
+                text = [line.text for line in got]
+                fresh = new_lines(seen.get(source[0], []), text)
+                seen[source[0]] = text
+                show(source[0], fresh)
+
+
+def _seconds(value: object) -> float | None:
+    return parse_time(value) if isinstance(value, str) else None

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ninefold.cli.common import LogFormatOption, checked_log_format
 from ninefold.cli.console import EXIT_USAGE, err, fail, out, progress, say
 from ninefold.spec import SpecError, parse_duration
 
@@ -99,15 +100,19 @@ def up(
         float,
         typer.Option("--wait", min=0, help="Seconds to wait for the cluster to be up (0: none)."),
     ] = 90.0,
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Build a lab for SPEC: a namespace per node, a router, a client; start the agents."""
     from ninefold.lab import Lab, StartFailed
 
+    log_format = checked_log_format(log_format)
     with lab_errors():
         require_root()
         with progress(f"building a lab for {spec}") as report:
             try:
-                lab = Lab.up(spec, progress=report, wait=wait, keep_on_failure=True)
+                lab = Lab.up(
+                    spec, progress=report, wait=wait, keep_on_failure=True, log_format=log_format
+                )
             except StartFailed as exc:
                 raise fail(f"{exc}; the lab is left up to look at: ninefold lab down") from None
     show(lab, f"lab {lab.id} is up (cluster {lab.spec.cluster})")

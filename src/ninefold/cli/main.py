@@ -25,7 +25,19 @@ from typing import Annotated, Any
 import typer
 
 from ninefold import __version__
-from ninefold.cli import backup, doctor, inspect, join, operate, service, setup, volumes
+from ninefold.cli import (
+    availability,
+    backup,
+    doctor,
+    inspect,
+    join,
+    observe,
+    operate,
+    service,
+    setup,
+    volumes,
+)
+from ninefold.cli.alerts import alerts_app
 from ninefold.cli.backup import backup_app
 from ninefold.cli.cert import cert_app
 from ninefold.cli.console import out
@@ -58,6 +70,8 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("drain", operate.drain),
     ("undrain", operate.undrain),
     ("events", inspect.events),
+    ("availability", availability.availability),
+    ("prometheus-config", observe.prometheus_config),
     ("logs", inspect.logs),
     ("demo", setup.demo),
     ("doctor", doctor.doctor),
@@ -69,6 +83,7 @@ COMMANDS: list[tuple[str, Callable[..., Any]]] = [
 GROUPS: list[tuple[str, typer.Typer]] = [
     ("kv", kv_app),
     ("backup", backup_app),
+    ("alerts", alerts_app),
     ("cert", cert_app),
     ("lab", lab_app),
     ("node", node_app),

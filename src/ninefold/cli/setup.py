@@ -5,15 +5,22 @@ machine, and the demo. These work without a running cluster's API."""
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ninefold.cli.common import DEFAULT_SPEC, CaKeyOption, SpecOption, known_node, load
+from ninefold import defaults
+from ninefold.cli.common import (
+    DEFAULT_SPEC,
+    CaKeyOption,
+    LogFormatOption,
+    SpecOption,
+    checked_log_format,
+    known_node,
+    load,
+)
 from ninefold.cli.console import EXIT_USAGE, fail, out, progress, say
 from ninefold.security.cluster_ca import CaFiles, CaKeyExists, init_cluster_ca
 from ninefold.security.files import TlsError, config_dir
@@ -173,17 +180,19 @@ def agent(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the agent of one node (in the foreground)."""
     cluster = load(spec)
     known_node(cluster, spec, node)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format=f"%(asctime)s {node} %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+    from ninefold.logs.setup import configure_agent_logging
+
+    configure_agent_logging(
+        node,
+        log_level,
+        checked_log_format(log_format),
+        data_dir or defaults.data_dir(cluster.cluster, node),
     )
-    for noisy in ("grpc", "asyncio", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     from ninefold.agent.daemon import run_agent
     from ninefold.store.embedded import JoinRecordError
     from ninefold.store.etcd_binary import EtcdNotFound
@@ -196,11 +205,11 @@ def agent(
         pass
 
 
-def local_cluster(spec: Path) -> LocalCluster:
+def local_cluster(spec: Path, log_format: str = "text") -> LocalCluster:
     """The cluster of the spec at `spec` as `up` and `down` run it on this machine."""
     from ninefold.local import LocalCluster
 
-    return LocalCluster(spec, spec=load(spec))
+    return LocalCluster(spec, spec=load(spec), log_format=log_format)
 
 
 def up(
@@ -210,12 +219,13 @@ def up(
         typer.Option("--wait", min=0, help="Seconds to wait for every node to be up (0: none)."),
     ] = 90.0,
     ca_key: CaKeyOption = None,
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Start every node of the spec on this machine, each agent in the background
     (with security.tls, first issuing each node a certificate it lacks)."""
     from ninefold.local import LocalClusterError, NotLocal
 
-    cluster = local_cluster(spec)
+    cluster = local_cluster(spec, checked_log_format(log_format))
     try:
         cluster.check_local()
         with progress(f"starting cluster {cluster.spec.cluster}") as report:

@@ -1103,6 +1103,13 @@ def _conclude(
     machines = pool_machines(lab, pool)
     report.machines = {n: str(m["zone"]) for n, m in sorted(machines.items())}
     report.voters_after = store_voters(lab, plan.observers + plan.nodes_hit)
+    from ninefold.decide.availability import summary_lines  # docs/availability.md
+
+    for node in plan.observers:  # as the gateways' probes measured it
+        answer = client.get_json(node, "/v1/availability", timeout=5.0)
+        if isinstance(answer, dict):
+            report.notes += [f"availability {line}" for line in summary_lines(answer)]
+            break
     # failed expectations
     for victim in plan.victims:
         if not any(e["kind"] == "machine-fenced" and e["subject"] == victim for e in events):

@@ -93,6 +93,7 @@ class Lab:
         wait: float = UP_TIMEOUT,
         keep_on_failure: bool = False,
         agents: bool = True,
+        log_format: str = "text",
     ) -> Lab:
         """Build a lab for the spec, start its agents and wait (`wait` seconds,
         0: not at all) until every node answers and the cluster has a leader.
@@ -112,6 +113,7 @@ class Lab:
             "id": lab_id,
             "spec": str(path),
             "created": time.time(),
+            "log_format": log_format,
             "subnet": str(plan.subnet),
             "namespaces": {
                 **{n.name: n.namespace for n in plan.nodes},
@@ -374,7 +376,13 @@ class Lab:
             return pid
         proc = spawn_agent(
             netns.in_namespace(
-                self._node_ns(node), agent_command(self.spec_path, node, self.data_dir(node))
+                self._node_ns(node),
+                agent_command(
+                    self.spec_path,
+                    node,
+                    self.data_dir(node),
+                    str(self.state.get("log_format", "text")),
+                ),
             ),
             self.log_path(node),
             f"ninefold lab {self.id}: starting agent {node}",

@@ -653,14 +653,18 @@ class ClusterSpec(_Model):
 
     def problems(self) -> list[Problem]:
         """Every rule spanning nodes, store and services."""
-        return cluster_problems(
-            self.store,
-            self.nodes,
-            self.services,
-            self.gateway,
-            self.security,
-            self.pools,
-            self.backups,
+        return (
+            cluster_problems(
+                self.store,
+                self.nodes,
+                self.services,
+                self.gateway,
+                self.security,
+                self.pools,
+                self.backups,
+            )
+            + self.alerts.problems()
+            + self.logging.problems()
         )
 
     @property

@@ -27,6 +27,14 @@
     backups/last/<target>      BackupResultRecord: how the target's last run ended
     backups/asked/<target>     a run asked for now (`ninefold backup run`)
     restores/<service>         RestoreRecord: a restore of one of its volumes (kept when done)
+    alerts/state/<id>          AlertState: one alert (pending, firing, resolved), by the leader
+    alerts/silences/<id>       Silence: matchers and an expiry
+    alerts/acks/<alert id>     Ack: no repeat of that alert until it resolves or the ack expires
+    alerts/facts/<node>        NodeFacts: the node's disk and certificate, under its lease
+    availability/down/<svc>/<node>/<start_ms>   DownRecord: an outage the node's probes saw
+    availability/probing/<svc>/<node>           ProbingRecord: when the node was probing it
+    availability/traffic/<svc>/<node>/<hour_ms> TrafficRecord: its gateway's requests by minute
+                               (all three pruned after 30 days by the node that wrote them)
 
 Locks are named here and kept under ``locks/`` by the store's lock primitive
 (`Store.try_lock`, `store.base.lock_key`).
@@ -57,6 +65,10 @@ BACKUP_RUNS = "backups/runs/"
 BACKUP_LAST = "backups/last/"
 BACKUP_ASKED = "backups/asked/"
 RESTORES = "restores/"
+AVAILABILITY = "availability/"
+AVAILABILITY_DOWN = "availability/down/"
+AVAILABILITY_PROBING = "availability/probing/"
+AVAILABILITY_TRAFFIC = "availability/traffic/"
 VIP_CANDIDATES = "vipcand/gateway/"
 """Nodes whose gateway answers, each under its lease: who may hold the gateway VIP."""
 
@@ -180,3 +192,45 @@ def backup_asked_key(target: str) -> str:
 
 def restore_key(service: str) -> str:
     return f"{RESTORES}{service}"
+
+
+def down_key(service: str, node: str, start: float) -> str:
+    """An outage of a service's route as one node's probes saw it, by its first failure."""
+    return f"{AVAILABILITY_DOWN}{service}/{node}/{int(start * 1000):013d}"
+
+
+def node_downs(service: str, node: str) -> str:
+    """The prefix of one node's outages of one service, oldest first."""
+    return f"{AVAILABILITY_DOWN}{service}/{node}/"
+
+
+def probing_key(service: str, node: str) -> str:
+    return f"{AVAILABILITY_PROBING}{service}/{node}"
+
+
+def traffic_key(service: str, node: str, hour: float) -> str:
+    """One node's gateway's requests of a service in the hour starting at `hour`."""
+    return f"{AVAILABILITY_TRAFFIC}{service}/{node}/{int(hour * 1000):013d}"
+
+
+ALERTS = "alerts/"
+ALERT_STATES = "alerts/state/"
+SILENCES = "alerts/silences/"
+ACKS = "alerts/acks/"
+ALERT_FACTS = "alerts/facts/"
+
+
+def alert_state_key(ident: str) -> str:
+    return f"{ALERT_STATES}{ident}"
+
+
+def silence_key(ident: str) -> str:
+    return f"{SILENCES}{ident}"
+
+
+def ack_key(alert: str) -> str:
+    return f"{ACKS}{alert}"
+
+
+def alert_facts_key(node: str) -> str:
+    return f"{ALERT_FACTS}{node}"

@@ -268,3 +268,56 @@ class RestoreRecord(Record):
     @property
     def in_progress(self) -> bool:
         return self.state in ("stopping", "restoring")
+
+
+class DownRecord(Record):
+    """An outage of a service's route as one node's probes saw it, through
+    its own gateway (agent/probes.py; decide/availability.py merges the
+    nodes'). Times are when the probes were sent."""
+
+    service: str
+    node: str
+    first_failed: float
+    last_failed: float
+    """The newest failed probe when it was written (while `first_ok` is None)."""
+    last_ok: float | None = None
+    """The last good probe before it; None: the node began probing during it."""
+    first_ok: float | None = None
+    """The first good probe after it; None: still down, or the node stopped probing."""
+    error: str = ""
+    """What the first failed probe saw: `503`, `connection refused`, `timed out`."""
+    failed_probes: int = 1
+
+
+class ProbingRecord(Record):
+    """When one node probed one service's route: the spans of its probing
+    (start, end), the last one rewritten every PROBING_WRITE_EVERY while it
+    goes on (`open`)."""
+
+    service: str
+    node: str
+    target: str = ""
+    """What it probes, e.g. `http://127.0.0.1:8080/web`."""
+    spans: list[tuple[float, float]] = []
+    open: bool = False
+    written_at: float = 0.0
+
+
+class TrafficRecord(Record):
+    """One node's gateway's client requests of one service in one hour, by
+    minute (the node's own probes taken out); after two hours, the hour's
+    sums alone (`whole`)."""
+
+    service: str
+    node: str
+    hour: float
+    minutes: dict[int, tuple[int, int]] = {}
+    """Minute of the hour -> (answered, failed: a 5xx or the gateway's own error)."""
+    whole: tuple[int, int] | None = None
+    """The hour's (answered, failed) once its minutes were summed up."""
+
+    def buckets(self) -> list[tuple[float, float, int, int]]:
+        """(start, seconds, answered, failed) of each counted minute, or of the hour."""
+        if self.whole is not None:
+            return [(self.hour, 3600.0, *self.whole)]
+        return [(self.hour + 60 * m, 60.0, a, f) for m, (a, f) in sorted(self.minutes.items())]

@@ -102,6 +102,21 @@ class StoreMember:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """What one etcd member says of itself (Maintenance.Status)."""
+
+    leader: bool
+    """It is the raft leader."""
+    has_leader: bool
+    """It knows a raft leader (itself or another member)."""
+    db_size: int
+    """Bytes of its database file."""
+    db_size_in_use: int
+    """Bytes of it in use (the rest is free after compaction, until a defrag)."""
+    learner: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Stubs:
     kv: Any
     lease: Any
@@ -410,6 +425,26 @@ class EtcdStore(Store):
         leader = names.get(status.leader)
         return (leader, urls) if leader else None
 
+    async def member_status(self, timeout: float = 1.0) -> MemberStatus:
+        """The status of the first endpoint's member (the node's own in embedded
+        mode) and of no other: never failed over, and asked without requiring a
+        leader, so a member cut off from the others still answers."""
+        if self._closed:
+            raise StoreError("store is closed")
+        await self._follow_tls_files()
+        with self._errors():  # no attempt index: a failure here fails nothing over
+            stubs = await self._stubs_at(0)
+            status = await rpc.MaintenanceStub(stubs.channel).Status(
+                rpc.StatusRequest(), timeout=timeout
+            )
+        return MemberStatus(
+            leader=bool(status.leader) and status.leader == status.header.member_id,
+            has_leader=bool(status.leader),
+            db_size=int(status.dbSize),
+            db_size_in_use=int(status.dbSizeInUse),
+            learner=bool(status.isLearner),
+        )
+
     async def move_raft_leader(self, leader_endpoint: str, target: str) -> None:
         """Ask etcd's raft leader (reached at leader_endpoint) to hand
         leadership to member `target`."""
@@ -525,6 +560,9 @@ class EtcdStore(Store):
             self._current = 0
         index = self._current
         attempt.index = index
+        return await self._stubs_at(index)
+
+    async def _stubs_at(self, index: int) -> _Stubs:
         stubs = self._stubs[index]
         if stubs is None:
             target = await self._target(index)

@@ -167,6 +167,8 @@ class VolumeMirror:
         """The last round that completed (its targets' records are written with it)."""
         self._written: dict[str, bytes] = {}
         """node -> the record last written for it (without written_at)."""
+        self.copies: dict[str, CopyRecord] = {}
+        """node -> its copy's record as last worked out (once a second), for /metrics."""
         self._wake = asyncio.Event()
         self._publish_now = asyncio.Event()
         self._round_lock = asyncio.Lock()
@@ -491,6 +493,7 @@ class VolumeMirror:
             record = self._record_of(node, state, sizes)
             if record is not None:
                 records.append(record)
+        self.copies = {r.node: r for r in records if r.node != self.node}
         for record in records:
             raw = record.model_dump_json(exclude={"written_at"}).encode()
             if self._written.get(record.node) == raw:

@@ -4,11 +4,15 @@ The dashboard's router is not here: it is served only when its files are."""
 
 from ninefold.api import join
 from ninefold.api.routes import (
+    alerts,
+    availability,
     backups,
     events,
     health,
+    history,
     instances,
     kv,
+    logs,
     metrics,
     nodes,
     restores,
@@ -26,13 +30,17 @@ ROUTERS: tuple[ResourceRouter, ...] = (
     nodes.router,
     services.router,
     instances.router,
+    logs.router,
     volumes.router,
     backups.router,
     restores.router,
+    availability.router,
+    alerts.router,
     spec.router,
     events.router,
     kv.router,
     tokens.router,
     metrics.router,
+    history.router,
     join.router,
 )

@@ -9,8 +9,10 @@ from fastapi.responses import PlainTextResponse
 from ninefold import defaults, operations
 from ninefold.api.context import Context
 from ninefold.api.models import Accepted, InstanceOut, MoveIn
+from ninefold.api.routes.logs import Grep, Since, log_filters
 from ninefold.api.routes.status import read_status
 from ninefold.api.routing import ResourceRouter
+from ninefold.logs.reading import read_log
 from ninefold.state.keys import status_key
 from ninefold.state.reads import read_spec
 from ninefold.supervisor.logs import tail
@@ -61,8 +63,11 @@ async def instance_log(
     ctx: Context,
     instance: str,
     lines: Annotated[int, Query(ge=1, le=MAX_LINES)] = 100,
+    since: Since = None,
+    grep: Grep = None,
 ) -> PlainTextResponse:
-    """Answered only by the agent of the node the instance runs on."""
+    """Answered only by the agent of the node the instance runs on; `since`
+    and `grep` as for `/v1/logs/instances/{instance}`, which adds each line's time."""
     node = ctx.node
     here = await ctx.store.get(status_key(node, instance)) is not None
     if not here:
@@ -80,7 +85,14 @@ async def instance_log(
     if ctx.log_dir is None:
         raise operations.NotFound(f"node {node} keeps no instance logs")
     path = ctx.log_dir / f"{instance}.log"
-    text = await asyncio.to_thread(tail, path, lines, backups=defaults.LOG_BACKUPS)
+    if since or grep:
+        start, pattern = log_filters(since, grep)
+        found = await asyncio.to_thread(
+            read_log, path, lines=lines, since=start, grep=pattern, backups=defaults.LOG_BACKUPS
+        )
+        text = [line.text for line in found]
+    else:
+        text = await asyncio.to_thread(tail, path, lines, backups=defaults.LOG_BACKUPS)
     return PlainTextResponse("".join(f"{line}\n" for line in text))
 
 

@@ -445,6 +445,173 @@
     setHTML($("charts"), blocks.join(""));
   }
 
+  // -- history: every node's sampled series (GET /v1/history?scope=cluster) ----------
+  // Plots of node CPU and memory, each service's requests/s, errors/s, p99 latency
+  // and healthy instances, and volume lag: one line per node, over 15 min, 1 h or 24 h.
+  const WINDOWS = { "15m": 900, "1h": 3600, "24h": 86400 };
+  const PLOTS = {
+    cpu_ratio: { title: "CPU", unit: "ratio" },
+    memory_ratio: { title: "memory used", unit: "ratio" },
+    requests_per_second: { title: "requests/s", unit: "rate" },
+    errors_per_second: { title: "errors/s", unit: "rate" },
+    p99_seconds: { title: "p99 latency", unit: "seconds" },
+    healthy_instances: { title: "healthy instances", unit: "count" },
+  };
+  const SERVICE_ORDER = ["requests_per_second", "errors_per_second", "p99_seconds", "healthy_instances"];
+  let historyWindow = sessionStorage.getItem("ninefold-history-window") || "15m";
+  if (!WINDOWS[historyWindow]) historyWindow = "15m";
+  let historyTimer = null;
+  let historyAsked = 0; // ignores answers to an earlier window's request
+
+  function plotValue(v, unit) {
+    if (v == null || !Number.isFinite(v)) return "–";
+    if (unit === "ratio") return `${(100 * v).toFixed(v < 0.1 ? 1 : 0)}%`;
+    if (unit === "seconds") return v < 1 ? `${(1000 * v).toFixed(v < 0.01 ? 1 : 0)} ms` : `${v.toFixed(2)} s`;
+    if (unit === "count") return String(Math.round(v * 10) / 10);
+    return fmt(v);
+  }
+
+  // One plot: an SVG with a line per node (gaps where a node has no value or no samples).
+  function plot(key, title, unit, lines, start, end, step) {
+    const W = 300;
+    const H = 70;
+    const values = lines.flatMap((l) => l.points.map((p) => p[1]).filter((v) => v != null));
+    const top = unit === "ratio" ? 1 : Math.max(unit === "count" ? 1 : 1e-9, ...values) * 1.1;
+    const x = (t) => (W * (t - start)) / Math.max(1, end - start);
+    const y = (v) => H - 2 - ((H - 6) * v) / top;
+    const paths = lines.map((l) => {
+      // A point alone (the first of a node, or after a gap) is drawn as a dot.
+      let d = "";
+      let prev = null;
+      let alone = false;
+      for (const [t, v] of l.points) {
+        if (v == null) {
+          prev = null;
+          continue;
+        }
+        const jump = prev == null || t - prev > 2.5 * step;
+        if (jump && alone) d += "h0.5";
+        d += `${jump ? "M" : "L"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
+        alone = jump;
+        prev = t;
+      }
+      if (alone) d += "h0.5";
+      return `<path class="line c${l.color}" data-node="${esc(l.node)}" d="${d}"/>`;
+    });
+    const count = lines.reduce((n, l) => n + l.points.filter((p) => p[1] != null).length, 0);
+    const latest = lines
+      .map((l) => {
+        const last = [...l.points].reverse().find((p) => p[1] != null);
+        return last ? `<span class="c${l.color}" title="${esc(l.node)}">${esc(plotValue(last[1], unit))}</span>` : "";
+      })
+      .filter(Boolean)
+      .join(" ");
+    return (
+      `<div class="plot" data-plot="${esc(key)}" data-points="${count}">` +
+      `<div class="plot-head"><span class="label">${esc(title)}</span><span class="latest">${latest}</span></div>` +
+      `<svg class="history-svg" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img" aria-label="${esc(title)}">` +
+      `<line class="base" x1="0" y1="${H - 1}" x2="${W}" y2="${H - 1}"/>${paths.join("")}</svg>` +
+      `<div class="plot-axis"><span>${esc(clock(start * 1000))}</span><span>top ${esc(plotValue(top / (unit === "ratio" ? 1 : 1.1), unit))}</span>` +
+      `<span>${esc(clock(end * 1000))}</span></div></div>`
+    );
+  }
+
+  function renderHistory(answer) {
+    $("history-panel").dataset.window = answer.window; // what the plots show now
+    const nodes = (answer.nodes || []).slice().sort((a, b) => a.node.localeCompare(b.node));
+    const color = new Map(nodes.map((n, i) => [n.node, i % 6]));
+    const plots = new Map(); // "kind|subject|metric" -> {kind, subject, metric, lines}
+    let end = 0;
+    let first = Infinity;
+    let step = 10;
+    for (const n of nodes) {
+      end = Math.max(end, n.time || 0);
+      step = n.step || step;
+      if (n.times.length) first = Math.min(first, n.times[0]);
+      for (const s of n.series) {
+        // A node's own CPU and memory go on one plot for all nodes.
+        const subject = s.kind === "node" ? "" : s.subject;
+        const key = `${s.kind}|${subject}|${s.metric}`;
+        if (!plots.has(key)) plots.set(key, { kind: s.kind, subject, metric: s.metric, lines: [] });
+        plots.get(key).lines.push({
+          node: n.node,
+          color: color.get(n.node),
+          points: n.times.map((t, i) => [t, s.values[i]]),
+        });
+      }
+    }
+    if (!end) end = Date.now() / 1000;
+    // The time axis grows with the history until it spans the whole window.
+    const span = Math.min(WINDOWS[answer.window] || 900, Math.max(60, end - (Number.isFinite(first) ? first : end)));
+    const start = end - span;
+    const draw = (p, title) => {
+      const info = PLOTS[p.metric] || { title: p.metric.replace(/_/g, " "), unit: /seconds$/.test(p.metric) ? "seconds" : "rate" };
+      return plot(`${p.kind}:${p.subject ? `${p.subject}:` : ""}${p.metric}`, title || info.title, info.unit, p.lines, start, end, step);
+    };
+    const all = [...plots.values()];
+    const nodePlots = ["cpu_ratio", "memory_ratio"]
+      .map((m) => all.find((p) => p.kind === "node" && p.metric === m))
+      .filter(Boolean)
+      .map((p) => draw(p));
+    setHTML($("history-nodes"), nodePlots.join("") || `<p class="muted small">no samples yet</p>`);
+    const services = [...new Set(all.filter((p) => p.kind === "service").map((p) => p.subject))].sort();
+    const serviceBlocks = services.map((name) => {
+      const mine = all.filter((p) => p.kind === "service" && p.subject === name);
+      mine.sort((a, b) => SERVICE_ORDER.indexOf(a.metric) - SERVICE_ORDER.indexOf(b.metric));
+      return `<div class="plot-group" data-history-service="${esc(name)}"><h4>${esc(name)}</h4><div class="plots">${mine.map((p) => draw(p)).join("")}</div></div>`;
+    });
+    setHTML($("history-services"), serviceBlocks.join("") || `<p class="muted small">no services on these nodes yet</p>`);
+    const volumes = all.filter((p) => p.kind === "volume").sort((a, b) => a.subject.localeCompare(b.subject));
+    $("history-volumes-block").hidden = !volumes.length;
+    setHTML($("history-volumes"), volumes.map((p) => draw(p, `${p.subject} · ${p.metric.replace(/_/g, " ")}`)).join(""));
+    const legend = nodes.map((n) => `<span class="key c${color.get(n.node)}" data-legend="${esc(n.node)}"><i></i>${esc(n.node)}</span>`);
+    const missing = (answer.unreachable || []).map((u) => `${u.node}: ${u.error}`);
+    setHTML(
+      $("history-legend"),
+      legend.join("") +
+        (missing.length ? ` <span class="warn-text small" title="${esc(missing.join("\n"))}">no answer from ${esc((answer.unreachable || []).map((u) => u.node).join(", "))}</span>` : ""),
+    );
+    const memory = nodes.reduce((sum, n) => sum + (n.memory_bytes || 0), 0);
+    setHTML(
+      $("history-note"),
+      `one point per ${esc(humanSeconds(step))} · sampled every ${esc(humanSeconds(nodes[0]?.interval || 10))} by each agent · ` +
+        `${esc(humanBytes(memory))} of history on ${nodes.length} node(s)`,
+    );
+  }
+
+  async function pollHistory() {
+    clearTimeout(historyTimer);
+    const asked = ++historyAsked;
+    const chosen = historyWindow;
+    let step = 10;
+    try {
+      const answer = await getJSON(`${API}/history?window=${chosen}&scope=cluster`);
+      if (asked !== historyAsked) return;
+      renderHistory(answer);
+      step = answer.step || step;
+    } catch (e) {
+      if (asked !== historyAsked) return;
+      setHTML($("history-note"), `<span class="bad-text">history unavailable: ${esc(e.message)}</span>`);
+    }
+    // Fresh points come once a step: ask about as often, between 2 s and a minute.
+    historyTimer = setTimeout(pollHistory, Math.min(60000, Math.max(2000, step * 1000)));
+  }
+
+  function chooseWindow(w) {
+    historyWindow = w;
+    sessionStorage.setItem("ninefold-history-window", w);
+    for (const b of document.querySelectorAll("#history-window button")) {
+      b.classList.toggle("on", b.dataset.window === w);
+      b.setAttribute("aria-pressed", b.dataset.window === w ? "true" : "false");
+    }
+    pollHistory();
+  }
+
+  $("history-window").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-window]");
+    if (b) chooseWindow(b.dataset.window);
+  });
+
   // -- polling ---------------------------------------------------------------------------
   async function getJSON(url) {
     const r = await fetch(url, { cache: "no-store", headers: authHeaders() });
@@ -639,4 +806,5 @@
   whoServes();
   tick();
   streamEvents();
+  chooseWindow(historyWindow);
 })();
