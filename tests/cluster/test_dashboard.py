@@ -154,6 +154,11 @@ def test_dashboard_shows_the_cluster_and_drains_a_node(
             rate = page.locator('[data-chart="web"] [data-rate="requests"]')
             expect(rate).not_to_have_text("0.00", timeout=10_000)
 
+            # Measured availability: a row per routed service.
+            expect(page.locator('#availability tr[data-availability-service="web"]')).to_be_visible(
+                timeout=15_000
+            )
+
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -345,6 +345,47 @@
     }
   }
 
+  // -- availability: GET /v1/availability (docs/availability.md) ------------------------
+  const AVAILABILITY_MS = 5000;
+
+  function percent(w) {
+    if (!w || w.availability_percent === null || w.availability_percent === undefined) return "—";
+    return `${w.availability_percent.toFixed(w.availability_percent >= 99.99 ? 4 : 2)} %`;
+  }
+
+  function renderAvailability(answer) {
+    const services = answer.services || [];
+    $("availability-panel").hidden = !services.length;
+    const rows = services.map((s) => {
+      const w = s.windows || {};
+      const month = w["30d"] || {};
+      const last = (s.incidents || []).at(-1);
+      const incident = last
+        ? `${last.ongoing ? '<span class="bad-text">ongoing</span> · ' : ""}` +
+          `${esc(new Date(last.start * 1000).toLocaleString())} · ` +
+          `${esc(humanSeconds(last.duration_seconds))} · ${esc(last.cause)}`
+        : '<span class="muted">none</span>';
+      return (
+        `<tr data-availability-service="${esc(s.service)}"><td>${esc(s.service)}</td>` +
+        `<td class="right">${percent(w["1h"])}</td><td class="right">${percent(w["24h"])}</td>` +
+        `<td class="right">${percent(month)}</td>` +
+        `<td class="right">${month.nines === null || month.nines === undefined ? "—" : month.nines.toFixed(2)}</td>` +
+        `<td class="right">${esc(humanSeconds(month.downtime_seconds || 0))}</td>` +
+        `<td class="small">${incident}</td></tr>`
+      );
+    });
+    setHTML($("availability"), rows.join(""));
+  }
+
+  async function pollAvailability() {
+    try {
+      renderAvailability(await getJSON(`${API}/availability`));
+    } catch (_) {
+      // No answer (or an agent without the route): the last table stays.
+    }
+    setTimeout(pollAvailability, AVAILABILITY_MS);
+  }
+
   // -- metrics: Prometheus text -> per-service rates ----------------------------------
   const LINE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
   const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
@@ -805,6 +846,7 @@
 
   whoServes();
   tick();
+  pollAvailability();
   streamEvents();
   chooseWindow(historyWindow);
 })();
