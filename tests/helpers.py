@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import subprocess
@@ -66,12 +67,14 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 
 async def eventually(
-    condition: Callable[[], Awaitable[T]], seconds: float, what: str, interval: float = 0.05
+    condition: Callable[[], Awaitable[T] | T], seconds: float, what: str, interval: float = 0.05
 ) -> T:
-    """The asyncio twin of `wait_for`: awaits `condition()` until truthy."""
+    """The asyncio twin of `wait_for`: calls `condition()` (awaiting what it
+    returns when that is awaitable) until truthy."""
     deadline = time.monotonic() + seconds
     while True:
-        result = await condition()
+        got = condition()
+        result = await got if inspect.isawaitable(got) else got
         if result:
             return result
         if time.monotonic() >= deadline:

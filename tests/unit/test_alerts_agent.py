@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,14 @@ class Rig:
     keeper: LeaseKeeper
     leader: LeaderLoop
     client: httpx.AsyncClient
+    evaluator: AlertEvaluator | None = None
+
+    async def evaluated_after(self, seconds: float) -> None:
+        """Wait until the evaluator has completed a step `seconds` from now."""
+        mark = time.monotonic() + seconds
+        evaluator = self.evaluator
+        assert evaluator is not None
+        await eventually(lambda: evaluator.evaluated_at >= mark, seconds + 10, "an evaluation")
 
     def notices(self) -> list[dict[str, Any]]:
         if not self.out.exists():
@@ -92,7 +101,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await rig.register("n1")
     leader.poke()
     await eventually(lambda: _true(leader.is_leader), 10, "n1 to lead")
-    tasks.append(asyncio.create_task(AlertEvaluator(store, journal, leader, every=0.05).run()))
+    rig.evaluator = AlertEvaluator(store, journal, leader, every=0.05)
+    tasks.append(asyncio.create_task(rig.evaluator.run()))
     transport = httpx.ASGITransport(app=create_app(store, spec, "n1"))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         rig.client = client
@@ -174,10 +184,10 @@ async def test_an_ack_stops_repeats(rig: Rig) -> None:
     await eventually(
         lambda: _acked(rig), 10, "the alert to show its ack"
     )  # the evaluator took it in
-    await asyncio.sleep(1.5)  # longer than repeat: 1s; no repeat may come
+    await rig.evaluated_after(1.5)  # longer than repeat: 1s; no repeat may come
     assert len(await rig.kinds()) in (count, count + 1)  # one may have been on its way
     settled = len(await rig.kinds())
-    await asyncio.sleep(1.2)
+    await rig.evaluated_after(1.2)
     assert len(await rig.kinds()) == settled
 
 

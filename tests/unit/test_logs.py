@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,6 +32,7 @@ from ninefold.logs.syslog import OutputTap, SyslogForwarder, SyslogHandler
 from ninefold.spec import SpecError, parse_spec
 from ninefold.spec.logging import SyslogSpec
 from ninefold.store.memory import MemoryStore
+from tests.helpers import eventually
 from tests.unit.test_api import cluster_spec, seed
 
 T0 = 1_796_300_000.123  # 2026-12-03T...Z
@@ -43,13 +44,6 @@ def record(message: str, level: int = logging.INFO, **extra: object) -> logging.
     for key, value in extra.items():
         setattr(made, key, value)
     return made
-
-
-async def eventually(what: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 # --- formats ---------------------------------------------------------------------
@@ -301,7 +295,7 @@ async def test_forwarder_sends_records_with_octet_counting(receiver: Receiver) -
     try:
         logger.warning("multi\nline %d", 7)
         await asyncio.to_thread(logger.error, "from a thread")
-        await eventually(lambda: len(receiver.messages) >= 2)
+        await eventually(lambda: len(receiver.messages) >= 2, 10, "2 messages")
     finally:
         logger.removeHandler(handler)
         await forwarder.stop()
@@ -332,7 +326,7 @@ async def test_forwarder_drops_and_counts_while_away_then_reconnects(
         assert time.monotonic() - started < 0.5  # never waits for the receiver
         assert forwarder.stats.dropped == 15 and forwarder.pending() == 10
         await receiver.start(port)
-        await eventually(lambda: len(receiver.messages) >= 10, timeout=15)
+        await eventually(lambda: len(receiver.messages) >= 10, 15, "10 messages")
     finally:
         await forwarder.stop()
         await receiver.stop()
@@ -352,12 +346,14 @@ async def test_forwarder_reconnects_after_the_receiver_restarts(receiver: Receiv
 
     try:
         send("before")
-        await eventually(lambda: len(receiver.messages) == 1)
+        await eventually(lambda: len(receiver.messages) == 1, 10, "1 message")
         await receiver.stop()  # closes the connection
-        await eventually(lambda: not forwarder.stats.connected)
+        await eventually(lambda: not forwarder.stats.connected, 10, "a disconnect")
         await receiver.start(receiver.port)
         send("after")
-        await eventually(lambda: any(m.endswith(" after") for m in receiver.messages), 15)
+        await eventually(
+            lambda: any(m.endswith(" after") for m in receiver.messages), 15, "the later message"
+        )
     finally:
         await forwarder.stop()
     assert forwarder.stats.connects == 2

@@ -36,7 +36,7 @@ from ninefold.state.records import (
 )
 from ninefold.store.base import Compare, Delete, Put, TxnResult
 from ninefold.store.memory import MemoryStore
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 
 
 class CountingStore(MemoryStore):
@@ -109,15 +109,7 @@ async def gateway() -> AsyncIterator[tuple[Gateway, int]]:
 
 
 async def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return await eventually(check, timeout, what)
 
 
 async def downs(store: MemoryStore) -> list[DownRecord]:
@@ -140,14 +132,16 @@ async def test_an_outage_is_bracketed_and_written_twice(gateway: tuple[Gateway, 
     task = asyncio.create_task(probes.run())
     try:
         await until("probing", lambda: "web" in probes.probers and probes.probers["web"].last_ok)
-        await asyncio.sleep(2.5)  # good probes: no write but the span's
+        seen = gw.requests
+        await until("three more good probes", lambda: gw.requests >= seen + 3)
         quiet = store.txns
         assert quiet <= 2, quiet
         gw.down = True
         began = time.time()
         opened = await until("the outage written", lambda: downs(store), 5)
         assert opened[0].first_ok is None and opened[0].error == "503"
-        await asyncio.sleep(1.5)
+        prober = probes.probers["web"]
+        await until("ten failed probes", lambda: prober.probes_failed >= 10)
         gw.down = False
         ended = time.time()
         [record] = await until(
@@ -199,14 +193,20 @@ async def test_a_node_without_its_lease_does_not_observe(gateway: tuple[Gateway,
     gw, port = gateway
     store = MemoryStore()
     spec = spec_for(port)
-    holds = {"lease": True}
-    probes = RouteProbes(store, "n1", spec, lambda: holds["lease"], None)
+    holds = {"lease": True, "asked": 0}
+
+    def lease_valid() -> bool:
+        holds["asked"] += 1  # once a probe slot
+        return bool(holds["lease"])
+
+    probes = RouteProbes(store, "n1", spec, lease_valid, None)
     task = asyncio.create_task(probes.run())
     try:
         await until("probing", lambda: "web" in probes.probers and probes.probers["web"].last_ok)
         holds["lease"] = False
         gw.down = True
-        await asyncio.sleep(1.5)
+        seen = holds["asked"]
+        await until("two probe slots without the lease", lambda: holds["asked"] >= seen + 2)
         assert await downs(store) == []
         prober = probes.probers["web"]
         assert prober.span_start is None and len(prober.spans) == 1

@@ -186,6 +186,8 @@ class AlertEvaluator:
         self._leader = leader
         self._generator_url = generator_url
         self._every = every
+        self.evaluated_at = 0.0
+        """time.monotonic() when the last evaluation step ended (0: none yet)."""
         self._events: deque[EventFact] = deque(maxlen=EVENTS_HELD)
         self._events_task: asyncio.Task[None] | None = None
         self._restarts: dict[tuple[str, str], tuple[int, deque[float]]] = {}
@@ -203,6 +205,7 @@ class AlertEvaluator:
                 await asyncio.sleep(self._every)
                 try:
                     await self.step()
+                    self.evaluated_at = time.monotonic()
                 except StoreError as exc:
                     log.debug("alert evaluation put off: %s", exc)
                 except Exception:  # a bug here must not stop the agent: said, tried again

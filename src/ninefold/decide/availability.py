@@ -36,7 +36,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ninefold.state.records import Event
 
@@ -277,12 +277,12 @@ def down_periods(observations: Sequence[NodeObservation], now: float) -> list[Pe
     previous_end = -math.inf
     for i, (a, b) in enumerate(raw):
         after = raw[i + 1][0] if i + 1 < len(raw) else math.inf
-        start = _narrow_start(a, b, coverages, clipped, downs)
+        start = _narrow_edge("start", a, b, coverages, clipped, downs)
         start = max(start, previous_end)
         if b >= now - _EPS and _ongoing_at(b, coverages, clipped, downs):
             periods.append(Period(start, None))
             break
-        finish = min(_narrow_end(a, b, coverages, clipped, downs), after)
+        finish = min(_narrow_edge("end", a, b, coverages, clipped, downs), after)
         if finish - start <= _EPS:
             continue
         periods.append(Period(start, finish))
@@ -314,50 +314,41 @@ def _intersect(brackets: Iterable[tuple[float, float]]) -> tuple[float, float]:
     return lo, hi
 
 
-def _narrow_start(
+def _narrow_edge(
+    edge: Literal["start", "end"],
     a: float,
     b: float,
     coverages: Mapping[str, _Spans],
     clipped: Mapping[str, list[_Clipped]],
     downs: Mapping[str, _Spans],
 ) -> float:
-    """A period's start `a`, narrowed when a node's own outage start set it."""
-    here = _at(min(a + _EPS, (a + b) / 2), coverages, clipped, downs)
-    setters = [p for p in here if abs(p.start - a) <= _EPS and abs(p.interval.start - a) <= _EPS]
-    if not setters:
-        return a  # a coverage edge: a node began or stopped observing
-    own = setters[0].interval.start_bracket
-    overlapping = [
-        p.interval.start_bracket
-        for p in here
-        if p.interval.start_bracket[0] <= own[1] and own[0] <= p.interval.start_bracket[1]
-    ]
-    lo, hi = _intersect(overlapping)
-    if lo > hi or not math.isfinite(lo):
-        return a
-    return (lo + hi) / 2
+    """A period [a, b]'s start or end, narrowed when a node's own outage edge
+    set it: the middle of the brackets of every node that saw that edge."""
+    at = a if edge == "start" else b
+    here = _at(
+        min(a + _EPS, (a + b) / 2) if edge == "start" else max(b - _EPS, (a + b) / 2),
+        coverages, clipped, downs,
+    )  # fmt: skip
 
+    def period_edge(p: _Clipped) -> float:
+        return p.start if edge == "start" else p.end
 
-def _narrow_end(
-    a: float,
-    b: float,
-    coverages: Mapping[str, _Spans],
-    clipped: Mapping[str, list[_Clipped]],
-    downs: Mapping[str, _Spans],
-) -> float:
-    here = _at(max(b - _EPS, (a + b) / 2), coverages, clipped, downs)
-    setters = [p for p in here if abs(p.end - b) <= _EPS and abs(p.interval.end - b) <= _EPS]
-    if not setters:
-        return b
-    own = setters[0].interval.end_bracket
-    overlapping = [
-        p.interval.end_bracket
-        for p in here
-        if p.interval.end_bracket[0] <= own[1] and own[0] <= p.interval.end_bracket[1]
+    def outage_edge(p: _Clipped) -> float:
+        return p.interval.start if edge == "start" else p.interval.end
+
+    def bracket(p: _Clipped) -> tuple[float, float]:
+        return p.interval.start_bracket if edge == "start" else p.interval.end_bracket
+
+    setters = [
+        p for p in here if abs(period_edge(p) - at) <= _EPS and abs(outage_edge(p) - at) <= _EPS
     ]
+    if not setters:
+        return at  # a coverage edge: a node began or stopped observing
+    own = bracket(setters[0])
+    overlapping = [bracket(p) for p in here if bracket(p)[0] <= own[1] and own[0] <= bracket(p)[1]]
     lo, hi = _intersect(overlapping)
-    if lo > hi or not math.isfinite(hi):
-        return b
+    if lo > hi or not (math.isfinite(lo) and math.isfinite(hi)):
+        return at
     return (lo + hi) / 2
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 from .backups import AbsolutePath, Command, PositiveDuration
 from .duration import Duration
 from .errors import Problem
+from .secrets import refuse_password
 
 
 class _Model(BaseModel):
@@ -267,13 +268,7 @@ class EmailSpec(_Retried):
     @model_validator(mode="before")
     @classmethod
     def _no_secret_here(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            data["password"] = "<hidden>"
-            raise ValueError(
-                "key 'password' refused: the spec is stored and shown, so a password never "
-                "goes in it; name a file (password_file) or a variable (password_env)"
-            )
-        return data
+        return refuse_password(data)
 
     @model_validator(mode="after")
     def _login(self) -> Self:

@@ -29,6 +29,7 @@ from pydantic import (
 
 from .duration import Duration
 from .errors import Loc, Problem
+from .secrets import refuse_password
 
 # --- field types -----------------------------------------------------------------
 
@@ -265,15 +266,7 @@ class RepositorySpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _no_secret_here(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            # pydantic prints the input of an error (`input_value=...`): blank
-            # the secret in place so no message or log ever carries it
-            data["password"] = "<hidden>"
-            raise ValueError(
-                "key 'password' refused: the spec is stored and shown, so a password never "
-                "goes in it; name a file (password_file) or a variable (password_env)"
-            )
-        return data
+        return refuse_password(data)
 
     @model_validator(mode="after")
     def _one_source_each(self) -> Self:
