@@ -207,6 +207,8 @@ class Run:
     """Those still alive ORPHAN_AFTER seconds after the kill."""
     restore: list[str] = field(default_factory=list)
     restore_s: float | None = None
+    answered_before_kill: dict[str, int] = field(default_factory=dict)
+    """Successful answers per instance before the kill: how the gateway split them."""
 
 
 def one_run(c: LocalCluster, engine: str, number: int, args: argparse.Namespace) -> Run:
@@ -228,6 +230,7 @@ def one_run(c: LocalCluster, engine: str, number: int, args: argparse.Namespace)
     started = time.monotonic()
     thread = load.start()
     until("half the requests sent", lambda: load.sent >= args.requests // 2, 120, 0.002)
+    r.answered_before_kill = dict(sorted(load.answered_by.items()))
     proc = c.procs.pop(victim)
     children = [p.pid for p in c.descendants_of(proc.pid)]
     t0 = time.monotonic()
