@@ -5,6 +5,11 @@ Four kinds of process, each on its own (nothing shares an event loop):
 
   backend   a keep-alive HTTP/1.1 server (uvloop + httptools, a fixed 3-byte
             answer), started once and used by every measurement
+  anchor    HAProxy (Debian's) with a minimal hand-written configuration
+            (ANCHOR_CONFIG: one thread, keep-alive both sides, `http-reuse
+            always`, no logging, no rules) in front of the same backend, the
+            yardstick of requests per gateway CPU-second (DESIGN.md section 7);
+            HAProxy runs as the child of a subprocess of this script
   gateway   one subprocess per engine (builtin, haproxy): GatewaySettings on
             127.0.0.1 and a free port, the engine started under uvloop, a
             RoutingTable with one HTTP route /web -> the backend applied
@@ -15,17 +20,22 @@ Four kinds of process, each on its own (nothing shares an event loop):
 Targets, in this order, each after a warm-up run of --warmup seconds:
 
   direct    http://127.0.0.1:<backend>/
+  anchor    http://127.0.0.1:<anchor>/web/    (the backend answers any path)
   builtin   http://127.0.0.1:<gateway>/web/   (the route strips /web)
-  haproxy   the same through HAProxy (skipped with a note if haproxy is missing)
+  haproxy   the same through HAProxy (anchor and haproxy are skipped with a
+            note if haproxy is missing)
 
 CPU time of the backend, the gateway (with its children) and the load
 generator over each measured run is reported in % of one core. The machine's
 cores are shared by all of them, so a gateway's throughput is also bounded by
 the CPU it takes from the backend and the load generator.
 
-Goal (DESIGN.md section 7): the haproxy engine at least 0.9 of direct.
+Goal (DESIGN.md section 7): each engine's requests per gateway CPU-second at
+least 0.9 of the anchor's. Each gateway's added p50 latency (its p50 minus
+direct's) is printed next to seed 000's 7 ms per hop. --rounds N repeats the
+anchor, builtin and haproxy targets N times, in turn, and reports medians.
 
-    .venv/bin/python bench/gateway_throughput.py [--duration 10] [--connections 32]
+    .venv/bin/python bench/gateway_throughput.py [--duration 10] [--connections 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,12 +66,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.cluster
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cluster
 
 NAME = "gateway_throughput"
-GOAL = 0.9  # haproxy engine / direct (DESIGN.md section 7)
+GOAL = 0.9  # an engine's requests per gateway CPU-second / the anchor's (DESIGN.md section 7)
+SEED_HOP_MS = 7.0  # seed 000: the framework's overhead per request, gateway to service
 PY = sys.executable
 SCRIPT = str(Path(__file__).resolve())
 BODY = b"ok\n"
 WRK = "/usr/bin/wrk"
 READY_TIMEOUT = 30.0
+
+ANCHOR_CONFIG = """\
+global
+    nbthread 1
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+
+frontend anchor
+    bind 127.0.0.1:{port}
+    default_backend backend
+
+backend backend
+    server s1 127.0.0.1:{backend_port}
+"""
+"""The yardstick: what HAProxy costs with nothing of ninefold's (keep-alive on
+both sides is HAProxy's default; no `log` line, so no logging)."""
 
 
 def wrk_binary() -> str | None:
@@ -141,13 +174,42 @@ def serve_gateway(engine_name: str, backend_port: int, root: Path) -> None:
         try:
             await engine.apply(RoutingTable({"web": routes}))
             if isinstance(getattr(engine, "port", None), int):
-                port = engine.port  # type: ignore[attr-defined]  # the builtin's chosen port
+                port = engine.port  # type: ignore[union-attr]  # the builtin's chosen port
             print(json.dumps({"port": port}), flush=True)
             await until_told_to_stop()
         finally:
             await engine.stop()
 
     uvloop.run(main())
+
+
+def serve_anchor(backend_port: int, root: Path) -> None:
+    """HAProxy with ANCHOR_CONFIG in front of the backend; prints its port once it answers."""
+    from ninefold.gateway.haproxy import haproxy_binary
+
+    binary = haproxy_binary()
+    if binary is None:
+        sys.exit("no haproxy binary")
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "anchor.cfg"
+    config.write_text(ANCHOR_CONFIG.format(port=port, backend_port=backend_port))
+    proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                get(f"http://127.0.0.1:{port}/")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"haproxy (anchor) did not start: exit {proc.poll()}")
+                time.sleep(0.05)
+        print(json.dumps({"port": port}), flush=True)
+        asyncio.run(until_told_to_stop())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
 
 
 async def until_told_to_stop() -> None:
@@ -411,6 +473,57 @@ def measure(
     return result
 
 
+def per_cpu_second(result: dict[str, Any]) -> float | None:
+    """Requests per CPU-second of the gateway (None: direct, nothing between)."""
+    cpu = result["cpu_pct"]["gateway"]
+    return result["rps"] / (cpu / 100) if cpu else None
+
+
+def start_target(name: str, backend: Child, root: Path) -> Child:
+    """The process in front of the backend for target `name` (anchor or an engine)."""
+    if name == "anchor":
+        args = ["_anchor", str(backend.port), str(root / name)]
+    else:
+        args = ["_gateway", name, str(backend.port), str(root / name)]
+    return Child(*args, log=root / f"{name}.log")
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per target: the median of each figure over the rounds; per engine also the
+    median over rounds of its requests per CPU-second over the anchor's in the
+    same round, and its p50 minus direct's (the latency one hop adds)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds if name in r]
+        med: dict[str, Any] = {
+            key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms")
+        }
+        med["errors"] = sum(run["non_2xx"] + run["socket_errors"] for run in runs)
+        med["cpu_pct"] = {
+            who: (
+                None
+                if runs[0]["cpu_pct"][who] is None
+                else round(statistics.median(run["cpu_pct"][who] for run in runs), 1)
+            )
+            for who in runs[0]["cpu_pct"]
+        }
+        per_cpu = [per_cpu_second(run) for run in runs]
+        med["req_per_cpu_s"] = statistics.median(per_cpu) if all(per_cpu) else None  # type: ignore[type-var]
+        if name not in ("direct", "anchor"):
+            ratios = [
+                per_cpu_second(r[name]) / per_cpu_second(r["anchor"])  # type: ignore[operator]
+                for r in rounds
+                if name in r and "anchor" in r
+            ]
+            med["per_cpu_over_anchor"] = round(statistics.median(ratios), 3) if ratios else None
+        if name != "direct":
+            added = [r[name]["p50_ms"] - r["direct"]["p50_ms"] for r in rounds if name in r]
+            med["added_p50_ms"] = round(statistics.median(added), 3)
+        med["runs"] = runs
+        out[name] = med
+    return out
+
+
 def bench(args: argparse.Namespace) -> int:
     from _cluster import ROOT, table, write_result
 
@@ -418,47 +531,53 @@ def bench(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     haproxy = haproxy_binary()
-    engines = ["builtin"] + (["haproxy"] if haproxy else [])
+    targets = (["anchor"] if haproxy else []) + ["builtin"] + (["haproxy"] if haproxy else [])
     notes = []
     if haproxy is None:
-        notes.append("haproxy engine skipped: no haproxy binary (apt-get install haproxy)")
+        notes.append(
+            "anchor and haproxy engine skipped: no haproxy binary (apt-get install haproxy)"
+        )
     if args.loadgen == "wrk" and not args.wrk:
         args.loadgen = "python"
         notes.append(f"no wrk at {WRK} or on PATH: load from the Python asyncio generator")
     cores = os.cpu_count() or 1
-    notes.append(
-        f"{cores} cores shared by the backend, the gateway and the load generator "
-        f"(and whatever else runs here: load average {os.getloadavg()[0]:.1f})"
-    )
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="nf-gt-", dir="/tmp"))  # short: unix socket paths
-    results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
     backend = Child("_backend", "0", log=root / "backend.log")
     try:
-        results["direct"] = measure(
-            "direct", f"http://127.0.0.1:{backend.port}/", args, backend, None
-        )
-        for engine in engines:
-            gateway = Child(
-                "_gateway",
-                engine,
-                str(backend.port),
-                str(root / engine),
-                log=root / f"{engine}.log",
+        for number in range(args.rounds):
+            print(f"round {number + 1}/{args.rounds}", file=sys.stderr)
+            this: dict[str, dict[str, Any]] = {}
+            this["direct"] = measure(
+                "direct", f"http://127.0.0.1:{backend.port}/", args, backend, None
             )
-            try:
-                url = f"http://127.0.0.1:{gateway.port}/web/"
-                results[engine] = measure(engine, url, args, backend, gateway)
-            finally:
-                gateway.stop()
+            for name in targets:
+                gateway = start_target(name, backend, root)
+                try:
+                    url = f"http://127.0.0.1:{gateway.port}/web/"
+                    this[name] = measure(name, url, args, backend, gateway)
+                finally:
+                    gateway.stop()
+            rounds.append(this)
     finally:
         backend.stop()
         shutil.rmtree(root, ignore_errors=True)
     elapsed = time.monotonic() - started
+    notes.append(
+        f"{cores} cores shared by the backend, the gateway and the load generator "
+        f"(and whatever else runs here: load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after)"
+    )
 
+    results = summarize(rounds)
     direct = results["direct"]["rps"]
     for r in results.values():
         r["ratio"] = round(r["rps"] / direct, 3) if direct else None
-    met = "haproxy" in results and results["haproxy"]["ratio"] >= GOAL
+    engines = [e for e in ("builtin", "haproxy") if e in results]
+    met = "anchor" in results and all(
+        (results[e].get("per_cpu_over_anchor") or 0) >= GOAL for e in engines
+    )
     path = write_result(
         NAME,
         {
@@ -470,53 +589,66 @@ def bench(args: argparse.Namespace) -> int:
             "connections": args.connections,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
-            "goal": {"haproxy_over_direct": GOAL},
+            "rounds": args.rounds,
+            "anchor_config": ANCHOR_CONFIG,
+            "goal": {"per_cpu_second_over_anchor": GOAL, "seed_hop_ms": SEED_HOP_MS},
             "goal_met": met,
             "notes": notes,
             "results": results,
         },
     )
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     rows = [
         [
             name,
             f"{r['rps']:.0f}",
             f"{r['ratio']:.2f}",
             f"{r['p50_ms']:.2f}",
+            fmt(r.get("added_p50_ms"), "+.2f"),
             f"{r['p99_ms']:.2f}",
-            r["non_2xx"] + r["socket_errors"],
+            r["errors"],
             r["cpu_pct"]["backend"],
-            "-" if r["cpu_pct"]["gateway"] is None else r["cpu_pct"]["gateway"],
+            fmt(r["cpu_pct"]["gateway"], ".1f"),
             r["cpu_pct"]["load"],
-            f"{100 * r['rps'] / r['cpu_pct']['gateway']:.0f}" if r["cpu_pct"]["gateway"] else "-",
+            fmt(r["req_per_cpu_s"], ".0f"),
+            fmt(r.get("per_cpu_over_anchor"), ".2f"),
         ]
         for name, r in results.items()
     ]
-    headers = ["target", "req/s", "/ direct", "p50 ms", "p99 ms", "errors"]
-    headers += ["cpu% backend", "cpu% gateway", "cpu% load", "req/gateway cpu-s"]
+    headers = ["target", "req/s", "/ direct", "p50 ms", "added p50", "p99 ms", "errors"]
+    headers += ["cpu% backend", "cpu% gateway", "cpu% load", "req/gateway cpu-s", "/ anchor"]
     print(table(headers, rows))
     loadgen = "wrk, 1 thread" if args.loadgen == "wrk" else "Python asyncio load generator"
     print(
         f"load: {loadgen}, {args.connections} keep-alive connections, {args.duration:g}s per "
-        f"target after a {args.warmup:g}s warm-up; backend: one uvloop process "
-        f"(httptools, {len(BODY)}-byte body); cpu% in % of one core"
+        f"target after a {args.warmup:g}s warm-up; medians of {args.rounds} rounds; backend: "
+        f"one uvloop process (httptools, {len(BODY)}-byte body); cpu% in % of one core; "
+        f"/ anchor: requests per gateway CPU-second over the anchor's in the same round"
     )
     for note in notes:
         print(f"note: {note}")
     print(f"result: {path.relative_to(ROOT)}")
     parts = [f"direct {direct:.0f} req/s"]
+    if "anchor" in results:
+        parts.append(f"anchor {results['anchor']['req_per_cpu_s']:.0f} req per cpu-s")
     for engine in ("builtin", "haproxy"):
         if engine in results:
             r = results[engine]
-            parts.append(f"{engine} {r['rps']:.0f} ({r['ratio']:.2f})")
+            parts.append(
+                f"{engine} {r['req_per_cpu_s']:.0f} req per cpu-s "
+                f"({fmt(r.get('per_cpu_over_anchor'), '.2f')} of the anchor), "
+                f"p50 +{r['added_p50_ms']:.2f} ms per hop (seed 000: {SEED_HOP_MS:g} ms)"
+            )
         else:
             parts.append(f"{engine} skipped")
     print(
-        f"gateway throughput: {'; '.join(parts)} (goal haproxy >= {GOAL:g}: "
-        f"{'met' if met else 'NOT met'}); {cores} cores shared by backend, gateway and load "
-        f"generator; bench took {elapsed:.0f}s"
+        f"gateway throughput: {'; '.join(parts)} (goal: each engine >= {GOAL:g} of the "
+        f"anchor per cpu-s: {'met' if met else 'NOT met'}); bench took {elapsed:.0f}s"
     )
-    errors = sum(r["non_2xx"] + r["socket_errors"] for r in results.values())
-    return 1 if errors else 0
+    return 1 if any(r["errors"] for r in results.values()) else 0
 
 
 def main() -> int:
@@ -524,6 +656,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per target")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each target is measured (medians reported)"
+    )
     parser.add_argument(
         "--loadgen",
         choices=["wrk", "python"],
@@ -540,6 +675,8 @@ if __name__ == "__main__":
         role, rest = sys.argv[1], sys.argv[2:]
         if role == "_backend":
             serve_backend(int(rest[0]))
+        elif role == "_anchor":
+            serve_anchor(int(rest[0]), Path(rest[1]))
         elif role == "_gateway":
             serve_gateway(rest[0], int(rest[1]), Path(rest[2]))
         elif role == "_load":

@@ -1,6 +1,6 @@
 """Notes kept as files in a directory: the stateful service of examples/shop.yaml.
 
-    python3 examples/services/notes.py ADDRESS PORT DIRECTORY
+    python3 examples/services/notes.py ADDRESS PORT DIRECTORY [VIP:VIPPORT]
 
     POST /        store the body (UTF-8 text, 1 to 65536 bytes) as a new note:
                   200 {"id": ..., "instance": ...} once it is on disk
@@ -22,7 +22,12 @@ active's directory is mirrored to the standby's node as it changes, and a
 standby that becomes active answers from that copy. The gateway sends
 requests only to the active; a hot standby runs too and answers whoever asks
 it directly from its copy, which the mirror overwrites. Every answer says which
-instance gave it (`X-Served-By`). Standard library only.
+instance gave it (`X-Served-By`).
+
+With `VIP:VIPPORT` (examples/ha-block.yaml: `"{vip}:5000"`) it also answers
+on the service's floating address at a fixed port, bound with IP_FREEBIND so
+that a standby listens there before its node holds the address: clients use
+that one address, and whichever node holds it answers. Standard library only.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote
 
-from minihttp import Request, Response, serve
+from minihttp import MAX_HEAD, Request, Response, connection_handler, serve
 
 INSTANCE = os.environ.get("NINEFOLD_INSTANCE", "notes")
 MAX_NOTE = 64 * 1024
@@ -109,13 +115,33 @@ async def handle(request: Request) -> Response:
     return Response.text(text, **served)
 
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; Python 3.12 names it
+
+
+async def serve_also_on(address: str, port: int, vip: str) -> None:
+    """Serve on ADDRESS:PORT and on the VIP (`host:port`), even while the VIP
+    is on another node."""
+    host, _, vip_port = vip.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    sock.bind((host, int(vip_port)))
+    floating = await asyncio.start_server(connection_handler(handle), sock=sock, limit=MAX_HEAD)
+    print(f"listening on {vip} too", flush=True)
+    async with floating:
+        await serve(handle, address, port)
+
+
 def main() -> None:
     global directory
-    if len(sys.argv) != 4:
-        sys.exit(f"usage: {sys.argv[0]} ADDRESS PORT DIRECTORY")
+    if len(sys.argv) not in (4, 5):
+        sys.exit(f"usage: {sys.argv[0]} ADDRESS PORT DIRECTORY [VIP:VIPPORT]")
     directory = Path(sys.argv[3])
     directory.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(handle, sys.argv[1], int(sys.argv[2])))
+    if len(sys.argv) == 5:
+        asyncio.run(serve_also_on(sys.argv[1], int(sys.argv[2]), sys.argv[4]))
+    else:
+        asyncio.run(serve(handle, sys.argv[1], int(sys.argv[2])))
 
 
 if __name__ == "__main__":

@@ -1,287 +1,333 @@
-"""The Domain Registry of seed 004 (reThink), as a stateless ninefold service.
+"""The Domain Registry of seed 004 (reTHINK), as a stateless ninefold service.
 
     python3 examples/services/registry.py ADDRESS PORT
 
-It maps users to the Hyperty instances they run (seed 004, Table I):
+It answers as the reTHINK project's own server does (the Java/Spark
+HypertyController of github.com/reTHINK-project/dev-registry-domain, whose
+RSpec API specs run unmodified against it: tests/registry_specs/), route by
+route, with the same status codes, bodies and messages:
 
-    GET    /hyperty/user/:user/:hyperty   the hyperty (200) or 404
-    PUT    /hyperty/user/:user/:hyperty   create or update it (200)
-    DELETE /hyperty/user/:user/:hyperty   delete it (200) or 404
-    GET    /hyperty/user/:user            all the user's hyperties (200) or 404
-    GET    /hyperty/user/:user/hy?resources=com&dataSchemes=video
-                                          those holding every listed resource and
-                                          data scheme (200), or 404 when none does
+    PUT    /hyperty/user/:user/:hyperty   create, or replace one's own hyperty: 200
+                                          {"message": "Hyperty created"}; 400 (empty
+                                          body) without expires, dataSchemes,
+                                          resources, runtime, status and descriptor;
+                                          404 for another user's hyperty id
+    DELETE /hyperty/user/:user/:hyperty   soft delete (status "disconnected"): 200
+                                          {"message": "Hyperty deleted"}, or 404
+    GET    /hyperty/user/:user            the user's hyperties {id: hyperty}
+    GET    /hyperty/user/:user/x?resources=a,b&dataSchemes=c
+                                          those holding every one listed
+    GET    /hyperty/guid/:guid            the hyperties of the user with this guid
+    GET    /hyperty/email/:email[/x?...]  of the users whose id ends in /email
+    GET    /hyperty/url/:hyperty          one hyperty (with userID and hypertyID)
+    PUT    /hyperty/url/:hyperty          {} is a keep-alive (status "live"):
+                                          {"statusChanged": "true"|"false", "message":
+                                          "Keep alive"}; other fields are changed:
+                                          "Hyperty updated"; 404 if unknown
+    PUT    /hyperty/dataobject/:url       create or replace a data object: "Data object
+                                          created"; 400 without schema, name,
+                                          reporter, resources, dataSchemes, status,
+                                          expires and runtime
+    PUT    /dataobject/url/:url           {}: "Keep alive", else "data object updated"
+    GET    /hyperty/dataobject/url/:url[/x?...]       one data object ({url: it} with
+    GET    /hyperty/dataobject/name/:name[/x?...]     a search), those of a name or
+    GET    /hyperty/dataobject/reporter/:hyperty[/x?...]  of a reporter
+    GET    /registry/updated              what became "disconnected" since the last
+                                          call, by id/url (each returned once)
+    GET    /live                          {"status": "up", "Storage_type": "ninefold",
+                                          "Hyperties_stored": "N"}
+    GET    /                              302 to /live
 
-A query with `resources` and/or `dataSchemes` makes a GET a search over the
-user's hyperties, whatever the last path segment (the seed writes `hy`); a
-parameter may repeat or list several values separated by commas. User and
-hyperty ids are path segments, so ids that are URLs (`user://example.com/alice`)
-are sent percent-encoded.
+A lookup of hyperties answers 408 with the same body when all of them are
+disconnected. Every "not found" (unknown id, user, guid, email, another
+user's hyperty, a search that matches nothing, a search URL without
+`resources`/`dataSchemes` or with other parameters, so also GET
+/hyperty/user/:user/:hyperty without a query) is 404 {"message": "Not Found"};
+a path no route takes is Spark's 404 HTML page. Ids are percent-encoded path
+segments (`user%3A%2F%2Fexample.com%2Falice`); as in the Java server each is
+the last (or, with a query, the last but one) segment of the path.
 
-PUT takes a JSON object `{"descriptor": str, "expires": seconds, "resources":
-[str], "dataSchemes": [str]}` (all optional; expires defaults to 3600). A
-hyperty is returned as those fields plus `startingTime` and `lastModified`
-(ISO 8601); a user's list maps each hyperty id to its hyperty. A hyperty not
-updated within `expires` seconds is treated as gone. Every answer is JSON;
-errors are `{"message": "..."}` (400 for a bad body, 405 for a method the
-endpoint lacks, 503 when the store stays unreachable).
+Hyperty ids are global: the first user to register an id owns it. `expires`
+(seconds) is capped at EXPIRES_MAX (default 3600) on creation, 0 accepted; a
+record not updated for more than `expires` whole seconds is disconnected
+when next read, and by a sweep every EXPIRES seconds (default 60; the Java
+server's HeartBeatThread). Nothing is ever removed. All fields are kept:
+status, guid, runtime, p2pRequester and p2pHandler too.
 
-The data lives in ninefold's key-value store, through the local agent's REST
-API (NINEFOLD_API, e.g. http://127.0.0.1:7070): one key per hyperty,
-`registry/<user>/<hyperty>`, holding the hyperty as JSON. No replica keeps
-state, so any replica answers any request, and a replica that dies loses
-nothing. A store that is unavailable for a moment (an etcd leader election)
-is waited out for a few seconds before the request is answered 503.
-`GET /healthz` answers 200. Standard library only.
+Where the Java server fails with 500 (a body that is not a JSON object, a
+value of the wrong JSON type, a search on an unknown data object url) this
+one answers 400, 400 and 404. A body that parses to {} is a keep-alive
+(there, only the exact text "{}"). Its LOAD_BALANCER_IP check, HTTPS and
+HTML status page are left out; `GET /healthz` (200) is added for
+ninefold's health checks, and an X-Served-By header naming the instance.
+While the store does not answer for REGISTRY_STORE_WAIT seconds (default 6):
+503 {"message": "store unavailable: ..."}; when the agent refuses (no or a
+weak NINEFOLD_TOKEN): 502 {"message": "store refused the request: ..."}.
+
+The data lives in ninefold's key-value store through the local agent's API
+(NINEFOLD_API; NINEFOLD_TOKEN if the cluster needs one), keys in
+registry_data.py, so any replica answers any request and a replica that dies
+loses nothing. Each process reads from its own copy of those keys, fed by the
+agent's key watch (registry_cache.py): reads cost no call to the store, writes
+are compare-and-swap through it and answered once this process's watch has
+delivered them (so another replica reads them too). Standard library only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import time
-import urllib.error
-import urllib.request
-from datetime import UTC, datetime
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, unquote
 
-from minihttp import Request, Response, main
+from minihttp import Request, Response, serve
+from registry_cache import CachedKv
+from registry_data import ROOT, NotFound, Record, Registry, search
+from registry_kv import Kv, StoreRefused, StoreUnavailable
+from registry_records import (
+    DATA_OBJECT_REQUIRED,
+    DATA_OBJECT_SETTABLE,
+    HYPERTY_REQUIRED,
+    HYPERTY_SETTABLE,
+    all_disconnected,
+    capped,
+    data_object_view,
+    hyperty_view,
+    parse_object,
+    problems,
+    query_params,
+    segments,
+    settable_fields,
+    valid_search,
+)
 
-API = os.environ.get("NINEFOLD_API", "http://127.0.0.1:7070").rstrip("/")
 INSTANCE = os.environ.get("NINEFOLD_INSTANCE", "registry")
-KEY_PREFIX = "registry/"
-DEFAULT_EXPIRES = 3600
-STORE_TIMEOUT = 3.0
-"""Timeout of one call to the agent's API."""
-RETRY_FOR = 6.0
-"""How long a store that does not answer is retried before answering 503."""
-FIELDS = ("descriptor", "expires", "resources", "dataSchemes", "startingTime", "lastModified")
+ALL_PATH_SIZE = 6
+"""HypertyController.ALL_HYPERTIES_PATH_SIZE: `http:`, ``, host, hyperty, user, :user."""
+ALL_DO_PATH_SIZE = 7
+NOT_FOUND_PAGE = b"<html><body><h2>404 Not found</h2></body></html>"
 
 
-# --- the key-value store, through the local agent's API ------------------------------
+def message(text: str, status: int = 200) -> Response:
+    return Response.json({"message": text}, status)
 
 
-class StoreUnavailable(Exception):
-    """The agent did not answer, or answered that its store has no quorum."""
+def not_found() -> Response:
+    return message("Not Found", 404)
 
 
-class StoreRefused(Exception):
-    """The agent refused the request (a 4xx other than 404)."""
+def bad_request(what: list[str], request: Request) -> Response:
+    """halt(400): no body. The Java server logs what is missing; so do we."""
+    print(f"400 {request.method} {request.path}: {', '.join(what)}", flush=True)
+    return Response(400, b"", "application/json")
 
 
-def _call(method: str, path: str, body: Any = None) -> Any:
-    """One blocking API call; None for 404."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        API + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=STORE_TIMEOUT) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read()[:200].decode("utf-8", "replace")
-        if exc.code == 404:
-            return None
-        if exc.code >= 500:
-            raise StoreUnavailable(f"{exc.code} {detail}") from None
-        raise StoreRefused(f"{exc.code} {detail}") from None
-    except (OSError, ValueError) as exc:  # URLError, refused, reset, timeout
-        raise StoreUnavailable(str(exc)) from None
-    return json.loads(raw) if raw else {}
+def hyperties(records: list[Record], with_user: bool = False) -> Response:
+    """A map id -> hyperty: 408 when every one is disconnected."""
+    body = {r["hypertyID"]: hyperty_view(r, with_user) for r in records}
+    return Response.json(body, 408 if all_disconnected(records) else 200)
 
 
-async def store(method: str, path: str, body: Any = None) -> Any:
-    """An API call in a worker thread, retried while the store is unavailable."""
-    deadline = time.monotonic() + RETRY_FOR
-    delay = 0.1
-    while True:
+def data_objects(records: list[Record]) -> Response:
+    return Response.json({r["url"]: data_object_view(r) for r in records})
+
+
+class Routes:
+    """HypertyController's routes."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def route(self, request: Request) -> Response:
+        path = request.path
+        method = request.method
+        parts = segments(path)
+        table: list[tuple[str, str, Callable[[Request, list[str]], Awaitable[Response]]]] = [
+            ("GET", "/hyperty/url/", self.get_url),
+            ("GET", "/hyperty/guid/", self.get_guid),
+            ("GET", "/hyperty/email/", self.get_email),
+            ("GET", "/hyperty/user/", self.get_user),
+            ("PUT", "/hyperty/url/", self.put_url),
+            ("PUT", "/hyperty/user/", self.put_user),
+            ("DELETE", "/hyperty/user/", self.delete_user),
+            ("PUT", "/hyperty/dataobject/", self.put_data_object),
+            ("PUT", "/dataobject/url/", self.put_data_object_url),
+            ("GET", "/hyperty/dataobject/url/", self.get_data_object_url),
+            ("GET", "/hyperty/dataobject/reporter/", self.get_data_objects_by),
+            ("GET", "/hyperty/dataobject/name/", self.get_data_objects_by),
+        ]
+        for verb, prefix, handler in table:
+            if method == verb and path.startswith(prefix) and len(path) > len(prefix):
+                return await handler(request, parts)
+        if method == "GET":
+            if path == "/":
+                return Response(302, b"", "text/html", {"Location": "/live"})
+            if path == "/live":
+                count = await self.registry.count_hyperties()
+                stats = {"status": "up", "Storage_type": "ninefold", "Hyperties_stored": str(count)}
+                return Response.json(stats)
+            if path == "/registry/updated":
+                return Response.json(await self.registry.take_updated())
+            if path == "/error":  # where the real load balancer sends the unauthorized
+                return message("Unauthorized.", 401)
+            if path == "/throwexception":
+                return message("Temporary Unavailable", 408)
+            if path == "/healthz":
+                return Response.json({"status": "ok", "instance": INSTANCE})
+        return Response(404, NOT_FOUND_PAGE, "text/html; charset=utf-8")
+
+    # --- hyperties ---------------------------------------------------------------------
+
+    async def get_url(self, request: Request, parts: list[str]) -> Response:
+        record = await self.registry.hyperty_by_url(parts[-1])
+        return Response.json(hyperty_view(record), 408 if all_disconnected([record]) else 200)
+
+    async def get_guid(self, request: Request, parts: list[str]) -> Response:
+        return hyperties(await self.registry.hyperties_by_guid(parts[-1]))
+
+    async def get_email(self, request: Request, parts: list[str]) -> Response:
+        if len(parts) == ALL_PATH_SIZE:
+            return hyperties(await self.registry.hyperties_by_email(parts[-1]), with_user=True)
+        params = query_params(request.target)
+        if not valid_search(params):
+            return not_found()
+        found = search(await self.registry.hyperties_by_email(parts[-2]), params)
+        if not found:
+            return not_found()
+        return hyperties(found, with_user=True)
+
+    async def get_user(self, request: Request, parts: list[str]) -> Response:
+        if len(parts) == ALL_PATH_SIZE:
+            return hyperties(await self.registry.hyperties_of(parts[-1]))
+        params = query_params(request.target)
+        if not valid_search(params):
+            return not_found()
+        found = search(await self.registry.hyperties_of(parts[-2]), params)
+        if not found:
+            return not_found()
+        return hyperties(found)
+
+    async def put_url(self, request: Request, parts: list[str]) -> Response:
+        body = parse_object(request.body)
+        if body is None:
+            return bad_request(["the body is not a JSON object"], request)
+        wrong = problems(body, (), HYPERTY_SETTABLE)
+        if wrong:
+            return bad_request(wrong, request)
+        fields = settable_fields(body, HYPERTY_SETTABLE) if body else None
+        changed = await self.registry.touch_hyperty(parts[-1], fields)
+        text = "Hyperty updated" if body else "Keep alive"
+        return Response.json({"statusChanged": str(changed).lower(), "message": text})
+
+    async def put_user(self, request: Request, parts: list[str]) -> Response:
+        body = parse_object(request.body)
+        if body is None:
+            return bad_request(["the body is not a JSON object"], request)
+        wrong = problems(body, HYPERTY_REQUIRED, HYPERTY_SETTABLE)
+        if wrong:
+            return bad_request(wrong, request)
+        fields = capped(settable_fields(body, HYPERTY_SETTABLE))
+        await self.registry.create_hyperty(parts[-2], parts[-1], fields)
+        return message("Hyperty created")
+
+    async def delete_user(self, request: Request, parts: list[str]) -> Response:
+        await self.registry.delete_hyperty(parts[-2], parts[-1])
+        return message("Hyperty deleted")
+
+    # --- data objects ------------------------------------------------------------------
+
+    async def put_data_object(self, request: Request, parts: list[str]) -> Response:
+        body = parse_object(request.body)
+        if body is None:
+            return bad_request(["the body is not a JSON object"], request)
+        wrong = problems(body, DATA_OBJECT_REQUIRED, DATA_OBJECT_SETTABLE)
+        if wrong:
+            return bad_request(wrong, request)
+        fields = capped(settable_fields(body, DATA_OBJECT_SETTABLE))
+        await self.registry.create_data_object(parts[-1], fields)
+        return message("Data object created")
+
+    async def put_data_object_url(self, request: Request, parts: list[str]) -> Response:
+        body = parse_object(request.body)
+        if body is None:
+            return bad_request(["the body is not a JSON object"], request)
+        wrong = problems(body, (), DATA_OBJECT_SETTABLE)
+        if wrong:
+            return bad_request(wrong, request)
+        fields = settable_fields(body, DATA_OBJECT_SETTABLE) if body else None
+        await self.registry.touch_data_object(parts[-1], fields)
+        return message("data object updated" if body else "Keep alive")
+
+    async def get_data_object_url(self, request: Request, parts: list[str]) -> Response:
+        if len(parts) == ALL_DO_PATH_SIZE:
+            return Response.json(data_object_view(await self.registry.data_object(parts[-1])))
+        params = query_params(request.target)
+        if not valid_search(params):
+            return not_found()
+        found = search([await self.registry.data_object(parts[-2])], params)
+        return data_objects(found) if found else not_found()
+
+    async def get_data_objects_by(self, request: Request, parts: list[str]) -> Response:
+        kind = parts[5]  # http: / "" / host / hyperty / dataobject / name|reporter
+        if len(parts) == ALL_DO_PATH_SIZE:
+            return data_objects(await self.registry.data_objects_by(kind, parts[-1]))
+        params = query_params(request.target)
+        if not valid_search(params):
+            return not_found()
+        found = search(await self.registry.data_objects_by(kind, parts[-2]), params)
+        return data_objects(found) if found else not_found()
+
+
+def handler(routes: Routes, cache: CachedKv) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        written = cache.track()
         try:
-            return await asyncio.to_thread(_call, method, path, body)
-        except StoreUnavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            response = await routes.route(request)
+            await cache.settle(written)
+        except NotFound:
+            response = not_found()
+        except StoreUnavailable as exc:
+            response = Response.json({"message": f"store unavailable: {exc}"}, 503)
+            response.headers["Retry-After"] = "1"
+        except StoreRefused as exc:
+            response = Response.json({"message": f"store refused the request: {exc}"}, 502)
+        response.headers["X-Served-By"] = INSTANCE
+        return response
+
+    return handle
 
 
-def key_part(text: str) -> str:
-    """An id as one key segment: letters, digits, '-' and '.' stay, any other
-    byte (and a leading '.') becomes _XX, so `user://a.com/x` -> `user_3A_2F_2Fa.com_2Fx`."""
-    out = []
-    for i, byte in enumerate(text.encode()):
-        char = chr(byte)
-        if (char.isascii() and char.isalnum()) or char == "-" or (char == "." and i > 0):
-            out.append(char)
-        else:
-            out.append(f"_{byte:02X}")
-    return "".join(out)
-
-
-def user_prefix(user: str) -> str:
-    return f"{KEY_PREFIX}{key_part(user)}/"
-
-
-def hyperty_key(user: str, hyperty: str) -> str:
-    return user_prefix(user) + key_part(hyperty)
-
-
-async def load(user: str, hyperty: str) -> dict[str, Any] | None:
-    item = await store("GET", "/v1/kv/" + quote(hyperty_key(user, hyperty)))
-    if item is None:
-        return None
-    record = json.loads(item["value"])
-    return record if alive(record) else None
-
-
-async def load_all(user: str) -> list[dict[str, Any]]:
-    items = await store("GET", "/v1/kv?prefix=" + quote(user_prefix(user), safe=""))
-    records = [json.loads(item["value"]) for item in items or []]
-    return [r for r in records if alive(r)]
-
-
-# --- hyperties ------------------------------------------------------------------------
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def alive(record: dict[str, Any]) -> bool:
-    modified = datetime.fromisoformat(record["lastModified"]).timestamp()
-    return time.time() < modified + record["expires"]
-
-
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record[name] for name in FIELDS}
-
-
-def parse_body(request: Request) -> dict[str, Any] | str:
-    """The hyperty fields of a PUT body, or what is wrong with it."""
+def sweep_every() -> float:
+    raw = os.environ.get("EXPIRES", "").strip()
     try:
-        body = request.json() if request.body.strip() else {}
+        return max(1.0, float(raw)) if raw else 60.0
     except ValueError:
-        return "the body is not JSON"
-    if not isinstance(body, dict):
-        return "the body must be a JSON object"
-    fields: dict[str, Any] = {
-        "descriptor": body.get("descriptor", ""),
-        "expires": body.get("expires", DEFAULT_EXPIRES),
-        "resources": body.get("resources", []),
-        "dataSchemes": body.get("dataSchemes", []),
-    }
-    if not isinstance(fields["descriptor"], str):
-        return "descriptor must be a string"
-    expires = fields["expires"]
-    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
-        return "expires must be a positive number of seconds"
-    for name in ("resources", "dataSchemes"):
-        value = fields[name]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return f"{name} must be a list of strings"
-    return fields
+        sys.exit(f"EXPIRES={raw!r}: not a number of seconds")
 
 
-def wanted(request: Request, name: str) -> set[str]:
-    return {v for raw in request.query.get(name, []) for v in raw.split(",") if v}
+async def sweeper(registry: Registry, every: float) -> None:
+    """HeartBeatThread: every `every` seconds, disconnect what has expired."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await registry.sweep()
+        except (StoreUnavailable, StoreRefused) as exc:
+            print(f"expiry sweep skipped: {exc}", flush=True)
 
 
-def matches(record: dict[str, Any], resources: set[str], schemes: set[str]) -> bool:
-    return resources <= set(record["resources"]) and schemes <= set(record["dataSchemes"])
-
-
-def message(text: str, status: int, **headers: str) -> Response:
-    return Response.json({"message": text}, status, **headers)
-
-
-# --- endpoints ---------------------------------------------------------------------------
-
-
-async def get_user(user: str, request: Request) -> Response:
-    resources, schemes = wanted(request, "resources"), wanted(request, "dataSchemes")
-    found = {
-        r["hypertyID"]: public(r) for r in await load_all(user) if matches(r, resources, schemes)
-    }
-    if found:
-        return Response.json(found)
-    if resources or schemes:
-        return message("no hyperty of this user matches", 404)
-    return message("user not found", 404)
-
-
-async def get_hyperty(user: str, hyperty: str) -> Response:
-    record = await load(user, hyperty)
-    if record is None:
-        return message("hyperty not found", 404)
-    return Response.json(public(record))
-
-
-async def put_hyperty(user: str, hyperty: str, request: Request) -> Response:
-    fields = parse_body(request)
-    if isinstance(fields, str):
-        return message(fields, 400)
-    old = await load(user, hyperty)
-    now = now_iso()
-    record = {
-        "user": user,
-        "hypertyID": hyperty,
-        **fields,
-        "startingTime": old["startingTime"] if old else now,
-        "lastModified": now,
-    }
-    path = "/v1/kv/" + quote(hyperty_key(user, hyperty))
-    await store("PUT", path, {"value": json.dumps(record)})
-    return message("hyperty updated" if old else "hyperty created", 200)
-
-
-async def delete_hyperty(user: str, hyperty: str) -> Response:
-    if await load(user, hyperty) is None:
-        return message("hyperty not found", 404)
-    await store("DELETE", "/v1/kv/" + quote(hyperty_key(user, hyperty)))
-    return message("hyperty deleted", 200)
-
-
-async def route(request: Request) -> Response:
-    if request.path == "/healthz":
-        return Response.json({"status": "ok", "instance": INSTANCE})
-    parts = request.path.split("/")
-    # "", "hyperty", "user", user[, hyperty][, ""]
-    if parts[-1] == "" and len(parts) > 4:
-        parts.pop()
-    if len(parts) not in (4, 5) or parts[1:3] != ["hyperty", "user"] or not all(parts[3:]):
-        return message("not found", 404)
-    user = unquote(parts[3])
-    method = "GET" if request.method == "HEAD" else request.method
-    if len(parts) == 4:
-        if method != "GET":
-            return message("method not allowed", 405, Allow="GET")
-        return await get_user(user, request)
-    hyperty = unquote(parts[4])
-    if method == "GET":
-        if "resources" in request.query or "dataSchemes" in request.query:
-            return await get_user(user, request)
-        return await get_hyperty(user, hyperty)
-    if method == "PUT":
-        return await put_hyperty(user, hyperty, request)
-    if method == "DELETE":
-        return await delete_hyperty(user, hyperty)
-    return message("method not allowed", 405, Allow="GET, PUT, DELETE")
-
-
-async def handle(request: Request) -> Response:
+async def run(address: str, port: int) -> None:
+    cache = CachedKv(Kv.from_env(), ROOT)
+    cache.start()
+    registry = Registry(cache)
+    task: asyncio.Task[Any] = asyncio.create_task(sweeper(registry, sweep_every()))
     try:
-        response = await route(request)
-    except StoreUnavailable as exc:
-        response = message(f"store unavailable: {exc}", 503, **{"Retry-After": "1"})
-    except StoreRefused as exc:
-        response = message(f"store refused the request: {exc}", 502)
-    response.headers["X-Served-By"] = INSTANCE
-    return response
+        await serve(handler(Routes(registry), cache), address, port)
+    finally:
+        task.cancel()
 
 
 if __name__ == "__main__":
-    main(handle)
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: {sys.argv[0]} ADDRESS PORT")
+    asyncio.run(run(sys.argv[1], int(sys.argv[2])))

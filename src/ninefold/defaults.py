@@ -288,3 +288,10 @@ HISTORY_INTERVAL = 10.0
 """How often each agent samples its own series for the dashboard's plots."""
 HISTORY_KEEP = 24 * 3600.0
 """How far back each agent's history goes (8640 samples at 10 s)."""
+
+# --- config templates (docs/templates.md) ---------------------------------------------------
+TEMPLATE_WAIT = 0.2
+"""`wait.min` of a template: the state must stay quiet this long before it renders
+(`wait.max`, when not set, is 4 times it)."""
+TEMPLATE_COMMAND_TIMEOUT = 30.0
+"""A template's reload command still running after this long is killed and failed."""

@@ -69,6 +69,8 @@ COPY_WAIT = 10.0
 """Longest wait for a standby's copy of the notes to have every stored note."""
 PROBE_EVERY = 0.05
 """Seconds between two reads of the notes while waiting for the new active."""
+STALE_GRACE = 1.0
+"""Seconds a registry replica's read may lag another's write (its cache)."""
 USER = "user://shop.example/alice"
 """The Domain Registry user whose hyperties the traffic writes and reads."""
 EVENT_KINDS = ("node-lost", "moved", "failover", "switchover")
@@ -153,28 +155,47 @@ class CounterTraffic(Stream):
 
 
 class RegistryTraffic(Stream):
-    """PUT a hyperty then GET it back (it must be what was written: the replica
-    that answers may not be the one that wrote); every 10th cycle a filtered list."""
+    """Register a hyperty (the reTHINK server's PUT, every field it requires),
+    then read it back by its URL from whichever replica answers; every 10th
+    cycle a search of the user's hyperties. A replica serves reads from a cache
+    its store watch feeds, so a read right after another replica's write may
+    be a few milliseconds old: a stale read is read again for up to
+    STALE_GRACE before it counts as a failure."""
 
     user = "/hyperty/user/" + quote(USER, safe="")
 
     def requests(self, cycle: int) -> Iterator[tuple[str, str, dict[str, Any], Check]]:
-        hyperty = f"{self.user}/{quote(f'hyperty://shop.example/{cycle % 5}', safe='')}"
+        hyperty_id = quote(f"hyperty://shop.example/{cycle % 5}", safe="")
         descriptor = f"hyperty-catalogue://shop.example/demo/{cycle}"
         body = {
             "descriptor": descriptor,
             "expires": 600,
             "resources": ["chat", "video"] if cycle % 2 else ["chat"],
             "dataSchemes": ["comm"],
+            "runtime": "runtime://shop.example/demo",
+            "status": "live",
         }
-        yield "PUT", hyperty, {"json": body}, self._served
-        yield "GET", hyperty, {}, lambda r: self._served(r) or _descriptor_is(r, descriptor)
+        yield "PUT", f"{self.user}/{hyperty_id}", {"json": body}, self._served
+        yield "GET", f"/hyperty/url/{hyperty_id}", {}, lambda r: self._read_back(r, descriptor)
         if cycle % 10 == 0:
             yield "GET", f"{self.user}/hy?resources=chat,video", {}, self._served
 
     def _served(self, response: httpx.Response) -> str | None:
         self.answered_by[response.headers.get("x-served-by", "?")] += 1
         return None
+
+    def _read_back(self, response: httpx.Response, descriptor: str) -> str | None:
+        self._served(response)
+        problem = _descriptor_is(response, descriptor)
+        deadline = time.monotonic() + STALE_GRACE
+        while problem is not None and problem.startswith("stale") and time.monotonic() < deadline:
+            time.sleep(0.005)
+            try:
+                again = httpx.get(response.request.url, timeout=REQUEST_TIMEOUT, trust_env=False)
+            except httpx.HTTPError as exc:
+                return f"{type(exc).__name__}: {exc}"
+            problem = _descriptor_is(again, descriptor)
+        return problem
 
 
 @dataclass

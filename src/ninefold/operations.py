@@ -16,12 +16,14 @@ the store's own `StoreError` passes through.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ninefold.spec import ClusterSpec, SpecError, dump_spec, parse_spec
 from ninefold.state.keys import (
@@ -42,7 +44,7 @@ from ninefold.state.keys import (
 )
 from ninefold.state.reads import read_spec
 from ninefold.state.records import AssignmentRecord, InstanceStatus
-from ninefold.store.base import Compare, Delete, Put, Store
+from ninefold.store.base import Compare, Delete, Listing, Put, Store, StoreError, WatchEvent
 
 SWITCHOVER_TTL = 15.0
 """Seconds a switchover request lives: the active acts on it or it lapses."""
@@ -176,7 +178,10 @@ async def apply_spec(store: Store, text: str, dry_run: bool) -> SpecChange:
 
 async def request_restart(store: Store, spec: ClusterSpec, service: str) -> int:
     """Ask for a rolling restart of a service; the token written."""
-    _service(await read_spec(store, spec), service)
+    current = await read_spec(store, spec)
+    _service(current, service)
+    if current.services[service].is_external:
+        raise Conflict(f"{service} is external: ninefold runs no instance of it to restart")
     token = time.time_ns()
     await store.put(restart_key(service), str(token).encode())
     return token
@@ -192,15 +197,17 @@ async def _assignment(store: Store, instance: str) -> AssignmentRecord:
 async def request_move(store: Store, spec: ClusterSpec, instance: str, node: str) -> str:
     """Ask the leader to move an instance to a node; the node it is on now.
 
-    Refused (Conflict) when the node is down, drained, excluded by the
-    service's placement constraints, or already runs the service (unless the
-    service allows colocation)."""
+    Refused (Conflict) when the node is a witness, down, drained, excluded by
+    the service's placement constraints, or already runs the service (unless
+    the service allows colocation)."""
     cluster = await read_spec(store, spec)
     current = await _assignment(store, instance)
     _node(cluster, node)
     target = cluster.node(node)
     if current.node == node:
         raise Conflict(f"{instance} already runs on {node}")
+    if target.witness:
+        raise Conflict(f"node {node} is a witness: it runs no instances")
     if await store.get(node_key(node)) is None:
         raise Conflict(f"node {node} is down")
     if await store.get(drain_key(node)) is not None:
@@ -341,6 +348,72 @@ async def kv_delete(store: Store, key: str, cas: int | None = None) -> int:
     if current is None:
         raise NotFound(f"no key named {key!r}")
     raise Conflict(_cas_lost(key, current, cas))
+
+
+KV_WATCH_RETRY = 1.0
+"""Seconds between attempts to resume a key watch whose store watch broke."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvChange:
+    """One message of a key watch: `listing` (every key under the prefix at
+    `revision`, the first message), `put`, `delete`, or `reset` (a fresh
+    listing, after the store forgot the revisions the watch had to resume
+    from: what the watcher holds must be replaced by it)."""
+
+    kind: Literal["listing", "reset", "put", "delete"]
+    revision: int
+    key: str = ""
+    value: str | None = None
+    items: tuple[KvItem, ...] = ()
+
+
+async def kv_listing(store: Store, prefix: str = "") -> KvChange:
+    """The first message of a key watch: what is under prefix now."""
+    return _listed("listing", await store.list(kv_key(prefix)))
+
+
+async def kv_follow(store: Store, prefix: str, revision: int) -> AsyncIterator[KvChange]:
+    """Every put and delete under prefix after `revision`, in order, forever.
+
+    A broken store watch is resumed from the last revision seen (every
+    KV_WATCH_RETRY seconds while the store does not answer); when the store
+    has compacted that revision away, a `reset` with a fresh listing, and the
+    changes after it."""
+    full = kv_key(prefix)
+    while True:
+        try:
+            async with contextlib.aclosing(store.watch(full, revision + 1)) as changes:
+                async for change in changes:
+                    revision = max(revision, change.revision)
+                    yield _changed(change)
+        except StoreError as exc:
+            if _compacted(exc):
+                with contextlib.suppress(StoreError):
+                    reset = _listed("reset", await store.list(full))
+                    revision = reset.revision
+                    yield reset
+                    continue
+        await asyncio.sleep(KV_WATCH_RETRY)
+
+
+def _compacted(exc: StoreError) -> bool:
+    """Whether a watch failed because its start revision was compacted: both
+    backends (etcd's compact_revision, the memory store's bounded history)
+    say "compacted up to N"."""
+    return "compacted" in str(exc)
+
+
+def _listed(kind: Literal["listing", "reset"], listing: Listing) -> KvChange:
+    items = tuple(KvItem(i.key[len(KV) :], _decode(i.value), i.mod_revision) for i in listing.items)
+    return KvChange(kind, listing.revision, items=items)
+
+
+def _changed(change: WatchEvent) -> KvChange:
+    key = change.key[len(KV) :]
+    if change.kind == "delete" or change.value is None:
+        return KvChange("delete", change.revision, key)
+    return KvChange("put", change.revision, key, _decode(change.value))
 
 
 def _cas_lost(key: str, current: Any, cas: int) -> str:

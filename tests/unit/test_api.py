@@ -166,6 +166,7 @@ async def test_nodes(client: httpx.AsyncClient) -> None:
         "state": "up",
         "leader": True,
         "store_member": True,
+        "role": "worker",
     }
     one = await client.get("/v1/nodes/n3")
     assert one.json()["state"] == "drained"

@@ -119,8 +119,9 @@ def load(app: FastAPI, **checks: dict[str, list[str]]) -> schemathesis.BaseSchem
     loaded = schemathesis.openapi.from_asgi(
         "/v1/openapi.json", app, config=schemathesis.Config.from_dict({"checks": config})
     )
-    # An event stream never ends: nothing to fuzz there (test_api reads it).
-    return loaded.exclude(path="/v1/events/stream")
+    # Event streams never end: nothing to fuzz there (test_api and
+    # test_kv_watch read them).
+    return loaded.exclude(path=["/v1/events/stream", "/v1/kv-watch"])
 
 
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]

@@ -157,7 +157,9 @@ def test_a_digest_can_leave_backups_out() -> None:
     )
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if "\nbackups:" not in p.read_text()], ids=lambda p: p.name
+)
 def test_specs_without_backups_dump_as_before(path: Path) -> None:
     spec = load_spec(path)
     dumped = dump_spec(spec)

@@ -192,3 +192,16 @@ async def test_vips_show_their_holders_and_unheld_ones_none() -> None:
     v = await read_view(store, parse_spec(FALLBACK))
     assert v.vips[0].holder == "n4"
     assert v.to_json()["vips"][1] == {"address": "10.0.0.20/24", "service": "db", "holder": "n1"}
+
+
+async def test_a_witness_shows_its_role_and_votes() -> None:
+    store = MemoryStore()
+    spec = SPEC.replace(
+        "{name: n4, address: 10.0.0.4, zone: d}",
+        "{name: n4, address: 10.0.0.4, zone: d, role: witness}",
+    )
+    await store.put(SPEC_KEY, spec.encode())
+    v = await read_view(store, parse_spec(FALLBACK))
+    roles = {n.name: (n.role, n.store_member) for n in v.nodes}
+    assert roles["n4"] == ("witness", True)
+    assert roles["n2"] == ("worker", False)

@@ -131,7 +131,7 @@ def test_render_backend_balance_timeouts_retries_cookie() -> None:
     cfg = render(SHOP, SETTINGS, CHECKS, cookie_key="k3y")
     web = section(cfg, "backend be_web")
     assert "balance roundrobin" in web
-    assert "timeout connect 500ms" in web
+    assert "timeout connect 200ms" in web  # timeouts.connect 500ms, in attempts of 200ms
     assert "timeout server 2500ms" in web
     assert "retries 3" in web
     assert "option redispatch 1" in web
@@ -162,6 +162,29 @@ def test_render_backend_balance_timeouts_retries_cookie() -> None:
     assert "server s1 10.0.0.1:20004 weight 100 disabled" in admin  # draining
 
 
+def test_render_one_thread_and_no_per_request_log_lines() -> None:
+    cfg = render(SHOP, SETTINGS, CHECKS)
+    assert "nbthread 1" in section(cfg, "global")
+    assert "log stderr format raw daemon notice" in section(cfg, "global")
+    assert "log global" in section(cfg, "defaults")  # server state changes are still logged
+    for frontend in ("frontend http", "frontend tcp_5432"):  # requests are not
+        assert "no log" in section(cfg, frontend)
+
+
+@pytest.mark.parametrize(("connect", "rendered"), [(1.0, "200ms"), (0.2, "200ms"), (0.05, "50ms")])
+def test_render_connect_attempts_bound_the_turn_around_pause(connect: float, rendered: str) -> None:
+    """HAProxy pauses min(timeout connect, 1s) before a retry whenever one
+    server is left up: each attempt is at most CONNECT_ATTEMPT_MAX."""
+    balance = BalanceSpec(timeouts=TimeoutsSpec(connect=connect))
+    routes = table(
+        service("web", backend(20001), backend(20002), balance=balance),
+        service("db", backend(20005), route=RouteSpec(tcp=5432), balance=balance),
+    )
+    cfg = render(routes, SETTINGS, CHECKS)
+    for name in ("web", "db"):
+        assert f"timeout connect {rendered}" in section(cfg, f"backend be_{name}")
+
+
 def test_render_health_checks_mirror_the_spec() -> None:
     cfg = render(SHOP, SETTINGS, CHECKS)
     web = section(cfg, "backend be_web")
@@ -182,6 +205,7 @@ def test_render_tcp_route() -> None:
         "mode tcp",
         "bind 127.0.0.1:5432",
         "timeout client 300s",
+        "no log",
         "default_backend be_db",
     ]
     db = section(cfg, "backend be_db")

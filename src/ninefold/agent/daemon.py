@@ -171,7 +171,7 @@ class Agent:
                 zone=self.node.zone,
                 region=self.node.region,
                 api_port=self.node.ports.api,
-                volume_port=self.node.ports.volumes if self.spec.replicates_volumes else 0,
+                volume_port=self.node.ports.volumes if self._keeps_copies else 0,
                 pid=os.getpid(),
                 version=__version__,
             )
@@ -292,13 +292,23 @@ class Agent:
                 store, self.node.name, self.spec, lambda: lease.valid, engine.snapshot
             )
             tasks.append(asyncio.create_task(probes.run(), name="route-probes"))
+        if not self.node.witness:  # checked from the nodes whose gateways route to them
+            from ninefold.agent.external_checks import ExternalChecks  # docs/spec.md
+
+            external = ExternalChecks(store, self.node.name, lease, journal, self.spec)
+            lease.on_acquired.append(external.republish)
+            tasks.append(asyncio.create_task(external.run(), name="external-checks"))
         if member is not None:
             tasks.append(asyncio.create_task(member.run(), name="store-member-status"))
         if self.tls is not None:
             follower = RevocationFollower(store, self.node.name, self.tls)
             tasks.append(asyncio.create_task(follower.run(), name="revocations"))
+        from ninefold.agent.templates import TemplateRenderer  # docs/templates.md
+
+        renderer = TemplateRenderer(store, self.node, journal, self.spec, self.data_dir / "logs")
+        tasks.append(asyncio.create_task(renderer.run(), name="templates"))
         gateway_vip = None
-        if self.spec.gateway.enabled:
+        if self._runs_gateway:
             gateway_vip = GatewayVipKeeper(store, self.node, lease, journal, addresses, self.spec)
             tasks.append(asyncio.create_task(gateway_vip.run(), name="gateway-vip"))
         self.notifier.ready(
@@ -327,11 +337,25 @@ class Agent:
                 await volumes.stop()
             await lease.stop(revoke=True)
 
+    @property
+    def _runs_gateway(self) -> bool:
+        """A witness (seed 001's quorum node) runs no gateway: it takes no
+        traffic and never holds the gateway VIP. Its role is the one this agent
+        started with, like the rest of the gateway's settings."""
+        return self.spec.gateway.enabled and not self.node.witness
+
+    @property
+    def _keeps_copies(self) -> bool:
+        """Whether this node receives replicated volumes (a witness runs no
+        instance, so it never holds a copy)."""
+        return self.spec.replicates_volumes and not self.node.witness
+
     async def _start_volume_listener(self, reconciler: Reconciler) -> VolumeListener | None:
         """Where the other nodes' actives push replicated volumes to this node
-        (only when the spec replicates a volume): into the directory of this
-        node's standby instance of that service, never into an active's."""
-        if not self.spec.replicates_volumes:
+        (only when the spec replicates a volume, and never on a witness): into
+        the directory of this node's standby instance of that service, never
+        into an active's."""
+        if not self._keeps_copies:
             return None
 
         def resolve(volume_id: str) -> Path | None:
@@ -406,7 +430,7 @@ class Agent:
     async def _start_gateway(
         self, store: Store, lease: LeaseKeeper
     ) -> tuple[Engine | None, asyncio.Task[None] | None]:
-        if not self.spec.gateway.enabled:
+        if not self._runs_gateway:
             return None, None
         # gateway.tls may serve the node's certificate even without security.tls.
         files = NodeTlsFiles.of_data_dir(self.data_dir)

@@ -16,9 +16,9 @@ from ninefold.gateway.engine import Engine, GatewaySettings
 from ninefold.gateway.policies import AccessPolicies
 from ninefold.gateway.routes import RoutingTable, build_table
 from ninefold.spec import ClusterSpec
-from ninefold.state.keys import SPEC_KEY, STATUS, gateway_key
+from ninefold.state.keys import SPEC_KEY, STATUS, external_key, gateway_key
 from ninefold.state.reads import read_spec
-from ninefold.state.records import GatewayReport, InstanceStatus
+from ninefold.state.records import ExternalReport, GatewayReport, InstanceStatus
 from ninefold.store.base import Store, StoreError
 from ninefold.supervisor import LeftoverRegistry
 
@@ -51,7 +51,7 @@ class GatewayFeed:
         self._configured: ClusterSpec | None = spec
 
     async def run(self) -> None:
-        signal = ChangeSignal(self._store, STATUS, SPEC_KEY)
+        signal = ChangeSignal(self._store, STATUS, SPEC_KEY, external_key(self._node))
         signal.start()
         try:
             while True:
@@ -72,7 +72,11 @@ class GatewayFeed:
         listing = await self._store.list(STATUS)
         statuses = [InstanceStatus.decode(i.value) for i in listing.items]
         policies = await self._policies.update(self._spec, self._journal)
-        table = build_table(self._spec, statuses, policies, self._node)
+        seen = []  # what this node's own checks see of external endpoints
+        if any(s.is_external for s in self._spec.services.values()):
+            external = await self._store.get(external_key(self._node))
+            seen = ExternalReport.decode(external.value).endpoints if external is not None else []
+        table = build_table(self._spec, statuses, policies, self._node, seen)
         set_checks = getattr(self.engine, "set_checks", None)
         if set_checks is not None and self._spec is not self._configured:
             from ninefold.gateway.haproxy import checks_for

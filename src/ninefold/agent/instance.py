@@ -107,6 +107,8 @@ def placeholder_values(
         values[f"port.{name}"] = str(port)
     for name, volume in spec.volumes.items():
         values[f"volume.{name}"] = str(volume_dir(ctx.data_dir, service, name, volume))
+    if spec.vip is not None:
+        values["vip"] = spec.vip.ip
     return values
 
 
@@ -312,6 +314,7 @@ class InstanceRunner:
 
     async def _start_process(self, token: int | None = None, role: str | None = None) -> None:
         spec = self.spec
+        assert spec.command is not None  # an external service is never assigned
         process_spec = ProcessSpec(
             name=self.instance,
             argv=[render(a, self.values) for a in spec.command],

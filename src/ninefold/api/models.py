@@ -61,13 +61,19 @@ class NodeOut(_Out):
     state: Literal["up", "down", "drained"]
     leader: bool
     store_member: bool
+    role: Literal["worker", "witness"] = Field(
+        default="worker", description="witness: a store member that runs no instances"
+    )
 
 
 class ServiceOut(_Out):
     name: str
-    mode: Literal["replicated", "active-passive"]
-    desired: int = Field(description="replicas asked for in the spec")
-    healthy: int = Field(description="instances running and healthy (or unchecked)")
+    mode: Literal["replicated", "active-passive", "external"]
+    desired: int = Field(description="replicas asked for in the spec (external: endpoints)")
+    healthy: int = Field(
+        description="instances running and healthy (or unchecked); external: endpoints "
+        "every checking node finds healthy"
+    )
     active: str | None = Field(
         default=None, description="holder of the active lock ('node/instance'), active-passive only"
     )
@@ -105,6 +111,20 @@ class VipOut(_Out):
     holder: str | None = Field(description="the node holding it now (None: nobody)")
 
 
+class EndpointOut(_Out):
+    service: str
+    endpoint: str = Field(description="`host:port`, as the spec's `external:` lists it")
+    health: Literal["healthy", "partial", "unhealthy", "starting", "unknown"] = Field(
+        description="`healthy`: every node checking it finds it healthy; `unhealthy`: "
+        "none does; `partial`: some do (the others' gateways route around it); "
+        "`starting`: no check settled yet; `unknown`: no node reports it"
+    )
+    nodes: dict[str, Literal["starting", "healthy", "unhealthy"]] = Field(
+        default={}, description="each node's own verdict (its gateway routes by it)"
+    )
+    detail: str = Field(default="", description="why a node finds it unhealthy")
+
+
 class StatusOut(_Out):
     cluster: str
     leader: str | None
@@ -112,6 +132,9 @@ class StatusOut(_Out):
     services: list[ServiceOut]
     instances: list[InstanceOut]
     vips: list[VipOut] = []
+    external: list[EndpointOut] = Field(
+        default=[], description="the external services' endpoints (docs/spec.md)"
+    )
 
 
 class CopyOut(_Out):

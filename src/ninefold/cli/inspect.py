@@ -51,7 +51,11 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
     for n in view.get("nodes", []):
         state = str(n.get("state", ""))
         colour = _STATE_COLOUR.get(state, "white")
-        roles = (("leader", n.get("leader")), ("store", n.get("store_member")))
+        roles = (
+            ("leader", n.get("leader")),
+            ("store", n.get("store_member")),
+            ("witness", n.get("role") == "witness"),
+        )
         role = ", ".join(r for r, on in roles if on)
         nodes.add_row(
             n.get("name", ""),
@@ -93,6 +97,8 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
             str(i.get("restarts", 0)),
         )
     out.print(instances)
+    if view.get("external"):
+        out.print(external_table(view["external"]))
     if view.get("vips"):
         vips = Table(title="vips", title_justify="left")
         for col in ("VIP", "FOR", "HOLDER"):
@@ -103,6 +109,28 @@ def status(spec: SpecOption = DEFAULT_SPEC, output: TableOutput = "table") -> No
         out.print(vips)
     if volumes:
         out.print(volumes_summary(volumes))
+
+
+_ENDPOINT_COLOUR = {"healthy": "green", "partial": "yellow", "starting": "yellow"}
+
+
+def external_table(endpoints: list[dict[str, Any]]) -> Table:
+    """The external services' endpoints: the cluster's word for each, every
+    node's own verdict (its gateway routes by it) and why one finds it down."""
+    table = Table(title="external endpoints", title_justify="left")
+    for col in ("SERVICE", "ENDPOINT", "HEALTH", "NODES", "DETAIL"):
+        table.add_column(col)
+    for e in endpoints:
+        health = str(e.get("health", ""))
+        nodes = " ".join(f"{n}={v}" for n, v in sorted((e.get("nodes") or {}).items()))
+        table.add_row(
+            e.get("service", ""),
+            e.get("endpoint", ""),
+            Text(health, style=_ENDPOINT_COLOUR.get(health, "red")),
+            nodes,
+            e.get("detail", ""),
+        )
+    return table
 
 
 def replicated_volumes(client: ClusterClient) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ converts its spec into these small types, so placement can be tested on its own
 
 Priorities, highest first:
 
-1. Correctness: a placed instance runs on a schedulable node that satisfies its
-   service's constraints, not on a node it must avoid, and never shares a node
+1. Correctness: a placed instance runs on a schedulable node, never a witness,
+   that satisfies its service's constraints, not on a node it must avoid, and never shares a node
    with another instance of its service unless the service allows it.
 2. Stability: an instance that is still correctly placed stays where it is, even
    when moving it would improve spread. A move costs a restart and a failover;
@@ -52,8 +52,10 @@ class NodeState:
     """A node as placement sees it.
 
     ``schedulable`` is false when the node is dead (its lease expired) or
-    drained; its instances are then moved elsewhere. Labels are kept as a
-    read-only mapping and left out of the hash (equality still compares them).
+    drained; its instances are then moved elsewhere. A ``witness`` only votes
+    in the store (seed 001's quorum node): no instance is ever placed on it,
+    alive or not. Labels are kept as a read-only mapping and left out of the
+    hash (equality still compares them).
     """
 
     name: str
@@ -61,9 +63,15 @@ class NodeState:
     region: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     schedulable: bool = True
+    witness: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
+
+    @property
+    def takes_instances(self) -> bool:
+        """Whether an instance may run here now: schedulable and not a witness."""
+        return self.schedulable and not self.witness
 
     def satisfies(self, constraints: Mapping[str, str]) -> bool:
         """True when every required label is present with the required value."""
@@ -214,19 +222,19 @@ def schedule(
     scaling down removes the highest ordinals.
 
     First, every current assignment that is still valid is kept as it is: its
-    node exists, is schedulable, satisfies the constraints, is not in its avoid
+    node exists, is schedulable and no witness, satisfies the constraints, is not in its avoid
     set, and no lower ordinal of the service already kept that node (unless the
     service allows colocation). Running instances are never moved for balance.
     If ``current`` holds one instance several times, the first valid entry in
     node order is kept.
 
     Then the other instances are placed one by one, services by name and
-    instances by ordinal. Candidates are the schedulable nodes satisfying the
-    constraints, not yet hosting an instance of the service (unless colocation
-    is allowed) and not in the instance's avoid set, carried over from its
-    current assignment(s). The chosen node has the fewest instances of the
-    service in its spread domain, then on itself, then of any service on
-    itself, then the smallest name.
+    instances by ordinal. Candidates are the schedulable nodes (never a
+    witness) satisfying the constraints, not yet hosting an instance of the
+    service (unless colocation is allowed) and not in the instance's avoid
+    set, carried over from its current assignment(s). The chosen node has the
+    fewest instances of the service in its spread domain, then on itself, then
+    of any service on itself, then the smallest name.
 
     If every candidate is in the avoid set, the avoid set is cleared and the
     instance placed among them anyway: running on a node where it failed
@@ -248,7 +256,7 @@ def schedule(
 
     tally = _Tally()
     eligible: dict[str, list[NodeState]] = {
-        d.name: [n for n in ordered_nodes if n.schedulable and n.satisfies(d.constraints)]
+        d.name: [n for n in ordered_nodes if n.takes_instances and n.satisfies(d.constraints)]
         for d in demands
     }
 
@@ -261,7 +269,7 @@ def schedule(
                 if (
                     old.service == demand.name
                     and node is not None
-                    and node.schedulable
+                    and node.takes_instances
                     and node.satisfies(demand.constraints)
                     and node.name not in old.avoid
                     and tally.free_for(demand, node)

@@ -35,7 +35,7 @@ class Decision:
 
 def demands(spec: ClusterSpec, held: frozenset[str] = frozenset()) -> list[ServiceDemand]:
     """What each service asks for; a held service (a volume being restored)
-    for no instance at all."""
+    for no instance at all, an external one for none ever (not even a demand)."""
     return [
         ServiceDemand(
             name=name,
@@ -45,6 +45,7 @@ def demands(spec: ClusterSpec, held: frozenset[str] = frozenset()) -> list[Servi
             allow_colocate=service.placement.allow_colocate,
         )
         for name, service in sorted(spec.services.items())
+        if not service.is_external
     ]
 
 
@@ -57,6 +58,7 @@ def node_states(spec: ClusterSpec, alive: Iterable[str], drained: Iterable[str])
             region=node.region,
             labels=dict(node.labels),
             schedulable=node.name in alive_set and node.name not in drained_set,
+            witness=node.witness,
         )
         for node in spec.nodes
     ]
@@ -86,6 +88,7 @@ def generation(state: ClusterState, service: str) -> str:
         exclude={
             "replicas": True, "placement": True, "route": True, "balance": True,
             "access": True, "volumes": {"__all__": {"backup"}},
+            "external": True,  # never runs: and left out, older digests stay
         }
     )  # fmt: skip
     text = runs + "\0" + state.restart_nonces.get(service, "")
@@ -127,10 +130,10 @@ def requested_moves(
     """The current assignments with each feasible move request applied, as
     if the instance already were on its target: the scheduler then keeps it
     there. A request the target cannot take (down, drained, excluded by
-    constraints, already running the service) changes nothing."""
+    constraints, already running the service, a witness) changes nothing."""
     if not moves:
         return current
-    usable = {n.name: n for n in nodes if n.schedulable}
+    usable = {n.name: n for n in nodes if n.takes_instances}
     out = list(current)
     for i, a in enumerate(out):
         target = moves.get(a.instance)

@@ -7,11 +7,12 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ninefold.decide.external import routed_endpoints
 from ninefold.gateway.access import AccessPolicy
 from ninefold.spec import ClusterSpec
 from ninefold.spec.access import AccessSpec
 from ninefold.spec.routing import BalanceSpec, RouteSpec
-from ninefold.state.records import InstanceStatus
+from ninefold.state.records import EndpointHealth, InstanceStatus
 
 DEFAULT_WEIGHT = 100
 
@@ -43,7 +44,9 @@ class MeshHop:
 @dataclass(frozen=True, slots=True)
 class Backend:
     instance: str
+    """The instance, or `service@host:port` for an external endpoint."""
     node: str
+    """Where the instance runs ("": an external endpoint)."""
     address: str
     port: int
     """The instance's own address and port: what identifies it (`key`), in
@@ -168,17 +171,29 @@ def build_table(
     statuses: Iterable[InstanceStatus],
     policies: Mapping[str, AccessPolicy] | None = None,
     node: str = "",
+    external: Iterable[EndpointHealth] = (),
 ) -> RoutingTable:
     """The table for `spec` and the instances' status, for the gateway of
     `node`. `policies`: the loaded access policies by service; a service whose
     policy is missing from it gets one that refuses every request (never
     routed unprotected). Instances of a `route.mtls` service on another node
-    than `node` are reached through that node's mesh port (see `MeshHop`)."""
+    than `node` are reached through that node's mesh port (see `MeshHop`).
+    `external`: what `node`'s own checks see of the external services'
+    endpoints; those it finds healthy are their backends (decide/external.py)."""
     nodes = {n.name: n for n in spec.nodes}
     by_service: dict[str, list[Backend]] = {}
+    seen = list(external)
+    for name, svc in spec.services.items():
+        if svc.is_external and svc.route is not None:
+            by_service[name] = [
+                Backend(instance=e.target.name, node="", address=e.address, port=e.target.port)
+                for e in routed_endpoints(spec, name, seen)
+            ]
     for status in statuses:
         service = spec.services.get(status.service)
         if service is None or service.route is None or not routable(status, service.mode):
+            continue
+        if service.is_external:  # an instance left from before it was external
             continue
         port_name = service.route_port()
         port = status.ports.get(port_name or "")

@@ -322,6 +322,8 @@ def _valid_service_part(raw: Any, bad: list[Loc]) -> tuple[ServiceSpec | None, s
         dropped.add("replicas")
     if "replicas" in dropped:
         dropped.add("placement")
+    if "external" in dropped:  # not "command is missing": the endpoints are wrong
+        dropped.add("command")
     return _valid(ServiceSpec, trimmed), dropped
 
 

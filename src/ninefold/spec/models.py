@@ -42,6 +42,7 @@ from .logging import LoggingSpec
 from .pools import PoolName, PoolSpec, machine_number, pool_of
 from .routing import BalanceSpec, GatewaySpec, RouteSpec
 from .security import SecuritySpec
+from .templates import TemplateSpec, template_problems
 from .vip import VipSpec
 
 DEFER_CHECKS = "ninefold.spec.defer_checks"
@@ -315,8 +316,31 @@ class NodeSpec(_Model):
     zone: Text = "default"
     region: Text = "default"
     labels: dict[str, Text] = {}
+    role: Literal["worker", "witness"] = "worker"
+    """`witness`: a store member that runs no instances, no gateway and no
+    volume copies; it only votes, seed 001's quorum node (docs/spec.md#nodes)."""
     store: bool = False
     ports: NodePorts = Field(default_factory=NodePorts)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _witness_is_a_store_member(cls, data: Any) -> Any:
+        """A witness without a `store` key is a store member: voting is all it does."""
+        if isinstance(data, dict) and data.get("role") == "witness" and "store" not in data:
+            return {**data, "store": True}
+        return data
+
+    @field_validator("store")
+    @classmethod
+    def _witness_votes(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value and info.data.get("role") == "witness":
+            raise ValueError("a witness is a store member: leave store out or set it to true")
+        return value
+
+    @property
+    def witness(self) -> bool:
+        """Whether this node only votes in the store (`role: witness`)."""
+        return self.role == "witness"
 
     def host_port(self, port: int) -> str:
         """`address:port`, with IPv6 addresses in brackets."""
@@ -332,13 +356,13 @@ class NodeSpec(_Model):
     ) -> list[tuple[str, int]]:
         """(kind, port) of every port this node's agent listens on (`mesh`: its
         gateway has a mesh listener, see `mesh_listens`; `volumes`: the spec
-        replicates a volume)."""
-        kinds = ["api", "gateway_http"]
+        replicates a volume). A witness runs no gateway and keeps no copies."""
+        kinds = ["api"] if self.witness else ["api", "gateway_http"]
         if runs_store:
             kinds += ["store_client", "store_peer"]
-        if mesh:
+        if mesh and not self.witness:
             kinds.append("mesh")
-        if volumes:
+        if volumes and not self.witness:
             kinds.append("volumes")
         return [(kind, getattr(self.ports, kind)) for kind in kinds]
 
@@ -483,8 +507,19 @@ class PlacementSpec(_Model):
     allow_colocate: bool = False
 
 
+EXTERNAL_ONLY = ("external", "check", "route", "balance", "access")
+"""The keys an external service may have: the rest are about running instances."""
+EXTERNAL_PLACEHOLDERS = ("address", "port", "port.main", "service", "node")
+"""What an external service's `check.exec` may name: the endpoint's host and
+port, the service, and the node that runs the check."""
+
+
 class ServiceSpec(_Model):
-    command: Argv
+    command: Argv | None = None
+    """Required, unless the service is `external`."""
+    external: Annotated[list[Endpoint], Field(min_length=1)] | None = None
+    """Endpoints (`host:port`) of a service ninefold does not run: checked
+    from every node and routed like instances (docs/spec.md#external-services)."""
     env: dict[EnvName, Text] = {}
     workdir: str | None = None
     ports: list[PortName] = Field(default_factory=lambda: ["main"])
@@ -505,6 +540,18 @@ class ServiceSpec(_Model):
     """A floating address held by the node running the active instance."""
     access: AccessSpec | None = None
     """A JWT required on requests through the gateways, roles per path."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _external_runs_nothing(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("external") is not None:
+            extra = [key for key in data if key not in EXTERNAL_ONLY]
+            if extra:
+                raise ValueError(
+                    f"an external service runs no instances: {', '.join(map(str, extra))} "
+                    f"cannot go with external (it takes {', '.join(EXTERNAL_ONLY[1:])})"
+                )
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -571,7 +618,7 @@ class ServiceSpec(_Model):
 
     def templates(self) -> Iterator[tuple[Loc, str]]:
         """Every string that may hold placeholders, with its location in the service."""
-        for i, word in enumerate(self.command):
+        for i, word in enumerate(self.command or []):
             yield ("command", i), word
         for hook in ("on_promote", "on_demote"):
             for i, word in enumerate(getattr(self, hook) or []):
@@ -583,7 +630,7 @@ class ServiceSpec(_Model):
 
     def problems(self) -> list[Problem]:
         """Rules spanning several fields: port names, check ports, placeholders."""
-        out: list[Problem] = []
+        out: list[Problem] = self._external_problems()
         seen: set[str] = set()
         for i, name in enumerate(self.ports):
             if name in seen:
@@ -602,6 +649,52 @@ class ServiceSpec(_Model):
                     template, self.ports, self.volumes, self.vip is not None
                 )
             ]
+        return out
+
+    @property
+    def is_external(self) -> bool:
+        """Whether ninefold only checks and routes this service (`external:`)."""
+        return self.external is not None
+
+    def external_check(self) -> CheckSpec:
+        """The check every node runs on each external endpoint: the service's
+        own, else a TCP connect with the default timing. No `start_grace`
+        unless the spec sets one: nothing of ours boots there."""
+        check = self.check if self.check is not None else CheckSpec(tcp=self.ports[0])
+        if "start_grace" in check.model_fields_set:
+            return check
+        return check.model_copy(update={"start_grace": 0.0})
+
+    def _external_problems(self) -> list[Problem]:
+        if self.external is None:
+            if self.command is None:
+                # as pydantic says it of any missing key (`external:` is the other way)
+                return [Problem(("command",), "required, but missing")]
+            return []
+        out: list[Problem] = []
+        seen: dict[str, int] = {}
+        for i, endpoint in enumerate(self.external):
+            if endpoint.lower() in seen:
+                msg = f"duplicate endpoint {endpoint} (also external[{seen[endpoint.lower()]}])"
+                out.append(Problem(("external", i), msg))
+            seen.setdefault(endpoint.lower(), i)
+        if self.route is not None and self.route.mtls:
+            msg = (
+                "mtls reaches instances on other nodes through their mesh port; "
+                "every gateway connects to an external endpoint itself"
+            )
+            out.append(Problem(("route", "mtls"), msg))
+        argv = self.check.exec if self.check is not None else None
+        for i, word in enumerate(argv or []):
+            try:
+                names = placeholder_names(word)
+            except ValueError as exc:
+                out.append(Problem(("check", "exec", i), str(exc)))
+                continue
+            for name in sorted(names - set(EXTERNAL_PLACEHOLDERS)):
+                known = ", ".join(f"{{{p}}}" for p in EXTERNAL_PLACEHOLDERS)
+                msg = f"'{{{name}}}' is not a placeholder of an external service's check ({known})"
+                out.append(Problem(("check", "exec", i), msg))
         return out
 
     def route_port(self) -> str | None:
@@ -644,6 +737,8 @@ class ClusterSpec(_Model):
     """Alert rules and the channels their notices go to (docs/alerts.md)."""
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     """Where agents forward log lines (docs/logs.md)."""
+    templates: list[TemplateSpec] = []
+    """Files rendered from the cluster's state on selected nodes (docs/templates.md)."""
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Self:
@@ -665,6 +760,9 @@ class ClusterSpec(_Model):
             )
             + self.alerts.problems()
             + self.logging.problems()
+            + template_problems(
+                self.templates, self.nodes, planned_pool_nodes(self.pools, self.nodes)
+            )
         )
 
     @property
@@ -679,6 +777,8 @@ class ClusterSpec(_Model):
         if self.store.mode == "embedded" and node.store:
             ports.append(("store_client", node.ports.store_client))
             ports.append(("store_peer", node.ports.store_peer))
+        if node.witness:  # no gateway, no volume copies
+            return ports
         if self.gateway.enabled:
             ports.append(("gateway_http", node.ports.gateway_http))
             if self.gateway.tls is not None:
@@ -750,11 +850,12 @@ def cluster_problems(
     if nodes is not None:
         embedded = store is not None and store.mode == "embedded"
         out += node_problems(nodes, embedded, mesh, volumes)
+        out += witness_problems(nodes, store, gateway)
         if embedded and not any(node.store for node in nodes):
             out.append(Problem(("nodes",), "an embedded store needs a node with store: true"))
     for name, service in services.items():
         out += [Problem(("services", name, *p.loc), p.message) for p in service.problems()]
-        if nodes is not None:
+        if nodes is not None and not service.is_external:
             out += placement_problems(name, service, [*nodes, *planned_pool_nodes(pools, nodes)])
     out += route_problems(services, nodes or [], mesh, volumes)
     out += vip_problems(services, nodes, gateway)
@@ -897,22 +998,57 @@ def node_problems(
 
 
 def placement_problems(name: str, service: ServiceSpec, nodes: list[NodeSpec]) -> list[Problem]:
-    """Replicas that cannot each get their own node among those the constraints allow."""
+    """Replicas that cannot each get their own node among those the constraints
+    allow; witnesses run no instances, so they do not count."""
     constraints = service.placement.constraints
+    witnesses = [n.name for n in nodes if n.witness and n.matches(constraints)]
+    nodes = [node for node in nodes if not node.witness]
     matching = sum(1 for node in nodes if node.matches(constraints))
     need = service.replicas
+    also = _witness_note(witnesses)
     if not service.placement.allow_colocate and need > matching:
         replicas = "1 replica needs 1 node" if need == 1 else f"{need} replicas need {need} nodes"
         if constraints:
             found = "none match" if matching == 0 else f"only {matching} match"
-            msg = f"{replicas} matching {_mapping_text(constraints)}, {found}"
+            msg = f"{replicas} matching {_mapping_text(constraints)}, {found}{also}"
         else:
-            msg = f"{replicas}, the cluster has {len(nodes)} (or set placement.allow_colocate)"
+            has = f"{len(nodes)} that run instances{also}" if witnesses else str(len(nodes))
+            msg = f"{replicas}, the cluster has {has} (or set placement.allow_colocate)"
         return [Problem(("services", name, "replicas"), msg)]
     if matching == 0:
-        msg = f"no node matches {_mapping_text(constraints)}"
+        msg = f"no node matches {_mapping_text(constraints)}{also}"
         return [Problem(("services", name, "placement", "constraints"), msg)]
     return []
+
+
+def _witness_note(witnesses: list[str]) -> str:
+    if not witnesses:
+        return ""
+    names = ", ".join(witnesses)
+    return f" (not counting witness {names}, which runs no instances)"
+
+
+def witness_problems(
+    nodes: list[NodeSpec], store: StoreSpec | None, gateway: GatewaySpec | None
+) -> list[Problem]:
+    """A witness only votes in the embedded store: with an external store it
+    would do nothing, and it never holds the gateway VIP."""
+    out: list[Problem] = []
+    if store is not None and store.mode != "embedded":
+        msg = "a witness votes in the embedded store; with an external store it does nothing"
+        out += [Problem(("nodes", j, "role"), msg) for j, n in enumerate(nodes) if n.witness]
+    vip = gateway.vip if gateway is not None and gateway.enabled else None
+    if vip is None:
+        return out
+    witnesses = {node.name for node in nodes if node.witness}
+    for i, name in enumerate(vip.prefer):
+        if name in witnesses:
+            msg = f"node '{name}' is a witness: it runs no gateway, so never holds the vip"
+            out.append(Problem(("gateway", "vip", "prefer", i), msg))
+    if nodes and all(node.witness for node in nodes):
+        msg = "every node is a witness: no gateway runs to hold the vip"
+        out.append(Problem(("gateway", "vip"), msg))
+    return out
 
 
 def planned_pool_nodes(

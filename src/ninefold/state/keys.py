@@ -16,6 +16,8 @@
     switchover/<service>       {"to": node or null, "from": holder}, under a short lease
     kv/<key>                   the users' key-value store
     gateways/<node>            GatewayReport: in-flight counts to draining backends
+    external/<node>            ExternalReport: the external endpoints' health as
+                               that node sees them, under its lease
     volumes/<svc>/<vol>/<node> CopyRecord: the generation of that node's copy of a
                                replicated volume (kept when the node dies)
     tokens/<id>                TokenRecord (a hash of the secret, never the secret)
@@ -52,6 +54,7 @@ MOVES = "moves/"
 SWITCHOVER = "switchover/"
 KV = "kv/"
 GATEWAYS = "gateways/"
+EXTERNAL = "external/"
 EVENTS = "events/"
 VOLUMES = "volumes/"
 POOLS = "pools/"
@@ -111,6 +114,10 @@ def node_statuses(node: str) -> str:
 
 def gateway_key(node: str) -> str:
     return f"{GATEWAYS}{node}"
+
+
+def external_key(node: str) -> str:
+    return f"{EXTERNAL}{node}"
 
 
 def vip_candidate_key(node: str) -> str:

@@ -81,6 +81,27 @@ class GatewayReport(Record):
     """backend key -> requests or connections still in flight to it"""
 
 
+class EndpointHealth(Record):
+    """One external endpoint as one node's checks see it."""
+
+    service: str
+    endpoint: str
+    """As the spec writes it: `host:port`."""
+    address: str = ""
+    """What its host resolved to on that node ("": not resolved, use the host)."""
+    health: Literal["starting", "healthy", "unhealthy"] = "starting"
+    since: float = Field(default_factory=time.time)
+    detail: str = ""
+    """The last check's outcome, e.g. `connect 10.0.0.5:5432: ConnectionRefusedError`."""
+
+
+class ExternalReport(Record):
+    """Every external endpoint's health as one node sees it (decide/external.py)."""
+
+    node: str
+    endpoints: list[EndpointHealth] = []
+
+
 class Event(Record):
     time: float = Field(default_factory=time.time)
     kind: str

@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ninefold.spec import ClusterSpec
+from ninefold.state.external_view import EndpointView, endpoint_views, healthy_counts
 from ninefold.state.keys import (
     ASSIGN,
     DRAIN,
+    EXTERNAL,
     GATEWAY_VIP_LOCK,
     LEADER_LOCK,
     NODES,
@@ -20,7 +22,7 @@ from ninefold.state.keys import (
     last_segment,
 )
 from ninefold.state.reads import read_spec
-from ninefold.state.records import AssignmentRecord, InstanceStatus, NodeRecord
+from ninefold.state.records import AssignmentRecord, ExternalReport, InstanceStatus, NodeRecord
 from ninefold.store.base import Store
 
 
@@ -32,6 +34,7 @@ class NodeView:
     state: str  # up | down | drained
     leader: bool = False
     store_member: bool = False
+    role: str = "worker"  # worker | witness (votes in the store, runs nothing)
 
 
 @dataclass
@@ -80,6 +83,8 @@ class ClusterView:
     services: list[ServiceView]
     instances: list[InstanceView]
     vips: list[VipView] = field(default_factory=list)
+    external: list[EndpointView] = field(default_factory=list)
+    """The external services' endpoints, with each node's verdict."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +112,7 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
             state="drained" if n.name in drained else ("up" if n.name in alive else "down"),
             leader=n.name == leader,
             store_member=n.store and spec.store.mode == "embedded",
+            role=n.role,
         )
         for n in spec.nodes
     ]
@@ -130,8 +136,17 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
                 detail=s.detail if s else "",
             )
         )
+    external: list[EndpointView] = []
+    if any(svc.is_external for svc in spec.services.values()):
+        reports = [ExternalReport.decode(i.value) for i in (await store.list(EXTERNAL)).items]
+        external = endpoint_views(spec, reports)
+    reached = healthy_counts(external)
     services = []
     for name, svc in sorted(spec.services.items()):
+        if svc.external is not None:
+            desired, healthy = len(svc.external), reached.get(name, 0)
+            services.append(ServiceView(name, "external", desired=desired, healthy=healthy))
+            continue
         mine = [i for i in instances if i.service == name]
         healthy = sum(1 for i in mine if i.state == "running" and i.health in ("healthy", "none"))
         view = ServiceView(name=name, mode=svc.mode, desired=svc.replicas, healthy=healthy)
@@ -149,4 +164,4 @@ async def read_view(store: Store, fallback: ClusterSpec) -> ClusterView:
         if vip is not None:
             node = view.active.split("/", 1)[0] if view.active else None
             vips.append(VipView(vip.address, view.name, node))
-    return ClusterView(spec.cluster, leader, nodes, services, instances, vips)
+    return ClusterView(spec.cluster, leader, nodes, services, instances, vips, external)

@@ -1,8 +1,16 @@
-"""The users' key-value store: `/v1/kv` and `/v1/kv/{key}`."""
+"""The users' key-value store: `/v1/kv`, `/v1/kv/{key}` and `/v1/kv-watch`
+(server-sent events: what is under a prefix, then every change to it).
 
-from typing import Annotated
+The watch is not `/v1/kv/watch`: that is the key named `watch`."""
 
-from fastapi import Query
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterable
+from typing import Annotated, Any
+
+from fastapi import Depends, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ninefold import operations
 from ninefold.api.context import Context
@@ -18,6 +26,73 @@ router = ResourceRouter()
 async def kv_list(ctx: Context, prefix: str = "") -> list[KvItemOut]:
     items = await operations.kv_list(ctx.store, prefix)
     return [KvItemOut(key=i.key, value=i.value, revision=i.revision) for i in items]
+
+
+async def kv_watch_start(ctx: Context, prefix: str = "") -> operations.KvChange:
+    """What is under prefix as a watch opens, the stream's first message.
+
+    A dependency, so a store that does not answer gives a 503 rather than a
+    stream that breaks after its headers."""
+    return await operations.kv_listing(ctx.store, prefix)
+
+
+@router.operation(
+    "GET",
+    "/v1/kv-watch",
+    role="read",
+    tag="key-value",
+    response_class=EventSourceResponse,
+    errors=[503],
+)
+async def kv_watch(
+    ctx: Context,
+    listing: Annotated[operations.KvChange, Depends(kv_watch_start)],
+    prefix: str = "",
+) -> AsyncIterable[ServerSentEvent]:
+    """Server-sent events, one JSON object per `data:` line: first `{"type":
+    "listing", "revision", "items": [{"key", "value", "revision"}]}` (every key
+    starting with prefix, as `GET /v1/kv` lists them, at that store
+    revision), then `{"type": "put", "key", "value", "revision"}` and
+    `{"type": "delete", "key", "revision"}` for every change after it, in
+    order. A broken store watch is resumed where it stopped; if the store has
+    compacted that far, `{"type": "reset", "revision", "items"}`: a fresh
+    listing that replaces everything seen before. A `: ping` comment every 15 s
+    of quiet."""
+    queue: asyncio.Queue[operations.KvChange | None] = asyncio.Queue()
+    closed = ctx.streams.open()  # the server stopping puts None in it
+
+    async def follow() -> None:
+        async for change in operations.kv_follow(ctx.store, prefix, listing.revision):
+            queue.put_nowait(change)
+
+    async def close() -> None:
+        await closed.get()
+        queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(follow()), asyncio.create_task(close())]
+    try:
+        change: operations.KvChange | None = listing
+        while change is not None:
+            yield ServerSentEvent(raw_data=json.dumps(_message(change), separators=(",", ":")))
+            change = await queue.get()
+    finally:
+        ctx.streams.discard(closed)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _message(change: operations.KvChange) -> dict[str, Any]:
+    if change.kind in ("listing", "reset"):
+        items = [{"key": i.key, "value": i.value, "revision": i.revision} for i in change.items]
+        return {"type": change.kind, "revision": change.revision, "items": items}
+    message: dict[str, Any] = {"type": change.kind, "key": change.key}
+    if change.kind == "put":
+        message["value"] = change.value
+    message["revision"] = change.revision
+    return message
 
 
 @router.operation(

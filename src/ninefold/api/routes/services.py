@@ -60,10 +60,10 @@ async def scale(ctx: Context, name: str, body: ScaleIn) -> Accepted:
     tag="changing",
     model=Accepted,
     status_code=202,
-    errors=[404, 503],
+    errors=[404, 409, 503],
 )
 async def restart(ctx: Context, name: str) -> Accepted:
-    """Rolling restart, one instance at a time."""
+    """Rolling restart, one instance at a time (409 for an external service)."""
     await operations.request_restart(ctx.store, ctx.spec, name)
     return Accepted(message=f"{name}: rolling restart asked")
 

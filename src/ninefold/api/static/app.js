@@ -127,6 +127,7 @@
     const tags = [];
     if (n.leader) tags.push(`<span class="tag leader">leader</span>`);
     if (n.store_member) tags.push(`<span class="tag">store member</span>`);
+    if (n.role === "witness") tags.push(`<span class="tag" title="votes in the store, runs no instances and no gateway">witness</span>`);
     if (drained) tags.push(`<span class="tag warn">drained</span>`);
     const chips = instances
       .map((i) => {
@@ -163,7 +164,7 @@
           : `<span class="bad-text">none</span>`
         : `<span class="muted">–</span>`;
       const token = ap && svc.fencing_token != null ? `<code>${esc(svc.fencing_token)}</code>` : `<span class="muted">–</span>`;
-      const actions = [button("restart", svc.name, "restart")];
+      const actions = svc.mode === "external" ? [] : [button("restart", svc.name, "restart")];
       if (ap) actions.push(button("switchover", svc.name, "switchover"));
       return (
         `<tr data-service="${esc(svc.name)}" data-mode="${esc(svc.mode)}" ` +
@@ -203,6 +204,26 @@
       );
     });
     setHTML($("instances"), rows.join("") || `<tr><td colspan="7" class="muted">no instances</td></tr>`);
+  }
+
+  // -- external services' endpoints: the cluster's word and every node's own verdict --
+  const ENDPOINT_CLASS = { healthy: "ok", partial: "warn", starting: "warn" };
+
+  function renderExternal(s) {
+    const endpoints = s.external || [];
+    $("external-panel").hidden = !endpoints.length;
+    const rows = endpoints.map((e) => {
+      const nodes = Object.entries(e.nodes || {})
+        .map(([n, v]) => `<span class="pill ${ENDPOINT_CLASS[v] || "bad"}" data-node="${esc(n)}">${esc(n)}</span>`)
+        .join(" ");
+      return (
+        `<tr data-endpoint="${esc(e.endpoint)}" data-service="${esc(e.service)}" data-health="${esc(e.health)}">` +
+        `<td><b>${esc(e.service)}</b></td><td><code>${esc(e.endpoint)}</code></td>` +
+        `<td><span class="pill ${ENDPOINT_CLASS[e.health] || "bad"}">${esc(e.health)}</span></td>` +
+        `<td>${nodes || `<span class="muted">–</span>`}</td><td class="small">${esc(e.detail || "")}</td></tr>`
+      );
+    });
+    setHTML($("external"), rows.join(""));
   }
 
   // -- VIPs (read from status when the agent reports them) --------------------------
@@ -251,6 +272,7 @@
     renderNodes(s);
     renderServices(s);
     renderInstances(s);
+    renderExternal(s);
     renderVips(s);
   }
 

@@ -53,11 +53,28 @@ IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
 (connection failures are retried for every method: nothing was sent)."""
 ERROR_REASONS = {502: "bad gateway", 503: "no backend", 504: "backend timed out"}
 """The gateway's own answers, as the builtin engine words them."""
+NO_LOG = "    no log"
+"""In every frontend: HAProxy logs each request at `info`, which the `notice`
+filter of the global `log` line drops, but only after building the line (a
+formatted string and a getpid() call per request, ~2-3 % of its CPU time).
+Backends keep `log global`: server state changes are still logged."""
 NO_ROUTE_BODY = (
     '{"error":"no route","host":"%[req.hdr(host),json(utf8s)]","path":"%[path,json(utf8s)]"}'
 )
 """A log-format string: HAProxy's json converter escapes what the client sent."""
 EMPTY_SLOT = "0.0.0.0:1"
+THREADS = 1
+"""HAProxy's worker threads (``nbthread``). One thread serves the most
+requests per CPU-second; a second one bought no throughput on the 2-core
+machines measured (bench/gateway_throughput.py), where instances, the agent
+and HAProxy share the cores, and the builtin engine is one thread too."""
+CONNECT_ATTEMPT_MAX = 0.2
+"""Longest single connection attempt to an instance (seconds; a shorter
+``timeouts.connect`` wins). HAProxy waits min(``timeout connect``, 1 s)
+before it retries after a refused connection whenever one instance is left
+up (its "turn-around" timer, taken even when the retry goes to another
+instance): with the 1 s default that was a 1 s stall at every instance's
+death that coincided with a health check marking it down."""
 
 _UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
 
@@ -206,7 +223,7 @@ def checks_for(spec: ClusterSpec) -> dict[str, CheckSpec | None]:
     for name, svc in spec.services.items():
         if svc.route is None:
             continue
-        check = svc.check
+        check = svc.external_check() if svc.is_external else svc.check
         if check is None or check.kind == "exec":
             out[name] = None
             continue
@@ -328,6 +345,7 @@ def render(
         f"    stats socket {_quoted(paths.stats_socket, 'run_dir')} mode 600 level admin"
         " expose-fd listeners",
         "    stats timeout 10s",
+        f"    nbthread {THREADS}",
         "    log stderr format raw daemon notice",
         f"    hard-stop-after {_ms(defaults.HAPROXY_HARD_STOP_AFTER)}",
         "",
@@ -345,6 +363,7 @@ def render(
         "    mode http",
         *_binds(settings, settings.http_port),
         f"    timeout client {_ms(client_timeout)}",
+        NO_LOG,
         "    option forwardfor",
         *_tls_lines(settings, paths),
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"
@@ -369,6 +388,7 @@ def render(
             "    mode tcp",
             *_binds(settings, port),
             f"    timeout client {_ms(routes.balance.timeouts.client)}",
+            NO_LOG,
             f"    default_backend {backend_name(routes.service)}",
         ]
         out += _backend(routes, checks.get(routes.service), slots, cookie_key, settings, paths)
@@ -401,6 +421,7 @@ def _mesh(table: RoutingTable, settings: GatewaySettings, paths: Paths) -> list[
         f" {_quoted(paths.mesh_pem, 'run_dir')} ca-file {ca} verify required"
         f" ssl-min-ver TLSv1.2{alpn if targets else ''}",
         f"    timeout client {_ms(client)}",
+        NO_LOG,
     ]
     if names:
         out += [
@@ -446,6 +467,15 @@ def _http_rules(routes: ServiceRoutes) -> list[str]:
     return lines
 
 
+def connect_attempt(connect: float) -> float:
+    """HAProxy's ``timeout connect`` for a service whose ``timeouts.connect``
+    is ``connect``: at most CONNECT_ATTEMPT_MAX, which also bounds HAProxy's
+    turn-around pause before a retry. On a LAN a connection is accepted in
+    well under a millisecond; one not accepted within the attempt is retried
+    (on another instance when there is one), as a refused one is."""
+    return min(connect, CONNECT_ATTEMPT_MAX)
+
+
 def _backend(
     routes: ServiceRoutes,
     check: CheckSpec | None,
@@ -466,7 +496,7 @@ def _backend(
     if balance.algorithm == "source":
         lines.append("    hash-type consistent")
     lines += [
-        f"    timeout connect {_ms(balance.timeouts.connect)}",
+        f"    timeout connect {_ms(connect_attempt(balance.timeouts.connect))}",
         f"    timeout server {_ms(balance.timeouts.server)}",
         f"    retries {balance.retries}",
     ]
@@ -501,9 +531,10 @@ def _backend(
             lines.append(f"    option httpchk GET {_quoted(check.http or '/', 'check path')}")
         lines.append(f"    timeout check {_ms(check.timeout)}")
         # No `observe layer4 ... on-error mark-down`: marking the server down
-        # on the first refused connection makes HAProxy wait its turn-around
-        # timer (up to `timeout connect`) before redispatching, which measured
-        # as a 1 s stall on every kill; redispatch alone moves on at once.
+        # on the first refused connection leaves one server up, and HAProxy
+        # then waits its turn-around timer (`timeout connect`, see
+        # CONNECT_ATTEMPT_MAX) before redispatching; redispatch alone moves on
+        # at once while both are up.
         lines.append(
             f"    default-server check inter {_ms(check.interval)} fall {check.fall}"
             f" rise {check.rise}"
