@@ -5,7 +5,10 @@ gateway with 1, 2 and 3 replicas, next to the seed's 700 / 1200 / 1750 req/s
 A 3-node cluster (agents + embedded etcd on 127.0.0.1-3, the cluster-test
 harness) runs examples/services/registry.py, its replicas one per node, every
 one keeping its data in the cluster's key-value store through its own node's
-agent. The gateway is HAProxy when installed (`engine: auto`), as in the seed.
+agent, and reading it from its own copy fed by the agent's key watch
+(examples/services/registry_cache.py); `before cache` is this bench's req/s
+when every read went through the agent to etcd. The gateway is HAProxy when
+installed (`engine: auto`), as in the seed.
 
 Before measuring, --users users register --hyperties hyperties each (the
 RegistryConnector's body: descriptor, expires, resources, dataSchemes,
@@ -13,8 +16,8 @@ status, runtime, p2p fields, guid). The load is wrk (1 thread,
 --connections keep-alive connections, through n1's gateway) with a Lua
 script: 80 % GET /hyperty/user/:user (a user's hyperties, Table I row 2), 20 %
 PUT /hyperty/user/:user/:hyperty (a re-registration, row 1), users at random.
-After the 3-replica point, a short GET-only run at 8 connections gives the
-read latency (the seed: ~15 ms).
+After the 3-replica point, short GET-only and PUT-only runs at 8 connections
+give the read latency (the seed: ~15 ms) and the write latency.
 
 CPU per process from /proc/<pid>/stat over each measured run: the gateway
 (HAProxy processes; with the builtin engine it is inside the agents), the
@@ -55,6 +58,9 @@ NAME = "registry_scaling"
 SEED_RPS = {1: 700, 2: 1200, 3: 1750}
 """Seed 004, Fig. 5: where the effective rate saturates, per application server."""
 SEED_READ_MS = 15.0
+BEFORE_CACHE_RPS = {1: 242, 2: 275, 3: 313}
+"""This bench on 2026-12-03 before the registry's watch-fed cache (every read
+through the agent to etcd): 5.3 CPU-ms per request."""
 REGISTRY = ROOT / "examples" / "services" / "registry.py"
 PUT_SHARE = 20
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -83,7 +89,7 @@ end
 
 request = function()
   local i = math.random(#users)
-  if mode == "mix" and math.random(100) <= put_share then
+  if mode == "put" or (mode == "mix" and math.random(100) <= put_share) then
     local h = hyperties[i][math.random(#hyperties[i])]
     return wrk.format("PUT", "/hyperty/user/" .. users[i] .. "/" .. h, headers, body)
   end
@@ -279,10 +285,12 @@ def bench(args: argparse.Namespace) -> int:
     points: list[dict[str, Any]] = []
     notes: list[str] = []
     read: dict[str, Any] | None = None
+    write: dict[str, Any] | None = None
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nf-rs-"))
     mix = lua_script(population, "mix", work / "mix.lua")
     gets = lua_script(population, "get", work / "get.lua")
+    puts = lua_script(population, "put", work / "put.lua")
     with local_cluster(SERVICES, "registry-scaling", keep=args.keep) as cluster:
         gateway = f"http://127.0.0.1:{cluster.base + 3}"
         scale(cluster, gateway, 1)
@@ -298,6 +306,7 @@ def bench(args: argparse.Namespace) -> int:
                 wrk(gateway, mix, args.connections, args.warmup)
             point = measured(cluster, gateway, mix, args.connections, args.duration)
             point |= {"replicas": replicas, "seed_rps": SEED_RPS[replicas], "idle_pct": idle}
+            point["before_cache_rps"] = BEFORE_CACHE_RPS[replicas]
             point["cpu_ms_per_request_total"] = point["cpu_ms_per_request"]["server"]
             point["net_cpu_ms_per_request"] = {  # less what the cluster burns idle
                 c: round(10 * max(0.0, point["cpu_pct"][c] - idle[c]) / max(point["rps"], 1e-9), 3)
@@ -310,6 +319,7 @@ def bench(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         read = measured(cluster, gateway, gets, 8, max(2.0, args.duration / 2))
+        write = measured(cluster, gateway, puts, 8, max(2.0, args.duration / 2))
     shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - started
     notes.append(
@@ -349,6 +359,8 @@ def bench(args: argparse.Namespace) -> int:
             "points": points,
             "read_p50_ms": read["p50_ms"] if read else None,
             "read": read,
+            "write_p50_ms": write["p50_ms"] if write else None,
+            "write": write,
             "where_cores_run_out": where,
             "notes": notes,
         },
@@ -361,6 +373,7 @@ def bench(args: argparse.Namespace) -> int:
                 p["replicas"],
                 f"{p['rps']:.0f}",
                 p["seed_rps"],
+                p["before_cache_rps"],
                 f"{p['p50_ms']:.1f}",
                 f"{p['p99_ms']:.1f}",
                 p["non_2xx"] + p["socket_errors"],
@@ -371,7 +384,7 @@ def bench(args: argparse.Namespace) -> int:
                 f"{sum(p['net_cpu_ms_per_request'].values()):.2f}",
             ]
         )
-    headers = ["replicas", "req/s", "seed req/s", "p50 ms", "p99 ms", "errors"]
+    headers = ["replicas", "req/s", "seed req/s", "before cache", "p50 ms", "p99 ms", "errors"]
     headers += [f"cpu% {c}" for c in (*COMPONENTS, "wrk", "total")]
     headers += ["cpu% idle", "cpu% 1 agent"]
     headers += [f"ms/req {c}" for c in (*COMPONENTS, "server")]
@@ -389,6 +402,12 @@ def bench(args: argparse.Namespace) -> int:
         print(
             f"read latency (GET only, 8 connections, 3 replicas): p50 {read['p50_ms']:.1f} ms, "
             f"p99 {read['p99_ms']:.1f} ms at {read['rps']:.0f} req/s (seed: ~{SEED_READ_MS:g} ms)"
+        )
+    if write:
+        print(
+            f"write latency (PUT only, 8 connections, 3 replicas): p50 {write['p50_ms']:.1f} ms, "
+            f"p99 {write['p99_ms']:.1f} ms at {write['rps']:.0f} req/s, "
+            f"{write['cpu_ms_per_request']['server']:.2f} CPU-ms each"
         )
     print(f"where: {where}")
     for note in notes:

@@ -70,7 +70,8 @@ registry_data.py, so any replica answers any request and a replica that dies
 loses nothing. Each process reads from its own copy of those keys, fed by the
 agent's key watch (registry_cache.py): reads cost no call to the store, writes
 are compare-and-swap through it and answered once this process's watch has
-delivered them (so another replica reads them too). Standard library only.
+delivered them (so another replica reads them too, or milliseconds later on a
+busy machine; GET /registry/updated reads the store). Standard library only.
 """
 
 from __future__ import annotations

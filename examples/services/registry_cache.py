@@ -16,8 +16,9 @@ from the value that won. Before a request that wrote is answered, `settle`
 waits (at most SETTLE_FOR seconds) until the watch has delivered the
 revisions written: every replica's watch follows the same store, so by then
 the other replicas' copies hold the write too, as a client switching
-replicas between a write and a read expects (closely, not strictly: their
-watches may be a few milliseconds behind).
+replicas between a write and a read expects. Closely, not strictly: their
+watches may be a few milliseconds behind on a busy machine, so what consumes
+what it reads (GET /registry/updated) lists through to the store.
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ class CachedKv:
             value, revision = self._items[key]
             if value is not None:
                 found.append(Item(key, value, revision))
+        return found
+
+    async def list_through(self, prefix: str) -> builtins.list[Item]:
+        """As `list`, but from the store, for what must not be missed even
+        for the milliseconds another replica's write takes to arrive here
+        (GET /registry/updated, which consumes what it lists)."""
+        found = await self.kv.list(prefix)
+        for item in found:
+            self._set(item.key, item.value, item.revision)
         return found
 
     async def put(self, key: str, value: str, cas: int | None = None) -> int:
@@ -189,6 +199,7 @@ class CachedKv:
     # --- the watch (in its thread) ---------------------------------------------------------
 
     def _follow(self) -> None:
+        """Until the event loop closes (the process is ending)."""
         delay = 0.1
         while True:
             try:
@@ -197,25 +208,33 @@ class CachedKv:
                 print(f"kv watch: {exc}; again in {delay:.1f}s", flush=True)
             else:
                 try:
-                    self._read(stream)
+                    if not self._read(stream):
+                        return
                     delay = 0.1
-                except (OSError, ValueError, KeyError) as exc:
+                except (OSError, ValueError) as exc:
                     print(f"kv watch broke: {type(exc).__name__}: {exc}", flush=True)
                 finally:
                     stream.close()
-            self._to_loop(self._down, None)
+            if not self._to_loop(self._down, None):
+                return
             time.sleep(delay)
             delay = min(2 * delay, 2.0)
 
-    def _read(self, stream: Stream) -> None:
-        """Hand every `data:` line of the stream to the loop, until it ends."""
+    def _read(self, stream: Stream) -> bool:
+        """Hand every `data:` line of the stream to the loop until the stream
+        ends (True) or the loop has closed (False)."""
         while line := stream.readline():
-            if line.startswith(b"data: "):  # not the blank line after each, nor `: ping`
-                self._to_loop(self._apply, json.loads(line[len(b"data: ") :]))
+            if not line.startswith(b"data: "):
+                continue  # the blank line after each message, `: ping` comments
+            if not self._to_loop(self._apply, json.loads(line[len(b"data: ") :])):
+                return False
+        return True
 
-    def _to_loop(self, call: Any, arg: Any) -> None:
+    def _to_loop(self, call: Any, arg: Any) -> bool:
+        """Run call(arg) on the event loop; False if it has closed."""
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(call, arg)
-        except RuntimeError:  # the loop has closed: the process is ending
-            raise SystemExit from None
+        except RuntimeError:
+            return False
+        return True

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from registry_cache import CachedKv
-from registry_kv import Conflict, Item, Kv
+from registry_kv import Conflict, Item
 from registry_records import (
     DEAD,
     LIVE,
@@ -112,7 +112,7 @@ def _decode(item: Item) -> Versioned:
 class Registry:
     """The operations of the REST routes, on the store."""
 
-    def __init__(self, kv: Kv | CachedKv) -> None:
+    def __init__(self, kv: CachedKv) -> None:
         self.kv = kv
 
     # --- reading -----------------------------------------------------------------------
@@ -376,7 +376,7 @@ class Registry:
     async def take_updated(self) -> dict[str, Record]:
         """GET /registry/updated: what was disconnected since the last call
         (hyperties by id, then data objects by url), each forgotten as taken."""
-        items = await self.kv.list(f"{ROOT}updated/")
+        items = await self.kv.list_through(f"{ROOT}updated/")
         taken: dict[str, Record] = {}
         for kind in ("hyperty", "dataobject"):
             for item in items:

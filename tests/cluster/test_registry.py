@@ -7,6 +7,7 @@ First, the reTHINK project's own RSpec API specs, unmodified
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -535,6 +536,77 @@ def test_live_redirect_and_the_other_routes(registry: Registry) -> None:
     assert registry.get("/hyperty/url/x").headers["x-served-by"].startswith("registry-")
 
 
+# --- the watch-fed cache ------------------------------------------------------------------
+
+
+def replicas(registry: Registry) -> list[str]:
+    """Each replica's own URL (not through the gateway)."""
+    instances = [i for i in registry.cluster.status()["instances"] if i["service"] == "registry"]
+    return sorted(f"http://{i['address']}:{next(iter(i['ports'].values()))}" for i in instances)
+
+
+def test_a_write_through_one_replica_is_read_through_the_other(registry: Registry) -> None:
+    a, b = replicas(registry)
+    http = registry.http
+    user, one = "/hyperty/user/cross%40example.com", "cross-1"
+
+    def descriptor(url: str) -> str | None:
+        r = http.get(f"{url}/hyperty/url/{one}")
+        return r.json().get("descriptor") if r.status_code == 200 else None
+
+    for writer, reader, text in ((a, b, "d1"), (b, a, "d2")):
+        r = http.put(f"{writer}{user}/{one}", json=hyperty(descriptor=text))
+        assert r.status_code == 200, r.text
+        assert descriptor(writer) == text  # the writer reads its own write at once
+        until(
+            f"the other replica reads {text}", lambda r=reader, t=text: descriptor(r) == t, 5, 0.01
+        )
+    r = http.put(f"{a}/hyperty/url/{one}", json={"descriptor": "d3"})
+    assert r.json()["message"] == "Hyperty updated"
+    until("b reads the update", lambda: descriptor(b) == "d3", 5, 0.01)
+
+
+def test_reads_go_through_to_the_store_until_the_watch_has_listed(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """registry_cache.CachedKv in this process, on the module's agent."""
+    monkeypatch.syspath_prepend(str(REGISTRY.parent))
+    from registry_cache import CachedKv
+    from registry_kv import Kv
+
+    from tests.helpers import eventually
+
+    async def scenario() -> None:
+        kv = Kv(registry.api)
+        cache = CachedKv(kv, "registry/")
+        await kv.put("registry/test/through", "1")
+        assert not cache.usable
+        item = await cache.get("registry/test/through")  # the copy is empty: from the store
+        assert item is not None and item.value == "1"
+        cache.start()
+        await eventually(lambda: cache.usable, 10, "the watch's listing")
+        assert [i.value for i in await cache.list("registry/test/")] == ["1"]
+
+        async def value() -> str | None:
+            item = await cache.get("registry/test/through")
+            return None if item is None else item.value
+
+        async def value_is(expected: str | None) -> bool:
+            return await value() == expected
+
+        await kv.put("registry/test/through", "2")  # by another process
+        await eventually(lambda: value_is("2"), 5, "the watch to bring 2")
+        written = cache.track()
+        revision = await cache.put("registry/test/through", "3")
+        assert await value() == "3"  # read-your-writes, before the watch says so
+        await cache.settle(written)
+        assert cache.revision >= revision
+        assert await kv.delete("registry/test/through") is not None
+        await eventually(lambda: value_is(None), 5, "the watch to bring the delete")
+
+    asyncio.run(scenario())
+
+
 def standalone(api: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """registry.py run by hand (not by an agent), on a free port."""
     port = free_port()
@@ -549,6 +621,8 @@ def standalone(api: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def test_a_store_that_does_not_answer_is_503(registry: Registry) -> None:
+    """Its cache never had a listing: the read went to the store (an empty
+    cache would have answered 404)."""
     proc, url = standalone(f"http://127.0.0.1:{free_port()}", REGISTRY_STORE_WAIT="0.5")
     try:
         r = registry.http.get(url + "/hyperty/url/x")
@@ -587,8 +661,9 @@ def test_tokens_the_agent_refuses_are_502_and_NINEFOLD_TOKEN_is_sent(registry: R
     assert read.returncode == 0, read.stderr
     read_token = read_file.read_text().strip()
 
-    # the agent's replicas have no token now: refused
-    r = registry.get("/hyperty/url/x")
+    # the agent's replicas have no token now: their writes are refused (their
+    # reads come from what their watch, opened before, still delivers)
+    r = registry.put("/hyperty/user/t%40example.com/t-0", hyperty())
     assert r.status_code == 502
     assert r.json()["message"].startswith("store refused the request: ")
     for token, put_status in ((read_token, 502), (admin_token, 200)):

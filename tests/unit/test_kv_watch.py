@@ -208,5 +208,7 @@ async def test_a_store_without_quorum_is_503_before_the_stream_starts() -> None:
     store = NoQuorum()
     transport = httpx.ASGITransport(app=app_on(store))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        error_of(await client.get("/v1/kv-watch", params={"prefix": "x/"}), 503, "store_unavailable")
+        error_of(
+            await client.get("/v1/kv-watch", params={"prefix": "x/"}), 503, "store_unavailable"
+        )
     await store.close()
