@@ -121,6 +121,23 @@ async def list_sorted_with_revision(s: StoreUnderTest) -> None:
     assert (empty.items, empty.revision) == ([], last)
 
 
+@check
+async def serializable_reads_see_own_writes(s: StoreUnderTest) -> None:
+    """A serializable read answers like a linearizable one for the client's
+    own writes (the member that took a write has applied it)."""
+    store = s.store
+    assert await store.get_serializable("s/a") is None
+    r1 = await store.put("s/b", b"2")
+    r2 = await store.put("s/a", b"1")
+    assert fields(await store.get_serializable("s/a")) == (b"1", r2, r2, 1)
+    listing = await store.list_serializable("s/")
+    assert [(kv.key, kv.value) for kv in listing.items] == [("s/a", b"1"), ("s/b", b"2")]
+    assert listing.revision == r2 > r1
+    assert listing == await store.list("s/")
+    await store.delete("s/a")
+    assert await store.get_serializable("s/a") is None
+
+
 # -- transactions ---------------------------------------------------------------
 
 

@@ -131,7 +131,7 @@ def test_render_backend_balance_timeouts_retries_cookie() -> None:
     cfg = render(SHOP, SETTINGS, CHECKS, cookie_key="k3y")
     web = section(cfg, "backend be_web")
     assert "balance roundrobin" in web
-    assert "timeout connect 200ms" in web  # timeouts.connect 500ms, in attempts of 200ms
+    assert "timeout connect 500ms" in web
     assert "timeout server 2500ms" in web
     assert "retries 3" in web
     assert "option redispatch 1" in web
@@ -171,10 +171,15 @@ def test_render_one_thread_and_no_per_request_log_lines() -> None:
         assert "no log" in section(cfg, frontend)
 
 
-@pytest.mark.parametrize(("connect", "rendered"), [(1.0, "200ms"), (0.2, "200ms"), (0.05, "50ms")])
-def test_render_connect_attempts_bound_the_turn_around_pause(connect: float, rendered: str) -> None:
+@pytest.mark.parametrize(
+    ("connect", "rendered"), [(1.0, "200ms"), (0.5, "500ms"), (0.05, "50ms"), (3.0, "3s")]
+)
+def test_render_default_connect_timeout_bounds_the_turn_around_pause(
+    connect: float, rendered: str
+) -> None:
     """HAProxy pauses min(timeout connect, 1s) before a retry whenever one
-    server is left up: each attempt is at most CONNECT_ATTEMPT_MAX."""
+    server is left up: the default timeouts.connect (1s) is rendered as
+    attempts of 200ms; a value set in the spec is rendered as it is."""
     balance = BalanceSpec(timeouts=TimeoutsSpec(connect=connect))
     routes = table(
         service("web", backend(20001), backend(20002), balance=balance),

@@ -9,7 +9,10 @@ what the rules in force need (node records, instance statuses, volume copy
 records, the backups' last runs, the nodes' facts; the journal's events are
 followed by a watch; the nodes' facts every 5 s), the alerts' previous
 states (once per leadership: only the leader writes them), the silences and
-the acks; `decide/alerts.py` says the new states and the notices. The states
+the acks; `decide/alerts.py` says the new states and the notices. Those
+reads are serializable (from the agent's own store member: no network, see
+Store.list_serializable): the writes below are guarded, and an alert is
+never a second late for want of a write of the last milliseconds. The states
 are written back in one transaction guarded by the leader lock's fencing
 token, and only then are the notices sent: a new leader starts from the
 stored states, so a notice already sent is not sent again (at most once:
@@ -238,10 +241,10 @@ class AlertEvaluator:
         facts = await self._facts(spec, rules, now)
         silences: list[Silence] = []
         acks: dict[str, Ack] = {}
-        for item in (await self._store.list(SILENCES)).items:
+        for item in (await self._store.list_serializable(SILENCES)).items:
             with contextlib.suppress(ValueError):
                 silences.append(Silence.decode(item.value))
-        for item in (await self._store.list(ACKS)).items:
+        for item in (await self._store.list_serializable(ACKS)).items:
             with contextlib.suppress(ValueError):
                 ack = Ack.decode(item.value)
                 acks[ack.alert] = ack
@@ -274,7 +277,7 @@ class AlertEvaluator:
 
     async def _read_states(self) -> dict[str, AlertState]:
         out: dict[str, AlertState] = {}
-        for item in (await self._store.list(ALERT_STATES)).items:
+        for item in (await self._store.list_serializable(ALERT_STATES)).items:
             with contextlib.suppress(ValueError):
                 state = AlertState.decode(item.value)
                 out[state.id] = state
@@ -293,7 +296,7 @@ class AlertEvaluator:
 
     async def _facts(self, spec: ClusterSpec, rules: list[Rule], now: float) -> Facts:
         kinds = {r.when.kind for r in rules}
-        alive = {last_segment(i.key) for i in (await self._store.list(NODES)).items}
+        alive = {last_segment(i.key) for i in (await self._store.list_serializable(NODES)).items}
         nodes = {n.name: n.name in alive for n in spec.nodes}
         nodes.update(dict.fromkeys(alive, True))
         instances: list[InstanceFact] = []
@@ -303,7 +306,7 @@ class AlertEvaluator:
                 default=0.0,
             )
             seen: set[tuple[str, str]] = set()
-            for item in (await self._store.list(STATUS)).items:
+            for item in (await self._store.list_serializable(STATUS)).items:
                 with contextlib.suppress(ValueError):
                     status = InstanceStatus.decode(item.value)
                     key = (status.node, status.instance)
@@ -331,7 +334,7 @@ class AlertEvaluator:
             await self._stop_events()
         volumes: list[VolumeFact] = []
         if "volume_lag" in kinds and spec.replicates_volumes:
-            for item in (await self._store.list(VOLUMES)).items:
+            for item in (await self._store.list_serializable(VOLUMES)).items:
                 with contextlib.suppress(ValueError):
                     copy = CopyRecord.decode(item.value)
                     service, volume = item.key[len(VOLUMES) :].split("/")[:2]
@@ -341,7 +344,7 @@ class AlertEvaluator:
         targets = dict(backup_targets(spec)) if "backup_age" in kinds else {}
         if targets:
             lasts: dict[str, BackupResultRecord] = {}
-            for item in (await self._store.list(BACKUP_LAST)).items:
+            for item in (await self._store.list_serializable(BACKUP_LAST)).items:
                 with contextlib.suppress(ValueError):
                     lasts[item.key[len(BACKUP_LAST) :]] = BackupResultRecord.decode(item.value)
             for target, schedule in sorted(targets.items()):
@@ -357,7 +360,7 @@ class AlertEvaluator:
             read_at, records = self._node_facts
             if time.monotonic() - read_at >= FACTS_READ_EVERY:
                 records = []
-                for item in (await self._store.list(ALERT_FACTS)).items:
+                for item in (await self._store.list_serializable(ALERT_FACTS)).items:
                     with contextlib.suppress(ValueError):
                         records.append(NodeFacts.decode(item.value))
                 self._node_facts = (time.monotonic(), records)
@@ -398,7 +401,7 @@ class AlertEvaluator:
     async def _watch_events(self) -> None:
         while True:
             try:
-                listing = await self._store.list(EVENTS)
+                listing = await self._store.list_serializable(EVENTS)
                 self._events.clear()
                 for item in listing.items:
                     self._take(item.value)

@@ -34,7 +34,11 @@ def _parse_stored_spec(raw: bytes) -> ClusterSpec:
 
 
 async def read_spec(store: Store, fallback: ClusterSpec) -> ClusterSpec:
-    item = await store.get(SPEC_KEY)
+    """The spec in force. Read serializably (from the client's own member, see
+    Store.list_serializable): every loop of every agent reads it each round,
+    as linearizable reads that was most of a quiet cluster's peer traffic,
+    and a spec a moment old is simply seen changed on the next round."""
+    item = await store.get_serializable(SPEC_KEY)
     if item is None:
         return fallback
     try:

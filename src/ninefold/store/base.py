@@ -110,6 +110,25 @@ class Store(abc.ABC):
     async def list(self, prefix: str) -> Listing:
         """Every key starting with prefix, sorted by key."""
 
+    async def get_serializable(self, key: str) -> KeyValue | None:
+        """get(), answered like list_serializable()."""
+        return await self.get(key)
+
+    async def list_serializable(self, prefix: str) -> Listing:
+        """list(), answered by the member the client talks to from what it has
+        applied, without asking the raft leader first: a linearizable read
+        costs a round of messages with the leader and, from the leader, with a
+        quorum; with an embedded store this member is the node's own, so no
+        network at all. The answer may miss writes of the last moment
+        (never those seen by a watch through the same member, nor the
+        client's own), and a member cut off from the others answers from
+        what it has until it notices (about the election timeout; then it
+        refuses, like every request). So only for loops that read again soon
+        and whose writes are guarded (fencing token, compare-and-swap), not
+        where a failover waits on the answer. Backends whose every read is
+        up to date keep this default."""
+        return await self.list(prefix)
+
     @abc.abstractmethod
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Store value; returns the new revision."""

@@ -64,17 +64,17 @@ NO_ROUTE_BODY = (
 """A log-format string: HAProxy's json converter escapes what the client sent."""
 EMPTY_SLOT = "0.0.0.0:1"
 THREADS = 1
-"""HAProxy's worker threads (``nbthread``). One thread serves the most
-requests per CPU-second; a second one bought no throughput on the 2-core
-machines measured (bench/gateway_throughput.py), where instances, the agent
-and HAProxy share the cores, and the builtin engine is one thread too."""
-CONNECT_ATTEMPT_MAX = 0.2
-"""Longest single connection attempt to an instance (seconds; a shorter
-``timeouts.connect`` wins). HAProxy waits min(``timeout connect``, 1 s)
-before it retries after a refused connection whenever one instance is left
-up (its "turn-around" timer, taken even when the retry goes to another
-instance): with the 1 s default that was a 1 s stall at every instance's
-death that coincided with a health check marking it down."""
+"""HAProxy's worker threads (``nbthread``; its default is one per core). One
+thread serves the most requests per CPU-second where instances, the agent and
+HAProxy share a few cores (bench/README.md, 2026-12-03); the builtin engine
+is one thread too."""
+CONNECT_ATTEMPT_DEFAULT = 0.2
+"""HAProxy's ``timeout connect`` (seconds) for a service left at the default
+``timeouts.connect``. HAProxy waits min(``timeout connect``, 1 s) before it
+retries after a refused connection whenever one instance is left up (its
+"turn-around" timer, taken even when the retry goes to another instance):
+with the 1 s default that was a 1 s stall whenever an instance's death
+coincided with a health check marking it down."""
 
 _UNSAFE = re.compile(r"[\s'\"\\#\x00-\x1f\x7f]")
 
@@ -469,11 +469,14 @@ def _http_rules(routes: ServiceRoutes) -> list[str]:
 
 def connect_attempt(connect: float) -> float:
     """HAProxy's ``timeout connect`` for a service whose ``timeouts.connect``
-    is ``connect``: at most CONNECT_ATTEMPT_MAX, which also bounds HAProxy's
-    turn-around pause before a retry. On a LAN a connection is accepted in
-    well under a millisecond; one not accepted within the attempt is retried
-    (on another instance when there is one), as a refused one is."""
-    return min(connect, CONNECT_ATTEMPT_MAX)
+    is ``connect``: CONNECT_ATTEMPT_DEFAULT for the default (a connection on a
+    LAN is accepted in well under a millisecond; one that is not is retried
+    like a refused one, and the default 2 retries with their pauses still
+    take about the default's 1 s on a single instance), else ``connect`` as
+    set, for links that need it (the turn-around pause is then min(it, 1 s))."""
+    if connect == defaults.GATEWAY_CONNECT_TIMEOUT:
+        return CONNECT_ATTEMPT_DEFAULT
+    return connect
 
 
 def _backend(
@@ -533,7 +536,7 @@ def _backend(
         # No `observe layer4 ... on-error mark-down`: marking the server down
         # on the first refused connection leaves one server up, and HAProxy
         # then waits its turn-around timer (`timeout connect`, see
-        # CONNECT_ATTEMPT_MAX) before redispatching; redispatch alone moves on
+        # CONNECT_ATTEMPT_DEFAULT) before redispatching; redispatch alone moves on
         # at once while both are up.
         lines.append(
             f"    default-server check inter {_ms(check.interval)} fall {check.fall}"
