@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 
 import aetcd
 import pytest
 
-from ninefold.store import EtcdStore, StoreError, StoreUnavailable
+from ninefold.store import Compare, EtcdStore, Put, StoreError, StoreUnavailable, request_stats
 from ninefold.store.etcd import channel_target, parse_endpoint, synced_endpoints
 from tests.helpers import EtcdServer, free_port
 from tests.store_contract import (
@@ -186,3 +188,43 @@ def test_channel_target_names_every_member() -> None:
     assert channel_target(v4) == "ipv4:127.0.0.1:2379,127.0.0.2:2379"
     assert channel_target([("::1", 2379), ("fd00::2", 2380)]) == "ipv6:[::1]:2379,[fd00::2]:2380"
     assert channel_target([("::1", 1), ("127.0.0.1", 2)]) == "ipv6:[::1]:1,[::ffff:127.0.0.1]:2"
+
+
+def written_counts(directory: Path) -> dict[str, list[int]]:
+    """The one process's counts, written now."""
+    stats = request_stats.from_env()
+    assert stats is not None
+    stats.write()
+    (path,) = directory.glob("*.json")
+    counts: dict[str, list[int]] = json.loads(path.read_text())
+    return counts
+
+
+async def test_requests_are_counted_when_asked(
+    etcd_server: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NINEFOLD_STORE_STATS: what bench/control_traffic.py reads, by kind and
+    key group, with the messages' bytes."""
+    monkeypatch.setenv(request_stats.ENV, str(tmp_path))
+    monkeypatch.setattr(request_stats, "_shared", {})
+    store = EtcdStore([etcd_server.endpoint], namespace())
+    try:
+        await store.put("status/n1/a", b"x")
+        await store.get("spec")
+        await store.list_serializable("status/")
+        await store.txn([Compare("locks/leader", "version", "==", 0)], [Put("locks/leader", b"n1")])
+        async with aclosing(store.watch("status/")) as events:
+            await first_event_from_now(store, events, "status/probe")
+    finally:
+        await store.close()
+    counts = await asyncio.to_thread(written_counts, tmp_path)
+    once = {k: v[0] for k, v in counts.items() if not k.startswith(("put", "watch-events"))}
+    assert once == {
+        "get spec": 1,
+        "list-serializable status/": 1,
+        "txn locks/": 1,
+        "watch-create status/": 1,
+    }
+    assert counts["put status/"][0] >= 2  # the first and the probe(s)
+    assert counts["watch-events status/"][0] >= 1
+    assert all(sent > 0 for kind, (_, sent, _) in counts.items() if not kind.startswith("watch-ev"))

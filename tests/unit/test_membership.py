@@ -352,3 +352,56 @@ async def test_stop_revokes_the_lease(make_probe: Factory) -> None:
     assert not keeper.valid and keeper.lease == 0
     assert await store.inner.get(NODE) is None
     assert probe.at_risk == []
+
+
+async def test_the_first_renewal_after_failed_ones_tells_the_store_is_back() -> None:
+    # A store electing its raft leader answers "no leader" at once: renewals
+    # fail; the first one acknowledged afterwards tells it, once.
+    store = Partitionable(MemoryStore())
+    keeper = LeaseKeeper(store, ttl=10.0, interval=0.1, fence_after=5.0)
+    back: list[float] = []
+    keeper.on_store_back.append(lambda: back.append(time.monotonic()))
+    await keeper.start()
+    try:
+        await eventually(lambda: any(r.outcome == "ok" for r in store.renewals), 3, "a renewal")
+        store.cut("fail")
+        await eventually(
+            lambda: sum(r.outcome == "unavailable" for r in store.renewals) >= 2, 3, "2 failures"
+        )
+        assert back == []
+        store.heal()
+        await eventually(lambda: back, 2, "on_store_back")
+        healed_at = len(store.renewals)
+        await eventually(lambda: len(store.renewals) >= healed_at + 3, 3, "3 more renewals")
+        assert len(back) == 1
+    finally:
+        store.heal()
+        await keeper.stop()
+        await store.close()
+
+
+async def test_a_stall_answered_late_also_tells_the_store_is_back() -> None:
+    # A member whose raft leader died holds a renewal until a new leader is
+    # elected, then answers it: no renewal failed, yet leases were extended
+    # and a dead node may be waiting to be found.
+    store = Partitionable(MemoryStore())
+    stall = 0.4  # below HANG_LIMIT: the held renewals are answered, not failed
+    keeper = LeaseKeeper(store, ttl=10.0, interval=0.1, fence_after=5.0, stall_after=stall)
+    back: list[float] = []
+    keeper.on_store_back.append(lambda: back.append(time.monotonic()))
+    await keeper.start()
+    try:
+        await eventually(
+            lambda: sum(r.outcome == "ok" for r in store.renewals) >= 2, 3, "two renewals"
+        )
+        assert back == []  # renewals every interval are no stall
+        store.cut("hang")
+        cut = time.monotonic()
+        await eventually(lambda: time.monotonic() - cut > stall * 1.5, 2, "an outage > the limit")
+        store.heal()
+        await eventually(lambda: back, 2, "on_store_back after the stall")
+        assert not any(r.outcome == "unavailable" for r in store.renewals)
+    finally:
+        store.heal()
+        await keeper.stop()
+        await store.close()

@@ -35,3 +35,16 @@ def test_never_moves_to_a_dead_node_or_a_busier_one() -> None:
 def test_standbys_do_not_count() -> None:
     standby = active("n2").model_copy(update={"role": "standby"})
     assert raft_leader_target("n1", MEMBERS, MEMBERS, [active("n1"), standby]) == "n2"
+
+
+def test_a_living_witness_takes_raft_leadership_from_any_worker() -> None:
+    # even from a worker that runs nothing now: it may run an active next
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, [], witnesses=["n3"]) == "n3"
+    assert raft_leader_target("n1", MEMBERS, MEMBERS, [active("n1")], witnesses=["n3"]) == "n3"
+
+
+def test_a_witness_keeps_it_and_a_dead_witness_is_no_target() -> None:
+    assert raft_leader_target("n3", MEMBERS, MEMBERS, [active("n1")], witnesses=["n3"]) is None
+    alive = ["n1", "n2"]
+    assert raft_leader_target("n1", MEMBERS, alive, [active("n1")], witnesses=["n3"]) == "n2"
+    assert raft_leader_target("n2", MEMBERS, alive, [active("n1")], witnesses=["n3"]) is None

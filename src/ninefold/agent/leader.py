@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 from ninefold.agent.changes import ChangeSignal, run_level_triggered
+from ninefold.agent.death_confirmation import DeathConfirmation
 from ninefold.agent.journal import EventJournal, prune_events
 from ninefold.agent.membership import LeaseKeeper
 from ninefold.agent.store_leadership import RaftLeaderPlacement
@@ -63,6 +64,8 @@ class LeaderLoop:
         self.actions: Counter[str] = Counter(dict.fromkeys(ACTIONS, 0))
         """Assignment changes applied while leading, by kind (for /metrics)."""
         self._raft = RaftLeaderPlacement(store, journal)
+        self._deaths = DeathConfirmation(store, node, journal, self.poke)
+        lease.on_store_back.append(self._deaths.suspect)
         self._signal = ChangeSignal(
             store,
             NODES,
@@ -92,6 +95,7 @@ class LeaderLoop:
         try:
             await run_level_triggered(self._signal, self._step, "leader step")
         finally:
+            await self._deaths.stop()
             await self._resign()
 
     async def _step(self) -> None:
@@ -104,6 +108,8 @@ class LeaderLoop:
             previous = await self._store.lock_holder(LEADER_LOCK)
             hold = await self._store.try_lock(LEADER_LOCK, self._node, lease)
             if hold is None:
+                if previous is not None:  # a dead leader's lease may go early
+                    self._deaths.follow(self._spec, previous)
                 return
             self.hold = hold
             self._known_alive = await self._previously_alive(previous.holder if previous else None)
@@ -121,6 +127,7 @@ class LeaderLoop:
                 return
         self._spec = await read_spec(self._store, self._spec)
         state = await read_state(self._store, self._spec)
+        self._deaths.step(state, self.hold.fencing_token)  # early revocation, in the background
         await self._note_membership(state)
         decision = plan(state)
         if not decision.empty:
@@ -134,7 +141,8 @@ class LeaderLoop:
         vip = None  # a store read per round only for a cluster with a gateway VIP
         if self._spec.gateway.vip is not None:
             vip = await self._store.lock_holder(GATEWAY_VIP_LOCK)
-        await self._raft.step(state.alive, state.statuses, [vip.holder] if vip else [])
+        witnesses = [n.name for n in self._spec.nodes if n.witness]
+        await self._raft.step(state.alive, state.statuses, [vip.holder] if vip else [], witnesses)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()
             await prune_events(self._store)
@@ -164,7 +172,9 @@ class LeaderLoop:
         alive = state.alive
         if self._known_alive is not None:
             for node in sorted(self._known_alive - alive):
-                await self._journal.record("node-lost", node, "lease expired")
+                revoked = self._deaths.revoked.pop(node, None) is not None
+                reason = "lease revoked: agent gone" if revoked else "lease expired"
+                await self._journal.record("node-lost", node, reason)
             for node in sorted(alive - self._known_alive):
                 await self._journal.record("node-joined", node, "lease granted")
         self._known_alive = alive

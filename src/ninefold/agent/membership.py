@@ -11,6 +11,12 @@ a second or so, and then renews the very same lease. So an at-risk keeper goes
 on renewing; if a renewal is acknowledged the lease never lapsed and nobody
 else can have taken what it held, and ``on_recovered`` lets the node resume.
 Only a lease the store says is gone is replaced by a new one.
+
+``on_store_back`` tells the leader the store is back after an outage, so that
+it looks for dead nodes (agent/death_confirmation.py): the first renewal
+acknowledged after failed ones, or after a stall (no answer for STALL_AFTER),
+since an etcd member whose raft leader died holds a renewal until a new
+leader is elected and then answers it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from ninefold.tasks import cancel_and_wait
 
 log = logging.getLogger("ninefold.membership")
 
+STALL_AFTER = 2 * defaults.KEEPALIVE_INTERVAL
+"""Seconds without an acknowledged renewal after which the next one counts as
+the store coming back."""
+
 Callback = Callable[[], Awaitable[None]]
 Listener = Callable[[], None]
 
@@ -40,7 +50,8 @@ class LeaseKeeper:
     on_at_risk once when renewals have failed for too long (self-fencing);
     on_recovered when a renewal gets through again after that;
     on_renewed (plain functions, which must not block) after every
-    acknowledged renewal of a lease we trust."""
+    acknowledged renewal of a lease we trust; on_store_back (plain functions)
+    after the first acknowledged renewal that follows failed ones or a stall."""
 
     def __init__(
         self,
@@ -48,11 +59,13 @@ class LeaseKeeper:
         ttl: float = defaults.LEASE_TTL,
         interval: float = defaults.KEEPALIVE_INTERVAL,
         fence_after: float = defaults.SELF_FENCE_AFTER,
+        stall_after: float = STALL_AFTER,
     ) -> None:
         self._store = store
         self._ttl = ttl
         self._interval = interval
         self._fence_after = fence_after
+        self._stall_after = stall_after
         self._lease = 0
         self._last_ack_sent = 0.0
         self._granted = ttl
@@ -62,6 +75,9 @@ class LeaseKeeper:
         self.on_at_risk: list[Callback] = []
         self.on_recovered: list[Callback] = []
         self.on_renewed: list[Listener] = []
+        self.on_store_back: list[Listener] = []
+        self._failing = False
+        self._answered = 0.0
         self.renewal_latency = LatencyHistogram()
         """Send to answer of each acknowledged renewal (for /metrics)."""
         self.renewal_failures = 0
@@ -143,9 +159,16 @@ class LeaseKeeper:
             return
         except (StoreError, TimeoutError) as exc:
             self.renewal_failures += 1
+            self._failing = True
             log.debug("renewal failed: %s", exc)
             return
-        self.renewal_latency.observe(time.monotonic() - sent)
+        now = time.monotonic()
+        self.renewal_latency.observe(now - sent)
+        stalled = bool(self._answered) and now - self._answered > self._stall_after
+        self._answered = now
+        if self._failing or stalled:
+            self._failing = False
+            self._notify(self.on_store_back)
         if lease != self._lease or sent <= self._last_ack_sent:
             return
         self._last_ack_sent = sent
@@ -155,7 +178,11 @@ class LeaseKeeper:
             self._valid.set()
             await self._run(self.on_recovered, "on recovery")
             return
-        for listener in self.on_renewed:
+        self._notify(self.on_renewed)
+
+    @staticmethod
+    def _notify(listeners: list[Listener]) -> None:
+        for listener in listeners:
             try:
                 listener()
             except Exception:

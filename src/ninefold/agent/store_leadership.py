@@ -7,7 +7,9 @@ active there, outlives the node by two seconds or more than usual (measured:
 failover 4.3 s instead of 2.2 s; a partitioned VIP holder 5.8 s). So the
 leader agent moves raft leadership to the store member whose node runs the
 fewest actives and VIPs: losing the node with an active then costs a failover,
-not a failover plus a store election.
+not a failover plus a store election. A witness (`role: witness`) runs no
+actives and holds no VIP, ever: when the cluster has one, raft leadership goes
+there, and losing any worker costs no store election at all.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RaftLeaderPlacement:
         alive: Iterable[str],
         statuses: Iterable[InstanceStatus],
         vip_holders: Iterable[str] = (),
+        witnesses: Iterable[str] = (),
     ) -> None:
         """Called from the leader loop; does nothing most of the time."""
         now = time.monotonic()
@@ -61,7 +64,8 @@ class RaftLeaderPlacement:
             if found is None:
                 return
             leader, endpoints = found
-            target = raft_leader_target(leader, endpoints, alive, statuses, vip_holders)
+            witnesses = tuple(witnesses)
+            target = raft_leader_target(leader, endpoints, alive, statuses, vip_holders, witnesses)
             if target is None or leader not in endpoints:
                 return
             self._last_move = now
@@ -69,9 +73,10 @@ class RaftLeaderPlacement:
         except StoreError as exc:
             log.info("could not move the store's raft leader: %s", exc)
             return
+        why = "a witness" if target in witnesses else "it runs actives or holds a VIP"
         await self._journal.record(
             "store-leader",
             target,
-            f"moved from {leader}: it runs actives or holds a VIP",
+            f"moved from {leader}: {why}",
             from_node=leader,
         )

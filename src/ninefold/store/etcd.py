@@ -32,6 +32,7 @@ from aetcd import rpc
 
 from ninefold import defaults
 from ninefold.security.tls import paths_stamp
+from ninefold.store import request_stats
 from ninefold.store.base import (
     Compare,
     Delete,
@@ -257,32 +258,50 @@ class EtcdStore(Store):
         self._current = 0
         self._failed_over_at = 0.0
         self._closed = False
+        self._stats = request_stats.from_env()
 
     # -- key/value
     async def get(self, key: str) -> KeyValue | None:
-        request = rpc.RangeRequest(key=self._key(key))
-        resp = await self._rpc(lambda stubs: stubs.kv.Range(request, **self._call()))
-        return self._kv(resp.kvs[0]) if resp.kvs else None
+        return await self._get(key, serializable=False)
+
+    async def get_serializable(self, key: str) -> KeyValue | None:
+        return await self._get(key, serializable=True)
 
     async def list(self, prefix: str) -> Listing:
+        return await self._list(prefix, serializable=False)
+
+    async def list_serializable(self, prefix: str) -> Listing:
+        return await self._list(prefix, serializable=True)
+
+    async def _get(self, key: str, serializable: bool) -> KeyValue | None:
+        request = rpc.RangeRequest(key=self._key(key), serializable=serializable)
+        resp = await self._rpc(lambda stubs: stubs.kv.Range(request, **self._call()))
+        self._count("get-serializable" if serializable else "get", key, request, resp)
+        return self._kv(resp.kvs[0]) if resp.kvs else None
+
+    async def _list(self, prefix: str, serializable: bool) -> Listing:
         start, end = self._range(prefix)
         request = rpc.RangeRequest(
             key=start,
             range_end=end,
             sort_order=rpc.RangeRequest.ASCEND,
             sort_target=rpc.RangeRequest.KEY,
+            serializable=serializable,
         )
         resp = await self._rpc(lambda stubs: stubs.kv.Range(request, **self._call()))
+        self._count("list-serializable" if serializable else "list", prefix, request, resp)
         return Listing([self._kv(kv) for kv in resp.kvs], resp.header.revision)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         request = rpc.PutRequest(key=self._key(key), value=value, lease=lease)
         resp = await self._rpc(lambda stubs: stubs.kv.Put(request, **self._call()))
+        self._count("put", key, request, resp)
         return int(resp.header.revision)
 
     async def delete(self, key: str, prefix: bool = False) -> int:
         request = self._delete_request(Delete(key, prefix))
         resp = await self._rpc(lambda stubs: stubs.kv.DeleteRange(request, **self._call()))
+        self._count("delete", key, request, resp)
         return int(resp.deleted)
 
     async def txn(
@@ -297,6 +316,9 @@ class EtcdStore(Store):
             failure=[self._request_op(op) for op in failure],
         )
         resp = await self._rpc(lambda stubs: stubs.kv.Txn(request, **self._call()))
+        if self._stats is not None:
+            keys = [c.key for c in compares] + [op.key for op in (*success, *failure)]
+            self._count("txn", keys[0] if keys else "", request, resp)
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 
     # -- watches
@@ -317,6 +339,8 @@ class EtcdStore(Store):
                     call.write(rpc.WatchRequest(create_request=create)), self._timeout
                 )
                 resp = await asyncio.wait_for(call.read(), self._timeout)
+            if self._stats is not None:
+                self._stats.count("watch-create", prefix, create.ByteSize(), 0)
             while resp is not grpc.aio.EOF:
                 if resp.compact_revision:
                     raise StoreError(
@@ -327,6 +351,8 @@ class EtcdStore(Store):
                     raise StoreError(
                         f"watch cancelled by etcd: {resp.cancel_reason or 'no reason'}"
                     )
+                if self._stats is not None and resp.events:
+                    self._stats.count("watch-events", prefix, 0, resp.ByteSize())
                 for event in resp.events:
                     yield self._event(event)
                 with self._errors(attempt):
@@ -362,6 +388,20 @@ class EtcdStore(Store):
         if resp.TTL <= 0:
             raise LeaseExpired(f"lease {lease} expired")
         return float(resp.TTL)
+
+    async def lease_time_to_live(self, lease: int) -> int | None:
+        """Seconds the store's raft leader will keep `lease` without a renewal
+        (whole seconds, rounded down: 0 is expired but not yet revoked); None
+        once it is gone. After a raft leader change the new leader extends
+        every lease by its election timeout (bench/failover_time.py shows it)."""
+        request = rpc.LeaseTimeToLiveRequest(ID=lease)
+        try:
+            resp = await self._rpc(
+                lambda stubs: stubs.lease.LeaseTimeToLive(request, **self._call())
+            )
+        except LeaseExpired:
+            return None
+        return None if resp.TTL < 0 else int(resp.TTL)
 
     async def revoke_lease(self, lease: int) -> None:
         """Revoke; a lease that is already gone is not an error."""
@@ -667,6 +707,11 @@ class EtcdStore(Store):
         return StoreError(f"etcd refused the request: {details} ({code.name})")
 
     # -- conversions
+    def _count(self, kind: str, key: str, request: Any, resp: Any) -> None:
+        """Count a key-value request when NINEFOLD_STORE_STATS asks for it."""
+        if self._stats is not None:
+            self._stats.count(kind, key, request.ByteSize(), resp.ByteSize())
+
     def _key(self, key: str) -> bytes:
         return self._prefix + key.encode()
 
