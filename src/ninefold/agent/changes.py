@@ -48,9 +48,18 @@ class ChangeSignal:
         self._flag.clear()
 
     async def _watch(self, prefix: str) -> None:
+        """Each (re)made watch starts right after a revision read first, and the
+        flag is set once that revision is known: the loop's next read is at
+        that revision or later, and the watch sends everything after it. A
+        change made while a broken watch was being made again (a store
+        election) is therefore seen at once, not at the next resync."""
         while True:
             try:
-                async with contextlib.aclosing(self._store.watch(prefix)) as events:
+                # A listing of nothing: only its revision is wanted.
+                known = await self._store.list_serializable(prefix + "\x00")
+                self._flag.set()
+                watch = self._store.watch(prefix, known.revision + 1)
+                async with contextlib.aclosing(watch) as events:
                     async for _event in events:
                         self._flag.set()
             except StoreError as exc:
