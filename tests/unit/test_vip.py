@@ -12,7 +12,7 @@ import pytest
 
 from ninefold import vip as ninefold_vip
 from ninefold.agent.gateway_vip import GatewayVipKeeper
-from ninefold.decide.vip import vip_step
+from ninefold.decide.vip import HANDOVER_CAP, handover_over, handover_window, vip_step
 from ninefold.spec import SpecError, dump_spec, parse_spec
 from ninefold.spec.vip import VipSpec
 from ninefold.state.keys import GATEWAY_VIP_LOCK, drain_key
@@ -243,6 +243,30 @@ class FakeCheck:
         pass
 
 
+class FakeHandover:
+    """Stands in for the node's nftables handover rules: what was asked."""
+
+    def __init__(self, node: str, world: dict[str, set[str]]) -> None:
+        self.node, self.world = node, world
+        self.opened: list[tuple[str, str, float, bool]] = []
+        """(vip, local address, seconds, whether this node still had the VIP)"""
+        self.closed = 0
+        self.fail: Exception | None = None
+        self.bounced: list[tuple[str, str]] = []
+
+    async def open(self, vip: str, local: str, seconds: float) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.opened.append((vip, local, seconds, vip in self.world[self.node]))
+
+    async def bounce(self, address: str, interface: str | None, old: str, seconds: float) -> None:
+        self.bounced.append((address, old))
+
+    async def close(self) -> bool:
+        self.closed += 1
+        return True
+
+
 class FakeJournal:
     async def record(self, *args: object, **kwargs: object) -> None:
         pass
@@ -263,6 +287,7 @@ async def keepers(
             FakeJournal(),  # type: ignore[arg-type]
             FakeAddresses(name, world),  # type: ignore[arg-type]
             spec,
+            FakeHandover(name, world),  # type: ignore[arg-type]
         )
         keeper.check = FakeCheck()  # type: ignore[assignment]
         out[name] = keeper
@@ -404,3 +429,125 @@ async def test_an_address_this_node_cannot_hold_is_refused_once_with_an_event() 
         ("vip-failed", "10.99.0.10", "no interface with nf-none0 on this node")
     ]
     await addresses.drop(vip.ip, "nothing held")  # a no-op, not an error
+
+
+# --- the planned handover of the gateway VIP ---------------------------------------------
+
+
+def window(**changes: object) -> float:
+    args: dict[str, object] = {
+        "planned": True,
+        "gateway_healthy": True,
+        "leased": True,
+        "garp_count": 5,
+        "garp_interval": 0.2,
+    } | changes
+    return handover_window(**args)  # type: ignore[arg-type]
+
+
+def test_only_a_planned_move_by_a_working_gateway_opens_a_handover_window() -> None:
+    assert window() == pytest.approx(1.0 + HANDOVER_CAP)
+    assert window(planned=False) == 0.0  # gateway failed, lease lost, agent stopping
+    assert window(gateway_healthy=False) == 0.0
+    assert window(leased=False) == 0.0
+
+
+def test_the_window_closes_once_the_new_holder_has_announced_the_vip() -> None:
+    def over(held_elsewhere_for: float | None) -> bool:
+        return handover_over(held_elsewhere_for=held_elsewhere_for, garp_count=5, garp_interval=0.2)
+
+    assert over(None) is False  # nobody took it yet
+    assert over(1.2) is False  # still announcing
+    assert over(1.6) is True
+
+
+def test_the_handover_rules_deliver_the_vip_here_for_a_while() -> None:
+    script = ninefold_vip.accept_stale_script("ninefold_vip_n1", "10.99.0.10", "10.99.0.11", 6)
+    assert "type nat hook prerouting priority dstnat" in script
+    assert "add rule ip ninefold_vip_n1 prerouting dnat ip to ip daddr map @stale" in script
+    assert "{ 10.99.0.10 timeout 6000ms : 10.99.0.11 }" in script
+    assert ninefold_vip.handover_table("web-1.a") == "ninefold_vip_web_1_a"
+
+
+@pytest.mark.process
+async def test_without_nftables_the_error_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(VipError, match=r"the `nft` command \(nftables\) is not installed"):
+        await ninefold_vip.HandoverRules("n1").open("10.99.0.10", "10.99.0.11", 6)
+
+
+async def test_handover_rules_that_are_gone_are_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter(
+        [
+            "nft delete table ip t: Error: Could not process rule: No such file or directory",
+            "nft delete table ip t: Error: Could not process rule: Operation not permitted",
+        ]
+    )
+
+    async def failing_nft(*args: str, script: str | None = None) -> str:
+        raise VipError(next(answers))
+
+    monkeypatch.setattr(ninefold_vip, "_nft", failing_nft)
+    assert await ninefold_vip.stop_accepting_stale("t") is False
+    with pytest.raises(VipError, match="not permitted"):
+        await ninefold_vip.stop_accepting_stale("t")
+
+
+async def test_an_ipv6_node_address_is_refused_before_nftables_runs() -> None:
+    with pytest.raises(ValueError):
+        await ninefold_vip.accept_stale("t", "10.99.0.10", "fd00::1", 6)
+
+
+def handover_of(keeper: GatewayVipKeeper) -> FakeHandover:
+    return keeper._handover  # type: ignore[return-value]
+
+
+async def test_a_drain_opens_the_window_before_the_address_goes_and_closes_it_later() -> None:
+    store = MemoryStore()
+    vip = "{address: 10.99.0.10/24, garp_count: 1, garp_interval: 10ms}"
+    ks, world = await keepers(store, vip, ["n1", "n2"])
+    await settle(ks)
+    assert holders(world) == ["n1"]
+    await store.put(drain_key("n1"), b"{}")
+    await settle(ks)
+    assert holders(world) == ["n2"]  # the address itself is on one node only
+    opened: list[tuple[object, ...]] = [
+        ("10.99.0.10", "10.99.0.11", pytest.approx(0.01 + HANDOVER_CAP), True)
+    ]
+    assert handover_of(ks["n1"]).opened == opened  # while n1 still had the address
+    assert handover_of(ks["n2"]).opened == []
+    # n2 passes packets of n1's connections back to n1 (n1 is drained: planned).
+    assert handover_of(ks["n2"]).bounced == [("10.99.0.10/24", "10.99.0.11")]
+
+    async def closed() -> bool:
+        await ks["n1"].step()
+        return handover_of(ks["n1"]).closed > 0
+
+    await eventually(closed, 3, "n1 to close its window once n2 announced the VIP")
+
+
+async def test_a_failed_gateway_or_a_stopping_agent_opens_no_window() -> None:
+    store = MemoryStore()
+    ks, world = await keepers(store, "10.99.0.10/24", ["n1", "n2"])
+    await settle(ks)
+    ks["n1"].check.state = "unhealthy"  # type: ignore[misc]
+    await settle(ks)
+    assert holders(world) == ["n2"]
+    assert handover_of(ks["n2"]).bounced == []  # n1 failed: its clients are told at once
+    await ks["n2"].stop()
+    assert holders(world) == []
+    assert handover_of(ks["n1"]).opened == [] and handover_of(ks["n2"]).opened == []
+
+
+async def test_a_window_that_cannot_open_leaves_a_plain_move() -> None:
+    store = MemoryStore()
+    ks, world = await keepers(store, "10.99.0.10/24", ["n1", "n2"])
+    await settle(ks)
+    handover_of(ks["n1"]).fail = VipError("the `nft` command (nftables) is not installed")
+    await store.put(drain_key("n1"), b"{}")
+    await settle(ks)
+    assert holders(world) == ["n2"]
